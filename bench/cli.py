@@ -1,0 +1,166 @@
+"""Command line: ``prefix-bench`` / ``python -m bench`` with run, render and list."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bench.config import ConfigError
+
+RESULTS_ROOT = Path("results")
+
+
+def _results_dir(args: argparse.Namespace) -> Path:
+    return Path(args.results) if args.results else RESULTS_ROOT / "runs" / args.suite
+
+
+def _tables_dir(args: argparse.Namespace) -> Path:
+    return Path(args.tables) if args.tables else RESULTS_ROOT / "tables" / args.suite
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.matrix import load_suite
+    from tasks import DataSettings
+
+    cells = load_suite(args.config, args.suite)
+    for key in ("method", "task", "backbone"):
+        wanted = getattr(args, key)
+        if wanted:
+            from bench.backbones import BACKBONES
+            from methods import METHODS
+            from tasks import TASKS
+            registry = {"method": METHODS, "task": TASKS, "backbone": BACKBONES}[key]
+            for name in wanted:
+                if name not in registry:
+                    raise ConfigError(f"--{key}: {registry.unknown_message(name)}")
+            cells = [c for c in cells if getattr(c, key) in wanted]
+    if not cells:
+        raise ConfigError("the filters leave no cell to run")
+    data = DataSettings.from_env(args.data_dir)
+    if args.dry_run:
+        from bench.runner import validate_cells
+        validate_cells(cells, data)
+        for c in cells:
+            print(f"{c.id}  {c.method:18} {c.task:12} {c.backbone:14} P={c.prefix_length} seed={c.seed} "
+                  f"lr={c.train['lr']} steps={c.train['train_steps']}")
+        print(f"{len(cells)} cells (dry run: nothing trained)")
+        return 0
+    from bench.provenance import pick_device
+    from bench.runner import run_cells
+
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed)
+    print(f"ran {counts['ran']} cells ({counts['failed']} failed), skipped {counts['skipped']} finished")
+    if not args.no_render:
+        cmd_render(args)
+    return 1 if counts["failed"] and args.strict else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from bench.records import read_records
+    from bench.render import render
+
+    records, problems = read_records(_results_dir(args))
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    if not records:
+        print(f"no records in {_results_dir(args)}", file=sys.stderr)
+        return 1
+    for path in render(records, _tables_dir(args)):
+        print(f"wrote {path}")
+        if path.suffix == ".md" and not args.quiet:
+            print(path.read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench.backbones import BACKBONES
+    from bench.matrix import DEFAULT_SUITES, load_toml, suite_names
+    from methods import METHODS
+    from methods.base import field_help
+    from tasks import TASKS
+
+    what = args.what
+    if what in ("methods", "all"):
+        print("methods:")
+        for name, cls in METHODS.items():
+            axis = "prefix length" if cls.uses_prefix_length else "no prefix axis"
+            print(f"  {name:20} default lr {cls.default_lr:g}, {axis}; {cls.paper}")
+            if args.verbose:
+                for field, text in field_help(cls.Config).items():
+                    print(f"      {field}: {text}")
+    if what in ("tasks", "all"):
+        print("tasks:")
+        for name, task in TASKS.items():
+            print(f"  {name:20} {task.describe()}")
+    if what in ("backbones", "all"):
+        print("backbones:")
+        for name, bb in BACKBONES.items():
+            print(f"  {name:20} {bb.description}")
+    if what in ("suites", "all"):
+        path = Path(args.config) if args.config else DEFAULT_SUITES
+        doc = load_toml(path)
+        print(f"suites ({path}):")
+        for name in suite_names(doc):
+            print(f"  {name:20} {doc['suites'][name].get('description', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefix-bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--suite", default="default", help="suite name in the TOML file (default: default)")
+        sp.add_argument("--config", default=None, help="suite TOML file (default: bench/suites.toml)")
+        sp.add_argument("--results", default=None, help="records folder (default: results/runs/SUITE)")
+        sp.add_argument("--tables", default=None, help="tables folder (default: results/tables/SUITE)")
+        sp.add_argument("--quiet", action="store_true", help="do not print rendered tables")
+
+    run = sub.add_parser("run", help="train and evaluate every unfinished cell of a suite, then render")
+    common(run)
+    run.add_argument("--data-dir", default=None,
+                     help="folder with offline data (glue/, e2e/); default $PREFIX_BENCH_DATA_DIR, else the hub")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    run.add_argument("--method", action="append", help="only these methods (repeatable)")
+    run.add_argument("--task", action="append", help="only these tasks (repeatable)")
+    run.add_argument("--backbone", action="append", help="only these backbones (repeatable)")
+    run.add_argument("--retry-failed", action="store_true", help="re-run only cells whose last record failed")
+    run.add_argument("--dry-run", action="store_true", help="validate and list the cells, train nothing")
+    run.add_argument("--no-render", action="store_true", help="skip rendering tables afterwards")
+    run.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
+    run.set_defaults(func=cmd_run)
+
+    render = sub.add_parser("render", help="records -> leaderboard tables")
+    common(render)
+    render.set_defaults(func=cmd_render)
+
+    lst = sub.add_parser("list", help="list methods, tasks, backbones, suites")
+    lst.add_argument("what", nargs="?", default="all", choices=["methods", "tasks", "backbones", "suites", "all"])
+    lst.add_argument("--config", default=None, help="suite TOML file for 'suites'")
+    lst.add_argument("-v", "--verbose", action="store_true", help="show each method's options")
+    lst.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"prefix-bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Suites of experiments from a small TOML file, expanded into cells.
+
+File layout (every key is checked; unknown keys are errors)::
+
+    [defaults]                      # TrainConfig fields for every suite in the file
+    train_steps = 200
+
+    [suites.NAME]
+    description = "..."
+    methods = ["prefix_tuning", "lora"]
+    tasks = ["glue/sst2"]
+    backbones = ["minilm-l6"]
+    prefix_lengths = [5, 20]        # methods that use no prefix get one cell, prefix_length = null
+    seeds = [0, 1]
+    train = { train_steps = 300 }   # TrainConfig overrides for this suite
+    backbone_overrides.smollm2-135m = { batch_size = 16 }    # TrainConfig, per backbone
+    overrides.lora = { lr = 1e-3 }                            # TrainConfig, per method
+    method_args.prefix_tuning = { projection = false }        # the method's own Config
+    exclude = [{ method = "lora", backbone = "smollm2-135m" }]
+
+``expand`` is a pure function: the same file gives the same cells with the same ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.backbones import BACKBONES
+from bench.config import ConfigError, TrainConfig, check_fields
+from methods import METHODS
+from tasks import TASKS
+
+SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
+              "backbone_overrides", "overrides", "method_args", "exclude", "backbone_source")
+AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
+EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
+DEFAULT_SUITES = Path(__file__).with_name("suites.toml")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fully resolved experiment: everything that can change its result."""
+
+    suite: str
+    method: str
+    task: str
+    backbone: str
+    prefix_length: int | None
+    seed: int
+    train: dict[str, Any]
+    method_args: dict[str, Any]
+    backbone_source: str = "auto"
+
+    def resolved(self) -> dict[str, Any]:
+        """The config the id hashes (the suite's name is a label, not part of the id)."""
+        d = dataclasses.asdict(self)
+        d.pop("suite")
+        return d
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.train)
+
+    @classmethod
+    def from_resolved(cls, resolved: dict[str, Any], suite: str = "reproduce") -> Cell:
+        return cls(suite=suite, **resolved)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"suite file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+
+
+def suite_names(doc: dict[str, Any]) -> list[str]:
+    return sorted(doc.get("suites", {}))
+
+
+def _check_list(where: str, key: str, value: Any, kind: type) -> list:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: {key!r} must be a non-empty list, got {value!r}")
+    for v in value:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ConfigError(f"{where}: {key!r} holds {v!r}, expected {kind.__name__} values")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: {key!r} repeats a value: {value!r}")
+    return value
+
+
+def _check_names(where: str, key: str, names: list[str], registry: Any) -> None:
+    for name in names:
+        if name not in registry:
+            raise ConfigError(f"{where}: {key}: {registry.unknown_message(name)}")
+
+
+def _train_table(where: str, table: Any) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table of training options, got {table!r}")
+    check_fields(TrainConfig, table, where)  # validates keys and types early
+    return dict(table)
+
+
+def expand(doc: dict[str, Any], suite: str, source: str = "<suites>") -> list[Cell]:
+    """Expand suite ``suite`` of a parsed TOML document into cells (pure, deterministic)."""
+    unknown_top = sorted(set(doc) - {"defaults", "suites"})
+    if unknown_top:
+        raise ConfigError(f"{source}: unknown top-level key(s) {unknown_top}; valid: defaults, suites")
+    suites = doc.get("suites", {})
+    if suite not in suites:
+        raise ConfigError(f"{source}: unknown suite {suite!r}; valid suites: {', '.join(sorted(suites)) or '(none)'}")
+    where = f"{source} [suites.{suite}]"
+    spec = suites[suite]
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a table")
+    unknown = sorted(set(spec) - set(SUITE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(SUITE_KEYS)}")
+    missing = [a for a in AXES if a not in spec]
+    if missing:
+        raise ConfigError(f"{where}: missing axis/axes {missing}")
+
+    methods = _check_list(where, "methods", spec["methods"], str)
+    tasks = _check_list(where, "tasks", spec["tasks"], str)
+    backbones = _check_list(where, "backbones", spec["backbones"], str)
+    lengths = _check_list(where, "prefix_lengths", spec["prefix_lengths"], int)
+    seeds = _check_list(where, "seeds", spec["seeds"], int)
+    _check_names(where, "methods", methods, METHODS)
+    _check_names(where, "tasks", tasks, TASKS)
+    _check_names(where, "backbones", backbones, BACKBONES)
+    for p in lengths:
+        if p < 1:
+            raise ConfigError(f"{where}: prefix_lengths holds {p}, prefix lengths must be >= 1")
+    source_choice = spec.get("backbone_source", "auto")
+    if source_choice not in ("auto", "local", "hub"):
+        raise ConfigError(f"{where}: backbone_source {source_choice!r} is not one of auto, local, hub")
+
+    defaults = _train_table(f"{source} [defaults]", doc.get("defaults", {}))
+    suite_train = _train_table(f"{where}.train", spec.get("train", {}))
+    per_backbone = _keyed_tables(where, "backbone_overrides", spec, backbones)
+    per_method = _keyed_tables(where, "overrides", spec, methods)
+    method_args = _keyed_tables(where, "method_args", spec, methods, train=False)
+    excludes = spec.get("exclude", [])
+    if not isinstance(excludes, list):
+        raise ConfigError(f"{where}: 'exclude' must be a list of tables")
+    for i, ex in enumerate(excludes):
+        if not isinstance(ex, dict) or not ex:
+            raise ConfigError(f"{where}: exclude[{i}] must be a non-empty table")
+        bad = sorted(set(ex) - set(EXCLUDE_KEYS))
+        if bad:
+            raise ConfigError(f"{where}: exclude[{i}] has unknown key(s) {bad}; valid: {', '.join(EXCLUDE_KEYS)}")
+
+    cells: dict[str, Cell] = {}
+    for method, task, backbone, length, seed in itertools.product(methods, tasks, backbones, lengths, seeds):
+        method_cls = METHODS.get(method)
+        plen = length if method_cls.uses_prefix_length else None
+        point = {"method": method, "task": task, "backbone": backbone, "prefix_length": plen, "seed": seed}
+        if any(all(point.get(k) == v for k, v in ex.items()) for ex in excludes):
+            continue
+        train = {**defaults, **suite_train, **per_backbone.get(backbone, {}), **per_method.get(method, {})}
+        cfg = check_fields(TrainConfig, train, f"{where} cell {method}/{task}/{backbone}")
+        if cfg.lr is None:
+            cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
+        margs = method_cls.Config.from_dict(method_args.get(method, {}),
+                                            f"{where}.method_args.{method}").to_dict()
+        cell = Cell(suite, method, task, backbone, plen, seed, dataclasses.asdict(cfg), margs, source_choice)
+        cells.setdefault(cell.id, cell)  # methods without a prefix collapse the length axis
+    if not cells:
+        raise ConfigError(f"{where}: the excludes remove every cell")
+    return list(cells.values())
+
+
+def _keyed_tables(where: str, key: str, spec: dict, allowed: list[str], train: bool = True) -> dict[str, dict]:
+    tables = spec.get(key, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: {key!r} must be a table keyed by name")
+    for name, table in tables.items():
+        if name not in allowed:
+            raise ConfigError(f"{where}: {key}.{name}: {name!r} is not on this suite's axis; "
+                              f"valid: {', '.join(allowed)}")
+        if train:
+            _train_table(f"{where}.{key}.{name}", table)
+        elif not isinstance(table, dict):
+            raise ConfigError(f"{where}.{key}.{name}: expected a table, got {table!r}")
+    return tables
+
+
+def load_suite(path: str | Path | None, suite: str) -> list[Cell]:
+    path = Path(path) if path else DEFAULT_SUITES
+    return expand(load_toml(path), suite, str(path))

@@ -1,0 +1,131 @@
+"""Flat result records: one JSON line per cell, appended to ``records.jsonl``.
+
+Appends are atomic for readers and safe with several writers: each record is one
+``os.write`` of a whole line on an ``O_APPEND`` descriptor, under an exclusive ``flock``,
+followed by ``fsync``. A line torn by a crash in an older version is reported by
+``read_records`` and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORDS_FILE = "records.jsonl"
+
+
+@dataclass
+class ResultRecord:
+    """Everything one cell produced. Scalars only, plus one level of ``metrics``."""
+
+    cell_id: str
+    suite: str
+    method: str
+    task: str
+    backbone: str
+    prefix_length: int | None
+    seed: int
+    status: str  # ok | failed
+    error: str = ""
+    main_metric: str = ""
+    main_score: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    collapsed: bool = False  # every prediction is one class: flagged, not a number like others
+    trainable_params: int = 0
+    total_params: int = 0
+    adapter_bytes: int = 0
+    adapter_path: str = ""
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    train_steps: int = 0
+    train_tokens: int = 0
+    train_tokens_per_s: float = 0.0
+    eval_tokens_per_s: float = 0.0
+    step_seconds_median: float = 0.0
+    first_loss: float | None = None
+    final_loss: float | None = None
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    formulation: str = ""
+    lr: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    git_sha: str = ""
+    git_dirty: bool = False
+    device: str = ""
+    backbone_source: str = ""
+    data_source: str = ""
+    data_fingerprint: str = ""
+    data_notes: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResultRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def append_record(results_dir: str | Path, record: ResultRecord) -> Path:
+    path = Path(results_dir) / RECORDS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (record.to_json() + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # a file whose last line was torn by a crash gets a newline first, so the new
+        # record starts on a line of its own
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    return path
+
+
+def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]]:
+    """All well-formed records, and a description of each malformed line (torn or edited)."""
+    path = Path(results_dir) / RECORDS_FILE
+    if not path.is_file():
+        return [], []
+    records, problems = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(ResultRecord.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as err:
+                problems.append(f"{path}:{i}: unreadable line skipped ({err.__class__.__name__}: "
+                                f"{str(err)[:80]}); a crash may have torn it")
+    return records, problems
+
+
+def latest_by_cell(records: list[ResultRecord]) -> dict[str, ResultRecord]:
+    """The newest record of each cell (a retried cell has several)."""
+    out: dict[str, ResultRecord] = {}
+    for r in records:
+        out[r.cell_id] = r
+    return out
+
+
+def finished_ids(records: list[ResultRecord]) -> set[str]:
+    return {cid for cid, r in latest_by_cell(records).items() if r.status == "ok"}

@@ -1,0 +1,220 @@
+"""Runs cells: validate everything first, then train and evaluate each unfinished cell,
+appending one record per cell. Backbones are loaded once per process and copied per cell,
+so no cell can change the weights another cell sees."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench import memory, provenance
+from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, resolve_source
+from bench.config import ConfigError
+from bench.formulations import Formulation, choose_formulation
+from bench.matrix import Cell
+from bench.records import ResultRecord, append_record, finished_ids, read_records
+from bench.trainer import evaluate, train
+from methods import METHODS, AttachContext, Anatomy
+from tasks import TASKS, DataSettings
+from tasks.base import DataUnavailableError, Example, Split
+
+_SPLITS: dict[tuple, Split] = {}
+
+
+def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
+    """Every check that needs no model: raises ConfigError naming the bad value."""
+    for cell in cells:
+        where = f"cell {cell.method}/{cell.task}/{cell.backbone}/P={cell.prefix_length}/seed={cell.seed}"
+        for registry, name in ((METHODS, cell.method), (TASKS, cell.task), (BACKBONES, cell.backbone)):
+            if name not in registry:
+                raise ConfigError(f"{where}: {registry.unknown_message(name)}")
+        method_cls = METHODS.get(cell.method)
+        task = TASKS.get(cell.task)
+        backbone = BACKBONES.get(cell.backbone)
+        method_cls.Config.from_dict(cell.method_args, f"{where} method_args")
+        cfg = cell.train_config
+        choose_formulation(cfg.formulation, task, backbone.causal)
+        try:
+            task.check_available(data)
+            resolve_source(backbone, cell.backbone_source)
+        except (DataUnavailableError, BackboneUnavailableError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def load_split(task_name: str, split: str, data: DataSettings) -> Split:
+    key = (task_name, split, data)
+    if key not in _SPLITS:
+        _SPLITS[key] = TASKS.get(task_name).load(split, data)
+    return _SPLITS[key]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters outside the backbone body (a sequence-classification head)."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    return [p for n, p in model.named_parameters() if not n.startswith(prefix)]
+
+
+def reset_head(model: nn.Module, seed: int) -> None:
+    """A fresh head per cell, drawn from the cell's seed (not from load order)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    std = getattr(model.config, "initializer_range", 0.02)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.startswith(prefix) or not isinstance(module, nn.Linear):
+                continue
+            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
+            if module.bias is not None:
+                module.bias.zero_()
+
+
+def _subset(examples: list[Example], limit: int | None, seed: int | None) -> list[Example]:
+    if limit is None or limit >= len(examples):
+        return examples
+    if seed is None:
+        return examples[:limit]
+    g = torch.Generator().manual_seed(seed)
+    return [examples[i] for i in torch.randperm(len(examples), generator=g)[:limit].tolist()]
+
+
+def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None) -> ResultRecord:
+    """Train and evaluate one cell; returns its record (status ok). Raises on failure."""
+    started = provenance.now()
+    task = TASKS.get(cell.task)
+    method_cls = METHODS.get(cell.method)
+    backbone = BACKBONES.get(cell.backbone)
+    cfg = cell.train_config
+    form_cls = choose_formulation(cfg.formulation, task, backbone.causal)
+
+    train_split = load_split(cell.task, task.train_split, data)
+    eval_split = load_split(cell.task, task.eval_split, data)
+    loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
+    formulation: Formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
+
+    seed_everything(cell.seed)
+    memory.reset_peak(device)
+    model = copy.deepcopy(loaded.model)
+    head = head_parameters(model) if form_cls.head == "seq_cls" else []
+    if head:
+        reset_head(model, cell.seed)
+    method = method_cls(method_cls.Config.from_dict(cell.method_args, cell.method), cell.prefix_length)
+    ctx = AttachContext(loaded.tokenizer, Anatomy.of(model), cell.seed, device)
+    adapter = method.attach(model, ctx)
+    for p in head:  # the task head trains with every method (PEFT may have frozen it)
+        p.requires_grad_(True)
+    trainable = sum(p.numel() for p in adapter.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in adapter.parameters())
+
+    train_examples = _subset(train_split.examples, cfg.train_limit, cell.seed)
+    eval_examples = _subset(eval_split.examples, cfg.eval_limit, None)
+    label = f"{cell.method} P={cell.prefix_length} s{cell.seed}"
+
+    def periodic(step: int) -> float:
+        res = evaluate(adapter, formulation, eval_examples, cfg.eval_batch_size, device, desc="eval")
+        return task.compute_metrics(res.predictions, eval_examples)[task.main_metric]
+
+    stats = train(adapter, formulation, train_examples, cfg, cell.seed, device, desc=f"train {label}",
+                  periodic_eval=periodic)
+    result = evaluate(adapter, formulation, eval_examples, cfg.eval_batch_size, device, desc=f"eval {label}")
+    metrics = task.compute_metrics(result.predictions, eval_examples)
+    peak, peak_kind = memory.peak_bytes(device)
+
+    adapter_path, adapter_bytes = "", 0
+    if results_dir is not None:
+        adapter_path, adapter_bytes = save_adapter(adapter, results_dir / "adapters" / f"{cell.id}.safetensors")
+
+    sha, dirty = provenance.git_state()
+    collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
+    notes = "; ".join(n for n in (train_split.notes, eval_split.notes) if n)
+    return ResultRecord(
+        cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
+        prefix_length=cell.prefix_length, seed=cell.seed, status="ok",
+        main_metric=task.main_metric, main_score=metrics.get(task.main_metric), metrics=metrics,
+        collapsed=collapsed, trainable_params=trainable, total_params=total,
+        adapter_bytes=adapter_bytes, adapter_path=adapter_path,
+        train_seconds=stats.seconds, eval_seconds=result.seconds, train_steps=len(stats.losses),
+        train_tokens=stats.tokens, train_tokens_per_s=stats.tokens_per_s(),
+        eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),
+        first_loss=stats.losses[0] if stats.losses else None,
+        final_loss=float(np.mean(stats.losses[-10:])) if stats.losses else None,
+        peak_memory_bytes=peak, peak_memory_kind=peak_kind, formulation=formulation.name, lr=cfg.lr or 0.0,
+        config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
+        device=provenance.device_name(device), backbone_source=loaded.source,
+        data_source=f"train={train_split.source} eval={eval_split.source}",
+        data_fingerprint=f"{train_split.fingerprint}/{eval_split.fingerprint}", data_notes=notes,
+        started_at=started, finished_at=provenance.now(),
+    )
+
+
+def save_adapter(adapter: nn.Module, path: Path) -> tuple[str, int]:
+    """Trained state as safetensors (never pickle), written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu().clone() for k, v in adapter.trainable_state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    return str(path), path.stat().st_size
+
+
+def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:
+    sha, dirty = provenance.git_state()
+    tb = traceback.format_exception_only(type(err), err)[-1].strip()
+    return ResultRecord(
+        cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
+        prefix_length=cell.prefix_length, seed=cell.seed, status="failed", error=tb[:2000],
+        config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
+        started_at=started, finished_at=provenance.now())
+
+
+def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device,
+              retry_failed: bool = False, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Run every unfinished cell; returns counts (ran, skipped, failed)."""
+    validate_cells(cells, data)
+    records, problems = read_records(results_dir)
+    for p in problems:
+        log(f"warning: {p}")
+    done = finished_ids(records)
+    if retry_failed:
+        failed = {r.cell_id for r in records if r.status == "failed"} - done
+        todo = [c for c in cells if c.id in failed]
+    else:
+        todo = [c for c in cells if c.id not in done]
+    todo.sort(key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
+    counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
+    log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}")
+    for i, cell in enumerate(todo, 1):
+        head = f"[{i}/{len(todo)}] {cell.method} {cell.task} {cell.backbone} P={cell.prefix_length} seed={cell.seed}"
+        log(head + " ...")
+        started, t0 = provenance.now(), time.perf_counter()
+        try:
+            record = run_cell(cell, data, device, results_dir)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # a failed cell is data: record it and go on
+            record = failed_record(cell, err, started)
+            counts["failed"] += 1
+            log(f"{head}: FAILED {record.error}")
+        else:
+            flag = " (collapsed to one class)" if record.collapsed else ""
+            log(f"{head}: {record.main_metric}={record.main_score:.4f}{flag} "
+                f"loss {record.first_loss:.3f}->{record.final_loss:.3f}, "
+                f"{record.train_tokens_per_s:.0f} train tok/s, {time.perf_counter() - t0:.0f} s")
+        append_record(results_dir, record)
+        counts["ran"] += 1
+    return counts

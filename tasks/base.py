@@ -1,0 +1,128 @@
+"""The task plugin interface: a task declares its data and metrics; Python only where
+data cannot say it. Formulation-specific encoding lives in ``bench.formulations``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench.registry import Registry
+
+DATA_DIR_ENV = "PREFIX_BENCH_DATA_DIR"
+
+
+class DataUnavailableError(RuntimeError):
+    """The task's data cannot be had with the current settings (says what would work)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input. ``label`` is a class id (classification), a float (regression) or the
+    target text (generation); ``references`` holds every reference for generation."""
+
+    text_a: str
+    text_b: str | None = None
+    label: Any = None
+    references: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where data comes from: a local folder of the original distributions, or the hub."""
+
+    data_dir: Path | None = None
+    allow_hub: bool = True
+
+    @classmethod
+    def from_env(cls, data_dir: str | os.PathLike | None = None,
+                 allow_hub: bool | None = None) -> DataSettings:
+        raw = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes")
+        hub = (not offline) if allow_hub is None else allow_hub
+        return cls(Path(raw).expanduser().resolve() if raw else None, hub)
+
+
+@dataclass
+class Split:
+    """Loaded examples plus where they came from (recorded in every result row)."""
+
+    examples: list[Example]
+    source: str
+    fingerprint: str
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool = True
+
+
+class Task(ABC):
+    """A benchmark task. Subclasses (or instances of a data-driven subclass) declare
+    ``kind``, labels, prompt, metrics and data sources."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "classification"  # classification | regression | generation
+    label_names: tuple[str, ...] = ()
+    label_words: tuple[str, ...] = ()  # verbalizer words, one per label
+    prompt: str = "{text_a}"  # causal formulations: template ending where the answer starts
+    metrics: tuple[Metric, ...] = ()
+    main_metric: str = "accuracy"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    version: str = "1"
+    citation: str = ""
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.kind == "regression" else len(self.label_names)
+
+    @property
+    def majority_baseline_applies(self) -> bool:
+        return self.kind == "classification"
+
+    def check_available(self, data: DataSettings) -> None:
+        """Raise DataUnavailableError before any model loads if no source can serve."""
+
+    @abstractmethod
+    def load(self, split: str, data: DataSettings) -> Split:
+        """Return the examples of ``split`` (``train_split`` or ``eval_split``)."""
+
+    @abstractmethod
+    def compute_metrics(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
+        """Score predictions (class ids, floats or texts) against the examples."""
+
+    def describe(self) -> str:
+        return f"{self.kind}, metrics {', '.join(m.name for m in self.metrics)} (main {self.main_metric})"
+
+
+TASKS: Registry[Task] = Registry("task", Task, instances=True)
+
+
+def register_task(task: Task) -> Task:
+    TASKS.add(task.name, task)
+    return task
+
+
+def fingerprint_files(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def fingerprint_examples(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(repr((ex.text_a, ex.text_b, ex.label)).encode())
+    return h.hexdigest()[:16]
