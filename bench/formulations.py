@@ -32,16 +32,24 @@ class Formulation(ABC):
     def encode(self, examples: Sequence[Example]) -> Batch:
         """Tokenize and pad; the batch holds ``labels`` too."""
 
+    def encode_eval(self, examples: Sequence[Example]) -> Batch:
+        """Batch for evaluation; differs from ``encode`` only where targets must be hidden."""
+        return self.encode(examples)
+
     @abstractmethod
     def scores(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """(B, C) class scores, or (B,) for regression."""
 
-    def loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def train_loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The training objective for one batch (the trainer calls only this)."""
+        scores = self.scores(model, batch)
         if self.task.kind == "regression":
-            return F.mse_loss(scores.float(), labels.float())
-        return F.cross_entropy(scores.float(), labels)
+            return F.mse_loss(scores.float(), batch["labels"].float())
+        return F.cross_entropy(scores.float(), batch["labels"])
 
-    def predict(self, scores: torch.Tensor) -> list:
+    def predict(self, model: torch.nn.Module, batch: Batch) -> list:
+        """Predictions for one batch (the evaluator calls only this): class ids, floats or texts."""
+        scores = self.scores(model, batch)
         if self.task.kind == "regression":
             return scores.float().tolist()
         return scores.argmax(-1).tolist()

@@ -41,6 +41,7 @@ class ResultRecord:
     total_params: int = 0
     adapter_bytes: int = 0
     adapter_path: str = ""
+    curve_path: str = ""
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_steps: int = 0

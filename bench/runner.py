@@ -5,6 +5,7 @@ so no cell can change the weights another cell sees."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 import traceback
@@ -21,7 +22,7 @@ from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
 from bench.records import ResultRecord, append_record, finished_ids, read_records
-from bench.trainer import evaluate, train
+from bench.trainer import TrainStats, evaluate, train
 from methods import METHODS, AttachContext, Anatomy
 from tasks import TASKS, DataSettings
 from tasks.base import DataUnavailableError, Example, Split
@@ -133,9 +134,10 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     metrics = task.compute_metrics(result.predictions, eval_examples)
     peak, peak_kind = memory.peak_bytes(device)
 
-    adapter_path, adapter_bytes = "", 0
+    adapter_path, adapter_bytes, curve_path = "", 0, ""
     if results_dir is not None:
         adapter_path, adapter_bytes = save_adapter(adapter, results_dir / "adapters" / f"{cell.id}.safetensors")
+        curve_path = save_curves(results_dir / "curves" / f"{cell.id}.json", stats)
 
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
@@ -156,8 +158,19 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         device=provenance.device_name(device), backbone_source=loaded.source,
         data_source=f"train={train_split.source} eval={eval_split.source}",
         data_fingerprint=f"{train_split.fingerprint}/{eval_split.fingerprint}", data_notes=notes,
-        started_at=started, finished_at=provenance.now(),
+        curve_path=curve_path, started_at=started, finished_at=provenance.now(),
     )
+
+
+def save_curves(path: Path, stats: TrainStats) -> str:
+    """Per-step loss, periodic evaluations and method step logs (e.g. gate values), kept
+    beside the row so the record stays flat."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"loss": stats.losses, "step_seconds": stats.step_seconds,
+                               "evals": stats.evals, "step_logs": stats.step_logs}))
+    tmp.replace(path)
+    return str(path)
 
 
 def save_adapter(adapter: nn.Module, path: Path) -> tuple[str, int]:

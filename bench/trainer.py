@@ -97,8 +97,7 @@ def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example
     for step, idx in enumerate(bar, 1):
         t0 = time.perf_counter()
         batch = _to(formulation.encode([examples[i] for i in idx]), device)
-        scores = formulation.scores(adapter, batch)
-        loss = formulation.loss(scores, batch["labels"])
+        loss = formulation.train_loss(adapter, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -159,8 +158,8 @@ def evaluate(adapter: Adapter, formulation: Formulation, examples: Sequence[Exam
     start = time.perf_counter()
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False, disable=None,
                   dynamic_ncols=True, mininterval=1.0):
-        batch = _to(formulation.encode(examples[i:i + batch_size]), device)
-        preds.extend(formulation.predict(formulation.scores(adapter, batch)))
+        batch = _to(formulation.encode_eval(examples[i:i + batch_size]), device)
+        preds.extend(formulation.predict(adapter, batch))
         tokens += formulation.count_tokens(batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
