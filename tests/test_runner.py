@@ -1,0 +1,116 @@
+"""End to end on a random tiny model: plumbing, resume, isolation of the shared backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import backbones
+from bench.matrix import expand
+from bench.records import read_records
+from bench.runner import run_cells
+
+TINY = {
+    "suites": {
+        "t": {
+            "methods": ["prefix_tuning", "prompt_tuning", "lora"],
+            "tasks": ["glue/sst2"],
+            "backbones": ["tiny-llama"],
+            "prefix_lengths": [2],
+            "seeds": [0],
+            "train": {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64,
+                      "max_length": 32},
+        }
+    }
+}
+
+
+def test_matrix_runs_records_and_resumes(tmp_path, data):
+    cells = expand(TINY, "t")
+    logs: list[str] = []
+    counts = run_cells(cells, tmp_path, data, torch.device("cpu"), log=logs.append)
+    assert counts["ran"] == 3 and counts["failed"] == 0
+    records, problems = read_records(tmp_path)
+    assert not problems and len(records) == 3
+    for r in records:
+        assert r.status == "ok", r.error
+        assert r.schema_version == 1 and r.cell_id in {c.id for c in cells}
+        assert 0.0 <= r.main_score <= 1.0 and r.metrics["accuracy"] == r.main_score
+        assert r.trainable_params > 0 and r.total_params > r.trainable_params
+        assert r.adapter_bytes > 0 and r.train_tokens_per_s > 0 and r.eval_tokens_per_s > 0
+        assert r.peak_memory_bytes > 0 and r.data_source.startswith("train=local:")
+        assert r.config["method"] == r.method and r.versions["torch"].startswith("2.13")
+        curves = json.loads(open(r.curve_path).read())
+        assert len(curves["loss"]) == 3
+    # a re-run finds every cell finished and trains nothing
+    again = run_cells(cells, tmp_path, data, torch.device("cpu"), log=logs.append)
+    assert again["ran"] == 0 and again["skipped"] == 3
+    assert len(read_records(tmp_path)[0]) == 3
+
+
+def test_shared_backbone_weights_untouched_between_cells(tmp_path, data):
+    doc = json.loads(json.dumps(TINY))
+    doc["suites"]["t"]["methods"] = ["full_finetune", "lora", "prefix_tuning"]
+    cells = expand(doc, "t")
+    head = "causal_lm"
+    base = backbones.load_backbone("tiny-llama", head, 2, "auto", "cpu").model
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    counts = run_cells(cells, tmp_path, data, torch.device("cpu"), log=lambda s: None)
+    assert counts["failed"] == 0
+    after = base.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"{k} changed in the shared backbone"
+    # full fine-tuning really changed its own copy (the adapter is the whole model)
+    rec = next(r for r in read_records(tmp_path)[0] if r.method == "full_finetune")
+    assert rec.trainable_params == rec.total_params
+
+
+def test_failed_cell_is_recorded_and_matrix_continues(tmp_path, data):
+    doc = json.loads(json.dumps(TINY))
+    doc["suites"]["t"]["overrides"] = {"prompt_tuning": {"lr": 1e30}}
+    cells = expand(doc, "t")
+    counts = run_cells(cells, tmp_path, data, torch.device("cpu"), log=lambda s: None)
+    records = {r.method: r for r in read_records(tmp_path)[0]}
+    assert counts["ran"] == 3
+    assert records["prefix_tuning"].status == "ok" and records["lora"].status == "ok"
+    if records["prompt_tuning"].status == "failed":  # lr 1e30 drives the loss non-finite
+        assert "non-finite" in records["prompt_tuning"].error
+
+
+def test_cli_rejects_unknown_names_before_loading(tmp_path, monkeypatch, capsys):
+    from bench import cli
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before validation")
+
+    monkeypatch.setattr(backbones, "load_backbone", boom)
+    monkeypatch.setattr("bench.runner.load_backbone", boom)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[suites.x]\nmethods=["prefix_tuning","nope"]\ntasks=["glue/sst2"]\n'
+                   'backbones=["tiny-llama"]\nprefix_lengths=[2]\nseeds=[0]\n')
+    assert cli.main(["run", "--config", str(bad), "--suite", "x", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nope'" in err and "prefix_tuning" in err and "lora" in err
+    bad.write_text('[suites.x]\nmethods=["lora"]\ntasks=["glue/sst2"]\nbackbones=["tiny-llama"]\n'
+                   'prefix_lengths=[2]\nseeds=[0]\nsteps=3\n')
+    assert cli.main(["run", "--config", str(bad), "--suite", "x"]) == 2
+    assert "unknown key(s) 'steps'" in capsys.readouterr().err
+    assert cli.main(["run", "--suite", "default", "--backbone", "gpt7", "--dry-run"]) == 2
+    assert "unknown backbone 'gpt7'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_minilm_sst2_learns(tmp_path, data):
+    """A real backbone learns SST-2: accuracy clearly above the majority class (0.509)."""
+    doc = {"suites": {"r": {"methods": ["lora"], "tasks": ["glue/sst2"], "backbones": ["minilm-l6"],
+                            "prefix_lengths": [1], "seeds": [0],
+                            "train": {"train_steps": 60, "batch_size": 32, "max_length": 64,
+                                      "eval_limit": 300}}}}
+    run_cells(expand(doc, "r"), tmp_path, data, torch.device("cpu"), log=lambda s: None)
+    (rec,) = read_records(tmp_path)[0]
+    assert rec.status == "ok", rec.error
+    assert rec.main_score > 0.65, rec.main_score
+    assert rec.backbone_source.startswith("local:")
