@@ -52,8 +52,10 @@ class GlueTask(Task):
 
     def __init__(self, *, name: str, config: str, spec: GlueSpec, label_names: tuple[str, ...],
                  label_words: tuple[str, ...], prompt: str, metrics: tuple[Metric, ...],
-                 main_metric: str, kind: str = "classification", citation: str = "") -> None:
+                 main_metric: str, kind: str = "classification", citation: str = "",
+                 eval_split: str = "validation") -> None:
         self.name = name
+        self.eval_split = eval_split
         self.config = config
         self.spec = spec
         self.kind = kind
@@ -132,15 +134,181 @@ class GlueTask(Task):
                                       [e.label for e in examples])
 
 
+# --- offline row parsers: GLUE's TSV columns -> the hub's column names and label ids -----
+
+_NLI2 = {"entailment": 0, "not_entailment": 1}  # RTE, QNLI on the hub
+_MNLI = {"entailment": 0, "neutral": 1, "contradiction": 2}
+
+
+def _label(value: str, mapping: dict[str, int] | None, task: str) -> int:
+    value = value.strip()
+    if mapping is None:
+        if value not in ("0", "1"):
+            raise DataUnavailableError(f"glue/{task}: label {value!r} is not 0 or 1")
+        return int(value)
+    if value not in mapping:
+        raise DataUnavailableError(f"glue/{task}: label {value!r} is not one of {sorted(mapping)}")
+    return mapping[value]
+
+
+def _cola(row: Row) -> dict[str, Any]:
+    return {"sentence": row["sentence"], "label": _label(row["label"], None, "cola")}
+
+
 def _sst2(row: Row) -> dict[str, Any]:
-    return {"sentence": row["sentence"], "label": int(row["label"])}
+    return {"sentence": row["sentence"], "label": _label(row["label"], None, "sst2")}
 
 
+def _mrpc(row: Row) -> dict[str, Any]:
+    return {"sentence1": row["#1 String"], "sentence2": row["#2 String"],
+            "label": _label(row["Quality"], None, "mrpc")}
+
+
+def _stsb(row: Row) -> dict[str, Any]:
+    return {"sentence1": row["sentence1"], "sentence2": row["sentence2"], "label": float(row["score"])}
+
+
+def _qqp(row: Row) -> dict[str, Any]:
+    return {"question1": row["question1"], "question2": row["question2"],
+            "label": _label(row["is_duplicate"], None, "qqp")}
+
+
+def _mnli(row: Row) -> dict[str, Any]:
+    return {"premise": row["sentence1"], "hypothesis": row["sentence2"],
+            "label": _label(row["gold_label"], _MNLI, "mnli")}
+
+
+def _qnli(row: Row) -> dict[str, Any]:
+    return {"question": row["question"], "sentence": row["sentence"],
+            "label": _label(row["label"], _NLI2, "qnli")}
+
+
+def _rte(row: Row) -> dict[str, Any]:
+    return {"sentence1": row["sentence1"], "sentence2": row["sentence2"],
+            "label": _label(row["label"], _NLI2, "rte")}
+
+
+def _wnli(row: Row) -> dict[str, Any]:  # WNLI's files already hold the hub's ids (1 = entailment)
+    return {"sentence1": row["sentence1"], "sentence2": row["sentence2"],
+            "label": _label(row["label"], None, "wnli")}
+
+
+_TRAIN_DEV = {"train": "train.tsv", "validation": "dev.tsv"}
+_ACC = (Metric("accuracy"),)
+_F1_ACC = (Metric("f1"), Metric("accuracy"))
+_NLI_PROMPT = "Premise: {text_a}\nHypothesis: {text_b}\nDoes the premise entail the hypothesis? Answer:"
+
+# Label words are chosen so that each word's first token differs in the BPE (SmolLM2) and
+# WordPiece (MiniLM, tiny models) tokenizers; tests/test_task_contract.py checks it.
+register_task(GlueTask(
+    name="glue/cola", config="cola",
+    spec=GlueSpec("cola", _TRAIN_DEV, ("sentence",), _cola, header=False,
+                  columns=("source", "label", "original_mark", "sentence")),
+    label_names=("unacceptable", "acceptable"), label_words=(" no", " yes"),
+    prompt="Sentence: {text_a}\nIs this sentence grammatical? Answer:",
+    metrics=(Metric("matthews_correlation"), Metric("accuracy")), main_metric="matthews_correlation",
+    citation="Warstadt et al., 2019, Neural Network Acceptability Judgments",
+))
 register_task(GlueTask(
     name="glue/sst2", config="sst2",
-    spec=GlueSpec("sst2", {"train": "train.tsv", "validation": "dev.tsv"}, ("sentence",), _sst2),
+    spec=GlueSpec("sst2", _TRAIN_DEV, ("sentence",), _sst2),
     label_names=("negative", "positive"), label_words=(" negative", " positive"),
     prompt="Review: {text_a}\nSentiment:",
-    metrics=(Metric("accuracy"),), main_metric="accuracy",
+    metrics=_ACC, main_metric="accuracy",
     citation="Socher et al., 2013",
 ))
+register_task(GlueTask(
+    name="glue/mrpc", config="mrpc",
+    spec=GlueSpec("mrpc", _TRAIN_DEV, ("sentence1", "sentence2"), _mrpc),
+    label_names=("not_equivalent", "equivalent"), label_words=(" no", " yes"),
+    prompt="Sentence 1: {text_a}\nSentence 2: {text_b}\nDo both sentences mean the same thing? Answer:",
+    metrics=_F1_ACC, main_metric="f1",
+    citation="Dolan and Brockett, 2005",
+))
+register_task(GlueTask(
+    name="glue/stsb", config="stsb", kind="regression",
+    spec=GlueSpec("stsb", _TRAIN_DEV, ("sentence1", "sentence2"), _stsb),
+    label_names=(), label_words=(),
+    prompt="Sentence 1: {text_a}\nSentence 2: {text_b}\nSimilarity (0-5):",
+    metrics=(Metric("pearson"), Metric("spearmanr")), main_metric="pearson",
+    citation="Cer et al., 2017, SemEval-2017 Task 1",
+))
+register_task(GlueTask(
+    name="glue/qqp", config="qqp",
+    spec=GlueSpec("qqp", _TRAIN_DEV, ("question1", "question2"), _qqp),
+    label_names=("not_duplicate", "duplicate"), label_words=(" no", " yes"),
+    prompt="Question 1: {text_a}\nQuestion 2: {text_b}\nDo both questions ask the same thing? Answer:",
+    metrics=_F1_ACC, main_metric="f1",
+    citation="Iyer et al., 2017, First Quora Dataset Release: Question Pairs",
+))
+for _which in ("matched", "mismatched"):
+    # One task per evaluation set, as GLUE reports them; both train on MNLI's train split.
+    register_task(GlueTask(
+        name=f"glue/mnli_{_which}", config="mnli",
+        spec=GlueSpec("mnli", {"train": "train.tsv", f"validation_{_which}": f"dev_{_which}.tsv"},
+                      ("premise", "hypothesis"), _mnli),
+        label_names=("entailment", "neutral", "contradiction"), label_words=(" yes", " maybe", " no"),
+        prompt=_NLI_PROMPT, metrics=_ACC, main_metric="accuracy", eval_split=f"validation_{_which}",
+        citation="Williams et al., 2018, A Broad-Coverage Challenge Corpus for Sentence Understanding",
+    ))
+register_task(GlueTask(
+    name="glue/qnli", config="qnli",
+    spec=GlueSpec("qnli", _TRAIN_DEV, ("question", "sentence"), _qnli),
+    label_names=("entailment", "not_entailment"), label_words=(" yes", " no"),
+    prompt="Question: {text_a}\nSentence: {text_b}\nDoes the sentence answer the question? Answer:",
+    metrics=_ACC, main_metric="accuracy",
+    citation="Rajpurkar et al., 2016 (SQuAD), recast by Wang et al., 2019",
+))
+register_task(GlueTask(
+    name="glue/rte", config="rte",
+    spec=GlueSpec("rte", _TRAIN_DEV, ("sentence1", "sentence2"), _rte),
+    label_names=("entailment", "not_entailment"), label_words=(" yes", " no"),
+    prompt=_NLI_PROMPT, metrics=_ACC, main_metric="accuracy",
+    citation="Dagan et al., 2006; Bar Haim et al., 2006; Giampiccolo et al., 2007; Bentivogli et al., 2009",
+))
+register_task(GlueTask(
+    name="glue/wnli", config="wnli",
+    spec=GlueSpec("wnli", _TRAIN_DEV, ("sentence1", "sentence2"), _wnli),
+    label_names=("not_entailment", "entailment"), label_words=(" no", " yes"),
+    prompt=_NLI_PROMPT, metrics=_ACC, main_metric="accuracy",
+    citation="Levesque et al., 2011, The Winograd Schema Challenge",
+))
+
+# --- the GLUE score ---------------------------------------------------------------------
+
+GLUE_SCORE_TASKS = ("glue/cola", "glue/sst2", "glue/mrpc", "glue/stsb", "glue/qqp",
+                    "glue/mnli_matched", "glue/mnli_mismatched", "glue/qnli", "glue/rte", "glue/wnli")
+
+
+def glue_task_score(task_name: str, metrics: dict[str, float]) -> float | None:
+    """One number per task as GLUE's leaderboard computes it: the mean of the task's
+    official metrics (F1 and accuracy for MRPC/QQP, Pearson and Spearman for STS-B).
+    None if any of them is missing."""
+    from tasks.base import TASKS
+
+    names = [m.name for m in TASKS.get(task_name).metrics]
+    if task_name == "glue/cola":  # accuracy is reported for reference only; CoLA's score is Matthews
+        names = ["matthews_correlation"]
+    values = [metrics.get(n) for n in names]
+    if any(v is None for v in values):
+        return None
+    return float(sum(values) / len(values))
+
+
+def glue_average(scores_by_task: dict[str, dict[str, float]]) -> tuple[float | None, list[str]]:
+    """The GLUE average over the tasks present: (mean of per-task scores, tasks missing).
+
+    ``scores_by_task`` maps task name -> its metrics (e.g. a record's ``metrics``); tasks
+    outside GLUE are ignored. As on GLUE's leaderboard, MNLI counts once: the mean of its
+    matched and mismatched scores (whichever are present). The mean covers only the tasks
+    given, so show the missing list next to it: an average over fewer tasks is not GLUE's
+    number."""
+    per_task = {t: glue_task_score(t, m) for t, m in scores_by_task.items() if t in GLUE_SCORE_TASKS}
+    present = {t: s for t, s in per_task.items() if s is not None}
+    missing = [t for t in GLUE_SCORE_TASKS if t not in present]
+    mnli = [present.pop(t) for t in ("glue/mnli_matched", "glue/mnli_mismatched") if t in present]
+    if mnli:
+        present["glue/mnli"] = sum(mnli) / len(mnli)
+    if not present:
+        return None, missing
+    return float(sum(present.values()) / len(present)), missing
