@@ -183,6 +183,11 @@ def load_backbone(name: str, head: str, num_labels: int = 2, source: str = "auto
         AutoTokenizer,
     )
 
+    from transformers.utils import logging as hf_logging
+
+    # the load report (e.g. "classifier newly initialised") is expected here; keep logs readable
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     backbone = BACKBONES.get(name)
     kind, where = resolve_source(backbone, source)
     auto = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
