@@ -100,7 +100,8 @@ class TrainConfig:
         "help": "evaluate every N steps for the convergence curve (0: only at the end)"})
     log_every: int = field(default=10, metadata={"help": "progress-bar refresh interval"})
     formulation: str = field(default="auto", metadata={
-        "help": "auto | classification (a head) | verbalizer (causal-LM label words)"})
+        "help": "auto | classification (a head) | verbalizer (causal-LM label words) | "
+                "generation (causal-LM text targets)"})
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
@@ -113,6 +114,6 @@ class TrainConfig:
         positive("max_grad_norm", self.max_grad_norm)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.formulation not in ("auto", "classification", "verbalizer"):
+        if self.formulation not in ("auto", "classification", "verbalizer", "generation"):
             raise ConfigError(
-                f"formulation {self.formulation!r} is not one of auto, classification, verbalizer")
+                f"formulation {self.formulation!r} is not one of auto, classification, verbalizer, generation")
