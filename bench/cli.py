@@ -47,17 +47,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"lr={c.train['lr']} steps={c.train['train_steps']}")
         print(f"{len(cells)} cells (dry run: nothing trained)")
         return 0
+    from bench.executors import make_executor, parse_options
     from bench.provenance import pick_device
     from bench.runner import run_cells
 
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed)
+    executor = make_executor(args.executor, parse_options(args.executor_option), "--executor")
+    device: object = args.device  # other executors resolve the device where the cell runs
+    if args.executor == "local":
+        try:
+            device = pick_device(args.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed,
+                       executor=executor, threads=args.threads)
     print(f"ran {counts['ran']} cells ({counts['failed']} failed), skipped {counts['skipped']} finished")
     if not args.no_render:
         cmd_render(args)
@@ -76,7 +78,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 1
     for path in render(records, _tables_dir(args)):
         print(f"wrote {path}")
-        if path.suffix == ".md" and not args.quiet:
+        if path.name == "leaderboard.md" and not args.quiet:
             print(path.read_text(encoding="utf-8"))
     return 0
 
@@ -134,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", action="append", help="only these methods (repeatable)")
     run.add_argument("--task", action="append", help="only these tasks (repeatable)")
     run.add_argument("--backbone", action="append", help="only these backbones (repeatable)")
+    run.add_argument("--executor", default="local",
+                     help="where cells run: local (this process), subprocess (a child per cell), ray, slurm")
+    run.add_argument("--executor-option", action="append", metavar="KEY=VALUE",
+                     help="executor option, e.g. address=auto, gpus_per_cell=1, partition=gpu (repeatable)")
     run.add_argument("--retry-failed", action="store_true", help="re-run only cells whose last record failed")
     run.add_argument("--dry-run", action="store_true", help="validate and list the cells, train nothing")
     run.add_argument("--no-render", action="store_true", help="skip rendering tables afterwards")

@@ -1,21 +1,33 @@
-"""Records -> leaderboard tables (markdown via tabulate, CSV). A pure step: never trains.
+"""Records -> leaderboards. A pure step: never trains.
 
-One table per task (and backbone): rows are methods, columns prefix lengths, cells the
-main metric's mean ± std over seeds with n; then trainable parameters, adapter size,
-throughput and peak memory (means over the method's cells).
+Per (task, backbone) slice, under the tables folder:
+- ``STEM.md`` / ``STEM.csv``: rows are methods, columns prefix lengths, cells the main
+  metric's mean ± std over seeds with n and a 95% bootstrap CI; then trainable parameters,
+  adapter size, throughput and peak memory; below it paired comparisons (p-values),
+  prefix-length sensitivity and Pareto tables with their plots.
+- ``STEM__scores.csv``, ``STEM__paired.csv``, ``STEM__sensitivity.csv``,
+  ``STEM__sensitivity_curve.csv``, ``STEM__pareto.csv``: the numbers behind them.
+- ``STEM__sensitivity.png``, ``STEM__pareto.png``, ``STEM.tex`` (LaTeX booktabs).
+And for the whole folder: ``leaderboard.md`` (every slice's main table, for a CI job
+summary) and ``index.html`` (one static, sortable page with the plots embedded).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
+from bench import pareto, sensitivity
 from bench.records import ResultRecord, latest_by_cell
+from bench.stats import Summary, compare_methods, fmt_p, summarize
 
 NO_PREFIX = "no prefix"
+COLLAPSE_NOTE = "† a run collapsed to predicting one class."
 
 
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
@@ -23,21 +35,37 @@ def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "train_tokens_per_s", "eval_tokens_per_s",
             "peak_memory_bytes"]
-    return pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
+    df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
+    df["main_score"] = pd.to_numeric(df["main_score"], errors="coerce")
+    return df
 
 
-def _fmt_score(values: pd.Series, collapsed: pd.Series) -> str:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
+def higher_is_better(task: str, metric: str) -> bool:
+    """The metric's direction from the task registry; records of an unregistered task
+    (an old or third-party result file) default to higher-is-better."""
+    try:
+        from tasks import TASKS
+    except ImportError:
+        return True
+    if task not in TASKS:
+        return True
+    for m in TASKS.get(task).metrics:
+        if m.name == metric:
+            return m.higher_is_better
+    return True
+
+
+def fmt_summary(s: Summary, collapsed: bool = False) -> str:
+    if s.n == 0:
         return "—"
-    n = len(vals)
-    mean = sum(vals) / n
-    std = pd.Series(vals).std(ddof=1) if n > 1 else 0.0
-    mark = "†" if collapsed.any() else ""
-    return f"{mean:.4f} ± {std:.4f} (n={n}){mark}"
+    mark = "†" if collapsed else ""
+    ci = f", CI {s.ci_low:.3f}–{s.ci_high:.3f}" if s.n > 1 else ""
+    return f"{s.mean:.4f} ± {s.std:.4f} (n={s.n}{ci}){mark}"
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "—"
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -45,45 +73,191 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _length_columns(df: pd.DataFrame) -> tuple[list[int], bool]:
+    return sorted({int(p) for p in df["prefix_length"].dropna()}), bool(df["prefix_length"].isna().any())
+
+
+def score_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Numbers behind the leaderboard: one row per (method, prefix length or none)."""
+    rows = []
+    key = df["prefix_length"].astype(object).where(df["prefix_length"].notna(), None)
+    for (method, length), g in df.groupby([df["method"], key], dropna=False):
+        s = summarize(g["main_score"])
+        rows.append({"method": method, "prefix_length": None if pd.isna(length) else int(length),
+                     "mean": s.mean, "std": s.std, "n": s.n, "ci_low": s.ci_low, "ci_high": s.ci_high,
+                     "collapsed_runs": int(g["collapsed"].sum())})
+    out = pd.DataFrame(rows, columns=["method", "prefix_length", "mean", "std", "n", "ci_low", "ci_high",
+                                      "collapsed_runs"])
+    return out.sort_values(["method", "prefix_length"], na_position="last", ignore_index=True)
+
+
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     """One task/backbone's records -> the leaderboard frame (strings, ready to print)."""
-    lengths = sorted({int(p) for p in df["prefix_length"].dropna()})
-    has_none = df["prefix_length"].isna().any()
+    lengths, has_none = _length_columns(df)
     columns = [f"P={p}" for p in lengths] + ([NO_PREFIX] if has_none else [])
     out = []
     for method, g in sorted(df.groupby("method"), key=lambda kv: kv[0]):
         row = {"method": method}
         for p in lengths:
             sel = g[g["prefix_length"] == p]
-            row[f"P={p}"] = _fmt_score(sel["main_score"], sel["collapsed"]) if len(sel) else ""
+            row[f"P={p}"] = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
         if has_none:
             sel = g[g["prefix_length"].isna()]
-            row[NO_PREFIX] = _fmt_score(sel["main_score"], sel["collapsed"]) if len(sel) else ""
+            row[NO_PREFIX] = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
         row["trainable params"] = f"{int(g['trainable_params'].median()):,}"
-        row["adapter size"] = _human_bytes(g["adapter_bytes"].median())
+        row["adapter size"] = human_bytes(g["adapter_bytes"].median())
         row["train tok/s"] = f"{g['train_tokens_per_s'].mean():.0f}"
         row["eval tok/s"] = f"{g['eval_tokens_per_s'].mean():.0f}"
-        row["peak memory"] = _human_bytes(g["peak_memory_bytes"].max())
+        row["peak memory"] = human_bytes(g["peak_memory_bytes"].max())
         out.append(row)
     return pd.DataFrame(out, columns=["method", *columns, "trainable params", "adapter size", "train tok/s",
                                       "eval tok/s", "peak memory"])
 
 
-def render(records: list[ResultRecord], out_dir: Path) -> list[Path]:
-    """Write one markdown and one CSV table per (task, backbone); returns the paths."""
+def paired_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of methods with runs on the same (prefix length, seed): A − B, its 95%
+    bootstrap CI and a paired permutation p-value."""
+    rows = []
+    for a, b in itertools.combinations(sorted(df["method"].unique()), 2):
+        r = compare_methods(df, a, b)
+        if r.n:
+            rows.append({"method_a": a, "method_b": b, "pairs": r.n, "mean_diff": r.mean_diff,
+                         "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value})
+    return pd.DataFrame(rows, columns=["method_a", "method_b", "pairs", "mean_diff", "ci_low", "ci_high",
+                                       "p_value"])
+
+
+@dataclass
+class SliceView:
+    """Everything rendered for one (task, backbone): frames for every output format."""
+
+    task: str
+    backbone: str
+    metric: str
+    higher_is_better: bool
+    board: pd.DataFrame
+    scores: pd.DataFrame
+    paired: pd.DataFrame
+    sens_curve: pd.DataFrame
+    sens_scores: pd.DataFrame
+    pareto: pd.DataFrame
+    collapsed: bool
+    images: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return f"{self.task.replace('/', '_')}__{self.backbone}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.task} on {self.backbone}"
+
+
+def build_views(records: list[ResultRecord]) -> list[SliceView]:
     df = records_frame(records)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    views = []
     for (task, backbone), g in sorted(df.groupby(["task", "backbone"]), key=lambda kv: kv[0]):
         metric = g["main_metric"].iloc[0]
-        table = leaderboard(g)
-        stem = f"{task.replace('/', '_')}__{backbone}"
-        md = out_dir / f"{stem}.md"
-        md.write_text(
-            f"## {task} on {backbone}: {metric} (mean ± std over seeds)\n\n"
-            + tabulate(table, headers="keys", tablefmt="github", showindex=False)
-            + "\n\n† a run collapsed to predicting one class.\n", encoding="utf-8")
-        csv = out_dir / f"{stem}.csv"
-        table.to_csv(csv, index=False)
-        written += [md, csv]
+        hib = higher_is_better(task, metric)
+        views.append(SliceView(task, backbone, metric, hib, leaderboard(g), score_table(g), paired_table(g),
+                               sensitivity.curves(g), sensitivity.scores(g, hib), pareto.table(g, hib),
+                               bool(g["collapsed"].any())))
+    return views
+
+
+def _md(frame: pd.DataFrame) -> str:
+    # numbers arrive formatted as the reader should see them; tabulate must not re-parse them
+    return tabulate(frame, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def paired_display(p: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "A": p["method_a"], "B": p["method_b"], "pairs": p["pairs"],
+        "A − B": [f"{d:+.4f}" for d in p["mean_diff"]],
+        "95% CI": [f"{lo:+.4f} … {hi:+.4f}" for lo, hi in zip(p["ci_low"], p["ci_high"], strict=True)],
+        "p": [fmt_p(v) for v in p["p_value"]]})
+
+
+def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:
+    def ci(row: pd.Series) -> str:
+        if row["seeds_all_lengths"] < 2:
+            return f"{row['seed_spread_mean']:.4f} (n={row['seeds_all_lengths']})"
+        return (f"{row['seed_spread_mean']:.4f} (n={row['seeds_all_lengths']}, CI "
+                f"{row['seed_spread_ci_low']:.3f}–{row['seed_spread_ci_high']:.3f})")
+    return pd.DataFrame({
+        "method": s["method"], "lengths": s["lengths"], "best P": s["best_length"],
+        "best": s["best_mean"].map("{:.4f}".format), "worst": s["worst_mean"].map("{:.4f}".format),
+        "spread (max−min)": s["spread"].map("{:.4f}".format),
+        "std across lengths": s["std_across_lengths"].map("{:.4f}".format),
+        "per-seed spread": [ci(r) for _, r in s.iterrows()]})
+
+
+def pareto_display(p: pd.DataFrame) -> pd.DataFrame:
+    star = {True: "★", False: ""}
+    return pd.DataFrame({
+        "method": p["method"], "P": [NO_PREFIX if pd.isna(x) else str(int(x)) for x in p["prefix_length"]],
+        "score": [f"{s:.4f} (n={n})" for s, n in zip(p["score"], p["n"], strict=True)],
+        "trainable params": p["trainable_params"].map(lambda v: f"{v:,.0f}"),
+        "frontier: params": p["pareto_trainable_params"].map(star),
+        "train tok/s": p["train_tokens_per_s"].map(lambda v: f"{v:.0f}"),
+        "frontier: tok/s": p["pareto_train_tokens_per_s"].map(star),
+        "peak memory": p["peak_memory_bytes"].map(human_bytes),
+        "frontier: memory": p["pareto_peak_memory_bytes"].map(star)})
+
+
+def slice_markdown(v: SliceView, images: bool = True) -> str:
+    direction = "higher" if v.higher_is_better else "lower"
+    parts = [f"## {v.title}: {v.metric} (mean ± std over seeds, 95% bootstrap CI; {direction} is better)",
+             _md(v.board)]
+    if v.collapsed:
+        parts.append(COLLAPSE_NOTE)
+    if len(v.paired):
+        parts += ["### Paired comparisons (matched prefix length and seed; permutation p-value)",
+                  _md(paired_display(v.paired))]
+    if len(v.sens_scores):
+        parts += ["### Prefix-length sensitivity (lower spread = more stable)", _md(sensitivity_display(v.sens_scores))]
+        if images and "sensitivity" in v.images:
+            parts.append(f"![{v.metric} vs prefix length]({v.images['sensitivity'].name})")
+    if len(v.pareto):
+        parts += ["### Pareto views (★ = on the frontier)", _md(pareto_display(v.pareto))]
+        if images and "pareto" in v.images:
+            parts.append(f"![Pareto views]({v.images['pareto'].name})")
+    return "\n\n".join(parts) + "\n"
+
+
+def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> list[Path]:
+    """Write every table, plot and page for ``records`` under ``out_dir``; returns the paths."""
+    from bench import html_page, latex
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    views = build_views(records)
+    written: list[Path] = []
+    for v in views:
+        if plots:
+            from bench import plots as plotting
+            flat = v.scores[v.scores["prefix_length"].isna()][["method", "mean"]]
+            title = f"{v.title}: {v.metric}"
+            if len(v.sens_curve):
+                v.images["sensitivity"] = plotting.sensitivity_plot(
+                    v.sens_curve, flat, title, v.metric, out_dir / f"{v.stem}__sensitivity.png")
+            if len(v.pareto):
+                v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out_dir / f"{v.stem}__pareto.png")
+        md = out_dir / f"{v.stem}.md"
+        md.write_text(slice_markdown(v), encoding="utf-8")
+        tables = {"": v.board, "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
+                  "__sensitivity_curve": v.sens_curve, "__pareto": v.pareto}
+        csvs = []
+        for suffix, frame in tables.items():
+            path = out_dir / f"{v.stem}{suffix}.csv"
+            frame.to_csv(path, index=False)
+            csvs.append(path)
+        tex = out_dir / f"{v.stem}.tex"
+        tex.write_text(latex.slice_latex(v), encoding="utf-8")
+        written += [md, *csvs, tex, *v.images.values()]
+    if views:
+        board = out_dir / "leaderboard.md"
+        board.write_text("\n".join(slice_markdown(v, images=False) for v in views), encoding="utf-8")
+        page = out_dir / "index.html"
+        page.write_text(html_page.page(views), encoding="utf-8")
+        written += [board, page]
     return written

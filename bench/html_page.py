@@ -1,0 +1,118 @@
+"""A static HTML leaderboard: one self-contained file (plots embedded as data: URIs, a few
+lines of inline JS to sort a table by clicking its header). No server, no external assets,
+so it can be opened from a CI artifact or a file:// URL.
+
+Hand-written rather than pandas ``to_html`` because each cell needs a ``data-sort`` value
+(the number behind "0.8123 ± 0.0100 (n=3)") for numeric sorting.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from bench.render import SliceView
+
+_NUMBER = re.compile(r"^[+−-]?[\d,]*\.?\d+(?:[eE][+-]?\d+)?")
+_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table.board { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 14px; }
+table.board th, table.board td { border: 1px solid #bbb; padding: 4px 8px; text-align: right; }
+table.board th { background: #e8eef7; cursor: pointer; user-select: none; }
+table.board td:first-child, table.board th:first-child { text-align: left; }
+table.board tr:nth-child(even) td { background: #f6f6f6; }
+th.asc::after { content: " ▲"; } th.desc::after { content: " ▼"; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+.note { color: #666; font-size: 13px; }
+"""
+
+# Click a header: sort rows by that column's data-sort (numbers) or text; click again to flip.
+SCRIPT = """
+document.querySelectorAll('table.board').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var asc = !th.classList.contains('asc');
+      table.querySelectorAll('th').forEach(function (h) { h.classList.remove('asc', 'desc'); });
+      th.classList.add(asc ? 'asc' : 'desc');
+      var body = table.tBodies[0], rows = Array.from(body.rows);
+      var key = function (r) { var c = r.cells[col], v = c.dataset.sort;
+        return v === undefined || v === '' ? c.textContent : parseFloat(v); };
+      rows.sort(function (a, b) { var x = key(a), y = key(b);
+        if (typeof x === 'number' && typeof y === 'number') { if (isNaN(x)) return 1; if (isNaN(y)) return -1;
+          return asc ? x - y : y - x; }
+        return asc ? String(x).localeCompare(String(y)) : String(y).localeCompare(String(x)); });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def sort_value(text: str) -> float | None:
+    """The number a displayed cell sorts by: its leading number, scaled by a byte unit."""
+    t = str(text).strip()
+    m = _NUMBER.match(t)
+    if not m:
+        return None
+    value = float(m.group(0).replace(",", "").replace("−", "-"))
+    unit = t[m.end():].split()[:1]
+    return value * _UNITS.get(unit[0], 1) if unit else value
+
+
+def table_html(frame: pd.DataFrame, table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for v in row:
+            text = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+            num = sort_value(text)
+            attr = f' data-sort="{num!r}"' if num is not None else ""
+            cells.append(f"<td{attr}>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table class="board" id="{html.escape(table_id)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _img(path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def slice_html(v: SliceView) -> str:
+    from bench.render import COLLAPSE_NOTE, paired_display, pareto_display, sensitivity_display
+
+    direction = "higher" if v.higher_is_better else "lower"
+    parts = [f'<section id="{html.escape(v.stem)}"><h2>{html.escape(v.title)}: {html.escape(v.metric)}</h2>',
+             f'<p class="note">mean ± std over seeds, n and 95% bootstrap CI; {direction} is better. '
+             "Click a header to sort.</p>", table_html(v.board, f"board-{v.stem}")]
+    if v.collapsed:
+        parts.append(f'<p class="note">{html.escape(COLLAPSE_NOTE)}</p>')
+    if len(v.paired):
+        parts += ["<h3>Paired comparisons</h3>", table_html(paired_display(v.paired), f"paired-{v.stem}")]
+    if len(v.sens_scores):
+        parts += ["<h3>Prefix-length sensitivity</h3>",
+                  table_html(sensitivity_display(v.sens_scores), f"sensitivity-{v.stem}")]
+    if "sensitivity" in v.images:
+        parts.append(_img(v.images["sensitivity"]))
+    if len(v.pareto):
+        parts += ["<h3>Pareto views (★ on the frontier)</h3>", table_html(pareto_display(v.pareto), f"pareto-{v.stem}")]
+    if "pareto" in v.images:
+        parts.append(_img(v.images["pareto"]))
+    return "\n".join(parts) + "</section>"
+
+
+def page(views: list[SliceView], title: str = "prefix-bench leaderboard") -> str:
+    toc = "".join(f'<li><a href="#{html.escape(v.stem)}">{html.escape(v.title)}</a></li>' for v in views)
+    body = "\n".join(slice_html(v) for v in views)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>{toc}</ul>\n{body}\n"
+            f"<script>{SCRIPT}</script></body></html>\n")
