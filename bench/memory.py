@@ -20,3 +20,8 @@ def peak_bytes(device: torch.device) -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_peak_rss_process"
+
+
+def peak_reserved_bytes(device: torch.device) -> int:
+    """CUDA max reserved memory (what the caching allocator held); 0 elsewhere."""
+    return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else 0

@@ -53,6 +53,13 @@ class ResultRecord:
     final_loss: float | None = None
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
+    peak_reserved_bytes: int = 0  # CUDA max reserved (allocator cache included); 0 on CPU
+    # efficiency, defined in bench/efficiency.py and bench/flops.py
+    mfu: float | None = None
+    peak_flops: float = 0.0
+    achieved_flops: float = 0.0
+    steps_to_target: int | None = None
+    harness_overhead: float | None = None
     formulation: str = ""
     lr: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,93 @@
+"""The analytic FLOP count against torch's FlopCounterMode (an independent reference), the
+peak probe, and the efficiency fields of a real `tiny` suite record."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import backbones
+from bench.efficiency import steps_to_target
+from bench.flops import StepFlops, peak_flops
+from methods import METHODS, AttachContext, Anatomy
+
+B, S = 3, 7
+CASES = [("prefix_tuning", {"projection": True, "mid_dim": 16}), ("prefix_tuning", {"projection": False}),
+         ("prompt_tuning", {}), ("lora", {}), ("full_finetune", {})]
+
+
+def _attached(backbone: str, method: str, args: dict, P: int = 4):
+    loaded = backbones.load_backbone(backbone, "causal_lm", 2, "auto", "cpu")
+    model = copy.deepcopy(loaded.model)
+    model.config._attn_implementation = "eager"  # matmuls FlopCounterMode can see (CPU SDPA it cannot)
+    cls = METHODS.get(method)
+    m = cls(cls.Config.from_dict(args, method), P if cls.uses_prefix_length else None)
+    return m.attach(model, AttachContext(loaded.tokenizer, Anatomy.of(model), 0))
+
+
+def _measured(adapter, train: bool, logits_to_keep: int = 1) -> int:
+    ids = torch.randint(5, 1000, (B, S), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        with torch.set_grad_enabled(train):
+            out = adapter(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=logits_to_keep)
+            if train:
+                F.cross_entropy(out.logits[:, -1, :], torch.zeros(B, dtype=torch.long)).backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("method,args", CASES)
+def test_flop_count_matches_flop_counter_mode(backbone, method, args):
+    adapter = _attached(backbone, method, args)
+    flops = StepFlops.of(adapter)
+    assert flops.count(B, S, train=True) == _measured(adapter, train=True)
+    adapter.eval()
+    adapter.fold()
+    assert flops.count(B, S, train=False, folded=True) == _measured(adapter, train=False)
+
+
+def test_flop_count_full_logits_and_hand_count():
+    """All positions' logits (full LM loss) on tiny-llama, and a hand count of the forward."""
+    adapter = _attached("tiny-llama", "prefix_tuning", {"projection": False})
+    flops = StepFlops.of(adapter)
+    assert flops.count(B, S, train=True, logit_rows=B * S) == _measured(adapter, True, logits_to_keep=0)
+    # tiny-llama: d=32, 4 heads x 8, 2 kv heads, ffn 64, 2 layers, vocab 30522, P=4 cached keys
+    d, ff, L, V, kv = 32, 64, 2, 30522, 16
+    per_layer = d * d + 2 * d * kv + d * d + 3 * d * ff
+    T, K = B * S, S + 4
+    hand = 2 * L * per_layer * T + L * 2 * (2 * d * T * K) + 2 * d * V * B
+    assert flops.count(B, S, train=False) == hand
+
+
+def test_peak_flops_probe_is_positive():
+    assert peak_flops(torch.device("cpu")) > 1e8  # any CPU of this century does 0.1 GFLOP/s
+
+
+def test_steps_to_target():
+    losses = [1.0] * 5 + [0.5] * 5 + [0.1] * 10
+    # smoothed over 1 step: the first step within 5% of the improvement (1.0 -> 0.1) is 11
+    assert steps_to_target(losses, window=1) == 11
+    assert steps_to_target([1.0, 1.0, 1.2]) is None  # no improvement: no step reaches it
+    assert steps_to_target([]) is None
+
+
+def test_tiny_suite_record_carries_efficiency(tmp_path, data):
+    from bench.matrix import load_suite
+    from bench.records import read_records
+    from bench.runner import run_cells
+
+    cells = [c for c in load_suite(None, "tiny") if c.method == "prefix_tuning"]
+    counts = run_cells(cells, tmp_path, data, torch.device("cpu"), log=lambda s: None)
+    assert counts["failed"] == 0
+    (r,) = read_records(tmp_path)[0]
+    assert r.status == "ok", r.error
+    assert 0 < r.mfu <= 1 and r.peak_flops > 0 and r.achieved_flops > 0
+    assert r.train_tokens_per_s > 0 and r.eval_tokens_per_s > 0
+    backbone_bytes = sum(p.numel() * p.element_size() for p in
+                         backbones.load_backbone("tiny-llama", "causal_lm", 2, "auto", "cpu").model.parameters())
+    assert r.peak_memory_bytes > backbone_bytes
+    assert 0 <= r.harness_overhead < 1
