@@ -7,25 +7,28 @@ from __future__ import annotations
 import copy
 import json
 import random
-import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench import efficiency, flops, memory, provenance
+from bench import memory, provenance
 from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, resolve_source
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
-from bench.records import ResultRecord, append_record, finished_ids, read_records
+from bench.records import ResultRecord, finished_ids, read_records
 from bench.trainer import TrainStats, evaluate, train
 from methods import METHODS, AttachContext, Anatomy
 from tasks import TASKS, DataSettings
 from tasks.base import DataUnavailableError, Example, Split
+
+if TYPE_CHECKING:
+    from bench.executors import Executor
 
 _SPLITS: dict[tuple, Split] = {}
 
@@ -105,9 +108,6 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     eval_split = load_split(cell.task, task.eval_split, data)
     loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
     formulation: Formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
-    flops.peak_flops(device, next(loaded.model.parameters()).dtype)  # once per process, off the cell clock
-    wall_start = time.perf_counter()  # after the once-per-process loads: harness overhead is per cell
-    eval_seconds = [0.0]
 
     seed_everything(cell.seed)
     memory.reset_peak(device)
@@ -129,7 +129,6 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
 
     def periodic(step: int) -> float:
         res = evaluate(adapter, formulation, eval_examples, cfg.eval_batch_size, device, desc="eval")
-        eval_seconds[0] += res.seconds
         return task.compute_metrics(res.predictions, eval_examples)[task.main_metric]
 
     stats = train(adapter, formulation, train_examples, cfg, cell.seed, device, desc=f"train {label}",
@@ -142,10 +141,6 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     if results_dir is not None:
         adapter_path, adapter_bytes = save_adapter(adapter, results_dir / "adapters" / f"{cell.id}.safetensors")
         curve_path = save_curves(results_dir / "curves" / f"{cell.id}.json", stats)
-    compute = sum(stats.step_seconds) + eval_seconds[0] + result.seconds
-    overhead = efficiency.harness_overhead(time.perf_counter() - wall_start, compute)
-    eff = efficiency.train_mfu(adapter, cfg.batch_size, stats.tokens, len(stats.step_tokens),
-                               stats.tokens_per_s(), device)
 
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
@@ -161,10 +156,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),
         first_loss=stats.losses[0] if stats.losses else None,
         final_loss=float(np.mean(stats.losses[-10:])) if stats.losses else None,
-        peak_memory_bytes=peak, peak_memory_kind=peak_kind,
-        peak_reserved_bytes=memory.peak_reserved_bytes(device), **eff,
-        steps_to_target=efficiency.steps_to_target(stats.losses), harness_overhead=overhead,
-        formulation=formulation.name, lr=cfg.lr or 0.0,
+        peak_memory_bytes=peak, peak_memory_kind=peak_kind, formulation=formulation.name, lr=cfg.lr or 0.0,
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
         device=provenance.device_name(device), backbone_source=loaded.source,
         data_source=f"train={train_split.source} eval={eval_split.source}",
@@ -206,9 +198,14 @@ def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:
         started_at=started, finished_at=provenance.now())
 
 
-def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device,
-              retry_failed: bool = False, log: Callable[[str], None] = print) -> dict[str, int]:
-    """Run every unfinished cell; returns counts (ran, skipped, failed)."""
+def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
+              retry_failed: bool = False, log: Callable[[str], None] = print,
+              executor: Executor | None = None, threads: int = 0) -> dict[str, int]:
+    """Run every unfinished cell with ``executor`` (default: in this process); returns counts
+    (ran, skipped, failed). Everything is validated before any model loads; each finished
+    cell's row is in the store before the next result is reported."""
+    from bench.executors import CellJob, LocalExecutor
+
     validate_cells(cells, data)
     records, problems = read_records(results_dir)
     for p in problems:
@@ -221,24 +218,21 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
         todo = [c for c in cells if c.id not in done]
     todo.sort(key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
-    log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}")
-    for i, cell in enumerate(todo, 1):
-        head = f"[{i}/{len(todo)}] {cell.method} {cell.task} {cell.backbone} P={cell.prefix_length} seed={cell.seed}"
-        log(head + " ...")
-        started, t0 = provenance.now(), time.perf_counter()
-        try:
-            record = run_cell(cell, data, device, results_dir)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:  # a failed cell is data: record it and go on
-            record = failed_record(cell, err, started)
+    executor = executor or LocalExecutor()
+    log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
+        f" ({executor.name} executor)")
+    # absolute: workers (child processes, Ray, Slurm) may start in another directory
+    job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads)
+    for i, record in enumerate(executor.run(todo, job, log), 1):
+        head = f"[{i}/{len(todo)}] {record.method} {record.task} {record.backbone} P={record.prefix_length} seed={record.seed}"
+        if record.status != "ok":
             counts["failed"] += 1
             log(f"{head}: FAILED {record.error}")
         else:
             flag = " (collapsed to one class)" if record.collapsed else ""
             log(f"{head}: {record.main_metric}={record.main_score:.4f}{flag} "
                 f"loss {record.first_loss:.3f}->{record.final_loss:.3f}, "
-                f"{record.train_tokens_per_s:.0f} train tok/s, {time.perf_counter() - t0:.0f} s")
-        append_record(results_dir, record)
+                f"{record.train_tokens_per_s:.0f} train tok/s, "
+                f"{record.train_seconds + record.eval_seconds:.0f} s")
         counts["ran"] += 1
     return counts

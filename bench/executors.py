@@ -1,0 +1,362 @@
+"""Executors decide where cells run: in this process, one child process per cell, as Ray
+tasks, or as Slurm array jobs through submitit.
+
+Every executor runs the same job, :func:`execute_cell`: train and evaluate one cell, turn
+any exception into a ``failed`` row, append the row to the store and return it. Workers
+append directly (``append_record`` is flock + O_APPEND + fsync, safe with many writers) so
+that a finished cell is on disk the moment it finishes, even when the driver dies: Slurm
+jobs outlive their driver, and a driver killed mid-matrix loses nothing a worker finished.
+Workers also return the row so the driver can log and count. Only when a worker dies
+without writing anything (killed, out of memory, node lost) does the driver append the
+failed row, so a crash is still data and ``--retry-failed`` finds it.
+
+Adapters and curves are written by the worker under the results folder: with Ray or Slurm
+across machines that folder must be on a shared filesystem (it always is on a typical
+Slurm cluster; a local Ray cluster shares this machine's disk).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench.config import ConfigError, check_fields, positive
+from bench.matrix import Cell
+from bench.records import ResultRecord, append_record, read_records
+from bench.registry import Registry
+from tasks import DataSettings
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What a worker needs besides the cell; small and picklable."""
+
+    data: DataSettings
+    device: str  # a spec resolved on the worker ("auto", "cpu", "cuda", "cuda:1")
+    results_dir: str
+    threads: int = 0  # torch CPU threads in the worker (0: leave torch's default)
+    isolated: bool = False  # the worker process runs only this cell: its peak RSS is the cell's
+
+
+def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
+    """Run one cell wherever this is called and append its row (ok or failed)."""
+    import torch
+
+    from bench import provenance
+    from bench.runner import failed_record, run_cell
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    started = provenance.now()
+    try:
+        device = provenance.pick_device(job.device)
+        record = run_cell(cell, job.data, device, Path(job.results_dir))
+        if job.isolated and record.peak_memory_kind == "cpu_peak_rss_process":
+            record.peak_memory_kind = "cpu_peak_rss_cell"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # a failed cell is data (NaN loss, OOM, bugs): record it, go on
+        record = failed_record(cell, err, started)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # after a CUDA OOM the next cell needs the memory back
+    append_record(job.results_dir, record)
+    return record
+
+
+def lost_cell(cell: Cell, job: CellJob, reason: str, started: str) -> ResultRecord:
+    """The driver's row for a worker that died without writing one (unless it did after all)."""
+    from bench.runner import failed_record
+
+    records, _ = read_records(job.results_dir)
+    for r in reversed(records):
+        if r.cell_id == cell.id and r.started_at >= started:
+            return r  # the worker wrote its row before the executor lost track of it
+    record = failed_record(cell, RuntimeError(reason), started)
+    append_record(job.results_dir, record)
+    return record
+
+
+class Executor(ABC):
+    """Runs cells and yields each cell's row as it finishes (in any order)."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+        """Execute every cell; yield its row once it is in the store."""
+
+    def validate(self) -> None:  # noqa: B027 (an optional hook, not an abstract method)
+        """Checks that need no model (importable backend, reachable options)."""
+
+
+EXECUTORS: Registry[type[Executor]] = Registry("executor", Executor)
+
+
+def make_executor(name: str, options: dict[str, Any] | None = None, where: str = "executor") -> Executor:
+    """The executor ``name`` built from ``options`` (unknown keys and bad values: ConfigError)."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"{where}: {EXECUTORS.unknown_message(name)}")
+    cls = EXECUTORS.get(name)
+    executor = cls(check_fields(cls.Config, dict(options or {}), f"{where} {name!r}"))
+    executor.validate()
+    return executor
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings from the command line; VALUE is read as a TOML value when it is
+    one (``4``, ``true``, ``"gpu"``), else kept as a string."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--executor-option {pair!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+@EXECUTORS.register("local")
+class LocalExecutor(Executor):
+    """Cells one after another in this process (backbones and data loaded once, shared).
+    ``isolate = true`` runs each cell in a fresh child process instead: the per-cell peak
+    RSS is then the cell's own, and a cell killed by the OOM killer becomes a failed row."""
+
+    name = "local"
+
+    @dataclass(frozen=True)
+    class Config:
+        isolate: bool = field(default=False, metadata={"help": "one fresh child process per cell"})
+        workers: int = field(default=1, metadata={"help": "child processes at once (isolate only)"})
+
+        def __post_init__(self) -> None:
+            positive("workers", self.workers)
+            if self.workers > 1 and not self.isolate:
+                raise ConfigError("workers > 1 needs isolate = true (one process runs one cell at a time)")
+
+    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+        if not self.config.isolate:
+            for cell in cells:
+                yield execute_cell(cell, job)
+            return
+        yield from _run_children(cells, job, self.config.workers, log)
+
+
+@EXECUTORS.register("subprocess")
+class SubprocessExecutor(LocalExecutor):
+    """Shorthand for ``local`` with ``isolate = true``."""
+
+    name = "subprocess"
+
+    @dataclass(frozen=True)
+    class Config(LocalExecutor.Config):
+        isolate: bool = field(default=True, metadata={"help": "always true for this executor"})
+
+
+def _child(cell: Cell, job: CellJob, conn: Any) -> None:
+    record = execute_cell(cell, job)
+    conn.send(record)
+    conn.close()
+
+
+def _run_children(cells: list[Cell], job: CellJob, workers: int, log: Log) -> Iterator[ResultRecord]:
+    from bench import provenance
+
+    # spawn, not fork: a forked child inherits the parent's peak RSS (and its torch threads)
+    ctx = multiprocessing.get_context("spawn")
+    job = dataclasses.replace(job, threads=job.threads or threads_for(workers), isolated=True)
+    pending = list(cells)
+    running: dict[Any, tuple[Cell, Any, str]] = {}  # process -> (cell, receiving end, started)
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                cell = pending.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_child, args=(cell, job, send), daemon=True)
+                proc.start()
+                send.close()
+                running[proc] = (cell, recv, provenance.now())
+            wait([p.sentinel for p in running] + [r for _, r, _ in running.values()])
+            for proc in list(running):
+                cell, recv, started = running[proc]
+                record = None
+                if recv.poll():
+                    try:
+                        record = recv.recv()
+                    except EOFError:
+                        record = None
+                if record is None and proc.is_alive():
+                    continue
+                proc.join()
+                recv.close()
+                del running[proc]
+                if record is None:
+                    code = proc.exitcode
+                    why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    record = lost_cell(cell, job, f"worker process died ({why}; out of memory?)", started)
+                yield record
+    finally:
+        for proc in running:
+            proc.kill()
+            proc.join()
+
+
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    """Cells as Ray tasks with resource requests. Connects to ``address`` (``auto``: the
+    cluster this machine belongs to) or starts a local Ray instance with ``num_cpus``."""
+
+    name = "ray"
+
+    @dataclass(frozen=True)
+    class Config:
+        address: str = field(default="", metadata={
+            "help": "cluster address (ray://host:10001, auto); empty: start a local instance"})
+        num_cpus: int = field(default=2, metadata={"help": "CPUs of a local instance we start"})
+        cpus_per_cell: float = field(default=1.0, metadata={"help": "CPUs requested by each cell"})
+        gpus_per_cell: float = field(default=-1.0, metadata={
+            "help": "GPUs requested by each cell; -1: 1 when the device is cuda (or auto with a "
+                    "GPU in the cluster), else 0"})
+
+        def __post_init__(self) -> None:
+            positive("num_cpus", self.num_cpus)
+            positive("cpus_per_cell", self.cpus_per_cell)
+            if self.gpus_per_cell < 0 and self.gpus_per_cell != -1:
+                raise ConfigError(f"gpus_per_cell must be >= 0 or -1 (auto), got {self.gpus_per_cell!r}")
+
+    def validate(self) -> None:
+        _require("ray", "ray")
+
+    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+        import ray
+
+        from bench import provenance
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            if self.config.address:
+                ray.init(address=self.config.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.config.num_cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            gpus = self.config.gpus_per_cell
+            if gpus < 0:
+                wants_cuda = job.device.startswith("cuda") or (
+                    job.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+                gpus = 1.0 if wants_cuda else 0.0
+            threads = job.threads or max(1, int(self.config.cpus_per_cell))
+            # max_calls=1: a fresh worker process per cell, so its peak RSS is the cell's and
+            # no state leaks between cells; max_retries=0: a crash becomes a failed row
+            remote = ray.remote(max_calls=1, max_retries=0)(execute_cell).options(
+                num_cpus=self.config.cpus_per_cell, num_gpus=gpus)
+            cell_job = dataclasses.replace(
+                job, device="cuda" if gpus and job.device == "auto" else job.device, threads=threads,
+                isolated=True)
+            started = provenance.now()
+            refs = {remote.remote(cell, cell_job): cell for cell in cells}
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                cell = refs.pop(done[0])
+                try:
+                    yield ray.get(done[0])
+                except Exception as err:  # the worker died (OOM kill, node lost)
+                    yield lost_cell(cell, job, f"ray task failed: {type(err).__name__}: {err}"[:1500], started)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+@EXECUTORS.register("slurm")
+class SlurmExecutor(Executor):
+    """Cells as one Slurm array job through submitit. ``cluster = "local"`` runs the same
+    job script on this machine (submitit's LocalExecutor), which is what the tests use."""
+
+    name = "slurm"
+
+    @dataclass(frozen=True)
+    class Config:
+        partition: str = field(default="", metadata={"help": "Slurm partition (empty: the cluster default)"})
+        timeout_min: int = field(default=60, metadata={"help": "wall-clock limit per cell, minutes"})
+        cpus_per_cell: int = field(default=4, metadata={"help": "CPUs per array task"})
+        gpus_per_cell: int = field(default=0, metadata={"help": "GPUs per array task"})
+        mem_gb: float = field(default=16.0, metadata={"help": "memory per array task, GB"})
+        array_parallelism: int = field(default=64, metadata={"help": "array tasks running at once"})
+        folder: str = field(default="", metadata={
+            "help": "submitit logs and pickles (empty: RESULTS/slurm)"})
+        cluster: str = field(default="slurm", metadata={
+            "help": "slurm | local (same job on this machine) | auto (slurm when sbatch exists)"})
+
+        def __post_init__(self) -> None:
+            for name in ("timeout_min", "cpus_per_cell", "mem_gb", "array_parallelism"):
+                positive(name, getattr(self, name))
+            positive("gpus_per_cell", self.gpus_per_cell, allow_zero=True)
+            if self.cluster not in ("slurm", "local", "auto"):
+                raise ConfigError(f"cluster {self.cluster!r} is not one of slurm, local, auto")
+
+    def validate(self) -> None:
+        _require("submitit", "submitit")
+
+    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+        import submitit
+
+        from bench import provenance
+
+        c = self.config
+        folder = c.folder or str(Path(job.results_dir) / "slurm")
+        cluster = None if c.cluster == "auto" else c.cluster
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        params: dict[str, Any] = {"timeout_min": c.timeout_min, "cpus_per_task": c.cpus_per_cell,
+                                  "gpus_per_node": c.gpus_per_cell, "slurm_array_parallelism": c.array_parallelism,
+                                  "name": "prefix-bench"}
+        if executor.cluster == "slurm":
+            params["mem_gb"] = c.mem_gb
+            if c.partition:
+                params["slurm_partition"] = c.partition
+        executor.update_parameters(**params)
+        cell_job = dataclasses.replace(job, threads=job.threads or c.cpus_per_cell, isolated=True)
+        started = provenance.now()
+        jobs = executor.map_array(execute_cell, cells, [cell_job] * len(cells))
+        log(f"submitted {len(jobs)} {executor.cluster} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder}")
+        pending = dict(zip(jobs, cells, strict=True))
+        while pending:
+            for sjob in [j for j in pending if j.done()]:
+                cell = pending.pop(sjob)
+                try:
+                    yield sjob.result()
+                except Exception as err:  # timeout, preemption, node failure, OOM kill
+                    yield lost_cell(cell, job, f"slurm job {sjob.job_id} failed: {str(err)[-1500:]}", started)
+            if pending:
+                time.sleep(1.0)
+
+
+def _require(module: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"executor needs the {package!r} package: pip install 'prefix-bench[distributed]'")
+
+
+def threads_for(workers: int) -> int:
+    """Torch threads per worker so concurrent workers do not oversubscribe this machine."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
