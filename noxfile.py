@@ -36,15 +36,16 @@ def data_env() -> dict[str, str]:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run the default benchmark suite and render its tables (args go to `prefix-bench run`)."""
-    install(session)
+    """Run the default benchmark suite and render its tables (args go to `prefix-bench run`,
+    e.g. `-- --executor ray`)."""
+    install(session, "distributed")
     session.run("prefix-bench", "run", *session.posargs, env=data_env())
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite (args go to pytest, e.g. `-m "not slow"`)."""
-    install(session, "test")
+    install(session, "test", "distributed")  # so the executor tests run, not skip
     session.run("pytest", *session.posargs, env=data_env())
 
 
