@@ -24,6 +24,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.matrix import load_suite
     from tasks import DataSettings
 
+    from bench.registry import RegistryError, import_plugins
+
+    try:
+        import_plugins(args.plugin or [])  # before the suite is read: it may name their plugins
+    except RegistryError as err:
+        raise ConfigError(f"--plugin: {err}") from None
     cells = load_suite(args.config, args.suite)
     for key in ("method", "task", "backbone"):
         wanted = getattr(args, key)
@@ -59,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed,
-                       executor=executor, threads=args.threads)
+                       executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()))
     print(f"ran {counts['ran']} cells ({counts['failed']} failed), skipped {counts['skipped']} finished")
     if not args.no_render:
         cmd_render(args)
@@ -140,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where cells run: local (this process), subprocess (a child per cell), ray, slurm")
     run.add_argument("--executor-option", action="append", metavar="KEY=VALUE",
                      help="executor option, e.g. address=auto, gpus_per_cell=1, partition=gpu (repeatable)")
+    run.add_argument("--plugin", action="append", metavar="MODULE",
+                     help="import this module first (it registers methods/tasks/backbones; repeatable)")
     run.add_argument("--retry-failed", action="store_true", help="re-run only cells whose last record failed")
     run.add_argument("--dry-run", action="store_true", help="validate and list the cells, train nothing")
     run.add_argument("--no-render", action="store_true", help="skip rendering tables afterwards")
@@ -155,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--config", default=None, help="suite TOML file for 'suites'")
     lst.add_argument("-v", "--verbose", action="store_true", help="show each method's options")
     lst.set_defaults(func=cmd_list)
+
+    from bench import compare, reproduce, reproduction  # each module owns its subcommand's options
+    for module in (compare, reproduce, reproduction):
+        module.add_subcommand(sub)
     return p
 
 

@@ -1,0 +1,149 @@
+"""``prefix-bench compare A B``: what changed between two results folders, per cell.
+
+A cell key is (method, task, backbone, prefix_length); seeds are aggregated (mean, 95%
+bootstrap CI, n). B is judged against A (the baseline):
+- metric regression: B's mean falls outside A's CI in the worse direction and moves more
+  than ``--min-delta``;
+- throughput regression: B's train tokens/s below ``--throughput-ratio`` x A's;
+- memory regression: B's peak memory above ``--memory-ratio`` x A's.
+Cells only in one folder are listed; ``--fail-on-missing`` makes a cell missing from B an
+error. Exit status 1 names every regressed cell; 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from bench.config import ConfigError
+from bench.records import read_records
+from bench.render import higher_is_better, records_frame
+from bench.stats import summarize
+
+KEY = ["method", "task", "backbone", "prefix_length"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_delta: float = 0.0
+    throughput_ratio: float = 0.8
+    memory_ratio: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.min_delta < 0:
+            raise ConfigError(f"--min-delta must be >= 0, got {self.min_delta}")
+        if not 0 < self.throughput_ratio <= 1:
+            raise ConfigError(f"--throughput-ratio must be in (0, 1], got {self.throughput_ratio}")
+        if self.memory_ratio < 1:
+            raise ConfigError(f"--memory-ratio must be >= 1, got {self.memory_ratio}")
+
+
+def cell_name(row: pd.Series | dict) -> str:
+    p = row["prefix_length"]
+    plen = "none" if p is None or (isinstance(p, float) and math.isnan(p)) else str(int(p))
+    return f"{row['method']}/{row['task']}/{row['backbone']}/P={plen}"
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell key: score summary over seeds, mean throughput, max peak memory."""
+    rows = []
+    key = df["prefix_length"].astype(object).where(df["prefix_length"].notna(), None)
+    for (method, task, backbone, plen), g in df.groupby([df["method"], df["task"], df["backbone"], key],
+                                                       dropna=False):
+        s = summarize(g["main_score"])
+        rows.append({"method": method, "task": task, "backbone": backbone,
+                     "prefix_length": None if pd.isna(plen) else int(plen), "metric": g["main_metric"].iloc[0],
+                     "mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n,
+                     "seeds": ",".join(str(x) for x in sorted(g["seed"])),
+                     "tok_s": float(g["train_tokens_per_s"].mean()), "memory": float(g["peak_memory_bytes"].max())})
+    return pd.DataFrame(rows)
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, th: Thresholds) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Per-cell comparison rows, the regressions (messages naming cells), and cells missing
+    from either side."""
+    aa, bb = aggregate(a), aggregate(b)
+    index_a = {cell_name(r): r for _, r in aa.iterrows()}
+    index_b = {cell_name(r): r for _, r in bb.iterrows()}
+    rows, regressions = [], []
+    missing = [f"{n}: only in A" for n in sorted(set(index_a) - set(index_b))] + \
+              [f"{n}: only in B" for n in sorted(set(index_b) - set(index_a))]
+    for name in sorted(set(index_a) & set(index_b)):
+        ra, rb = index_a[name], index_b[name]
+        hib = higher_is_better(ra["task"], ra["metric"])
+        delta = rb["mean"] - ra["mean"]
+        worse = -delta if hib else delta
+        outside = not (ra["ci_low"] <= rb["mean"] <= ra["ci_high"])
+        flags = []
+        if outside and abs(delta) > th.min_delta:
+            flags.append("metric worse" if worse > 0 else "metric better")
+        tok_ratio = rb["tok_s"] / ra["tok_s"] if ra["tok_s"] > 0 else math.nan
+        mem_ratio = rb["memory"] / ra["memory"] if ra["memory"] > 0 else math.nan
+        if tok_ratio < th.throughput_ratio:
+            flags.append(f"throughput x{tok_ratio:.2f}")
+        if mem_ratio > th.memory_ratio:
+            flags.append(f"memory x{mem_ratio:.2f}")
+        bad = [f for f in flags if f != "metric better"]
+        if bad:
+            regressions.append(
+                f"{name}: {'; '.join(bad)} ({ra['metric']} {ra['mean']:.4f} [CI {ra['ci_low']:.4f}–"
+                f"{ra['ci_high']:.4f}, n={ra['n']}] -> {rb['mean']:.4f} [n={rb['n']}])")
+        rows.append({"cell": name, "metric": ra["metric"], "A": f"{ra['mean']:.4f} (n={ra['n']})",
+                     "A 95% CI": f"{ra['ci_low']:.4f}–{ra['ci_high']:.4f}", "B": f"{rb['mean']:.4f} (n={rb['n']})",
+                     "Δ": f"{delta:+.4f}", "tok/s B/A": f"{tok_ratio:.2f}", "memory B/A": f"{mem_ratio:.2f}",
+                     "flags": ", ".join(flags) or "ok"})
+    return pd.DataFrame(rows), regressions, missing
+
+
+def _load(folder: str) -> pd.DataFrame:
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"results folder {folder} does not exist")
+    records, problems = read_records(path)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    df = records_frame(records)
+    if df.empty:
+        raise ConfigError(f"results folder {folder} holds no finished records (records.jsonl)")
+    return df
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    th = Thresholds(args.min_delta, args.throughput_ratio, args.memory_ratio)
+    table, regressions, missing = compare_frames(_load(args.a), _load(args.b), th)
+    if len(table):
+        print(tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True))
+    for m in missing:
+        print(f"missing: {m}")
+    for r in regressions:
+        print(f"REGRESSION {r}", file=sys.stderr)
+    missing_b = [m for m in missing if m.endswith("only in A")]
+    if args.fail_on_missing and missing_b:
+        print(f"{len(missing_b)} cell(s) of A missing from B (--fail-on-missing)", file=sys.stderr)
+        return 1
+    if regressions:
+        print(f"{len(regressions)} regressed cell(s)", file=sys.stderr)
+        return 1
+    print(f"no regression in {len(table)} shared cell(s)")
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare two results folders cell by cell; exit 1 on regression",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", help="baseline results folder (holding records.jsonl)")
+    p.add_argument("b", help="candidate results folder")
+    p.add_argument("--min-delta", type=float, default=0.0,
+                   help="ignore metric moves smaller than this, even outside A's CI (default 0)")
+    p.add_argument("--throughput-ratio", type=float, default=0.8,
+                   help="flag B's train tokens/s below this fraction of A's (default 0.8)")
+    p.add_argument("--memory-ratio", type=float, default=1.2,
+                   help="flag B's peak memory above this multiple of A's (default 1.2)")
+    p.add_argument("--fail-on-missing", action="store_true", help="exit 1 if a cell of A is missing from B")
+    p.set_defaults(func=cmd_compare)
