@@ -46,6 +46,7 @@ class CellJob:
     results_dir: str
     threads: int = 0  # torch CPU threads in the worker (0: leave torch's default)
     isolated: bool = False  # the worker process runs only this cell: its peak RSS is the cell's
+    plugins: tuple[str, ...] = ()  # modules the user named with --plugin, imported in the worker too
 
 
 def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
@@ -53,8 +54,10 @@ def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
     import torch
 
     from bench import provenance
+    from bench.registry import import_plugins
     from bench.runner import failed_record, run_cell
 
+    import_plugins(job.plugins)  # a fresh worker knows only the built-in plugins
     if job.threads:
         torch.set_num_threads(job.threads)
     started = provenance.now()

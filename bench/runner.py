@@ -200,7 +200,8 @@ def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
               retry_failed: bool = False, log: Callable[[str], None] = print,
-              executor: Executor | None = None, threads: int = 0) -> dict[str, int]:
+              executor: Executor | None = None, threads: int = 0,
+              plugins: tuple[str, ...] = ()) -> dict[str, int]:
     """Run every unfinished cell with ``executor`` (default: in this process); returns counts
     (ran, skipped, failed). Everything is validated before any model loads; each finished
     cell's row is in the store before the next result is reported."""
@@ -222,7 +223,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
         f" ({executor.name} executor)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory
-    job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads)
+    job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins))
     for i, record in enumerate(executor.run(todo, job, log), 1):
         head = f"[{i}/{len(todo)}] {record.method} {record.task} {record.backbone} P={record.prefix_length} seed={record.seed}"
         if record.status != "ok":

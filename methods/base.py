@@ -13,6 +13,7 @@ import types
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -92,13 +93,20 @@ class Adapter(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.trainable_state_dict()) - set(state)
-        if missing:
-            raise KeyError(f"adapter state lacks {sorted(missing)[:5]}")
+        """Copy a saved adapter state in; names and shapes must match exactly."""
+        own = self.trainable_state_dict()
+        missing, unexpected = set(own) - set(state), set(state) - set(own)
+        if missing or unexpected:
+            raise KeyError(f"adapter state does not match: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
         params = dict(self.named_parameters())
         with torch.no_grad():
             for name, value in state.items():
+                if params[name].shape != value.shape:
+                    raise ValueError(f"adapter tensor {name!r} has shape {tuple(value.shape)}, "
+                                     f"expected {tuple(params[name].shape)}")
                 params[name].copy_(value)
+        self.unfold()  # a folded prefix would be stale
 
     def fold(self) -> None:
         """Prepare for inference (e.g. compute a reparameterised prefix once). Default: none."""
@@ -130,6 +138,11 @@ class Method(ABC):
     def attach(self, model: nn.Module, ctx: AttachContext) -> Adapter:
         """Wrap ``model`` (frozen) and create this method's trainable parameters."""
 
+    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+        """Closed form of how many parameters ``attach`` makes trainable on ``model`` (the
+        method's own, not a task head). The contract test checks it for every method."""
+        raise NotImplementedError(f"method {self.name!r} does not give its trainable_count")
+
 
 METHODS: Registry[type[Method]] = Registry("method", Method)
 
@@ -142,6 +155,15 @@ def register_method(name: str):
         return METHODS.register(name)(cls)
 
     return deco
+
+
+def load_adapter(adapter: Adapter, path: str | Path) -> None:
+    """Load a trained state written by ``bench.runner.save_adapter`` (safetensors) into an
+    adapter attached the same way (same method, config, prefix length and backbone)."""
+    from safetensors.torch import load_file
+
+    device = next(adapter.parameters()).device
+    adapter.load_trainable_state_dict(load_file(str(path), device=str(device)))
 
 
 def field_help(cls: type) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from methods.base import Adapter, AttachContext, Method, register_method
+from methods.base import Adapter, Anatomy, AttachContext, Method, register_method
 
 
 @register_method("full_finetune")
@@ -18,3 +18,7 @@ class FullFinetune(Method):
         for p in model.parameters():
             p.requires_grad_(True)
         return Adapter(model)
+
+    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+        """Every parameter (tied weights counted once)."""
+        return sum(p.numel() for p in model.parameters())

@@ -80,12 +80,20 @@ def init_token_ids(ctx: AttachContext, length: int, init: str, text: str, model:
 
 
 class KVPrefixAdapter(Adapter):
-    """Adapter whose subclasses produce the prefix; this class feeds it to the backbone."""
+    """Adapter whose subclasses produce the prefix; this class feeds it to the backbone.
 
-    def __init__(self, model: nn.Module, anatomy: Anatomy, prefix_length: int) -> None:
+    ``shift_positions`` (True, as Li & Liang's GPT-2 ``past`` and PEFT do): the inputs'
+    position ids start after the prefix. False keeps the backbone's own positions, so a
+    prefix that receives no attention leaves the backbone exactly unchanged (absolute
+    position embeddings, GPT-2 and BERT, would otherwise move by P).
+    """
+
+    def __init__(self, model: nn.Module, anatomy: Anatomy, prefix_length: int,
+                 shift_positions: bool = True) -> None:
         super().__init__(model)
         self.anatomy = anatomy
         self.prefix_length = prefix_length
+        self.shift_positions = shift_positions
         self._folded: torch.Tensor | None = None
 
     def prefix_kv(self) -> torch.Tensor:
@@ -100,34 +108,66 @@ class KVPrefixAdapter(Adapter):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
-        batch = input_ids.shape[0]
+        batch, n = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
                           attention_mask], dim=1)
         kwargs.setdefault("use_cache", False)
+        if not self.shift_positions and kwargs.get("position_ids") is None:
+            # the frozen backbone's own default: 0..n-1 whatever the padding
+            kwargs["position_ids"] = torch.arange(n, device=input_ids.device).unsqueeze(0).expand(batch, -1)
         return self.model(input_ids=input_ids, attention_mask=mask,
                           past_key_values=build_cache(self._kv(), batch), **kwargs)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:
-        """generate() with the prefix in the cache. ``generate`` counts cached tokens as part
-        of ``input_ids``, so P placeholder ids stand in front and are cut from the output."""
-        batch = input_ids.shape[0]
-        beams = kwargs.get("num_beams", 1) * kwargs.get("num_return_sequences", 1)
+        """generate() with the prefix in the cache; returns prompt + new tokens, like HF.
+
+        ``generate`` counts cached tokens as part of ``input_ids``, so P placeholder ids stand
+        in front; a forward pre-hook swaps them for the prefix on every call that starts from
+        an empty cache (the first call with use_cache=True, every call with use_cache=False,
+        where PEFT's prefix generate fails), with as many rows as the call has (beam search
+        expands rows after our call). The placeholders are cut from the output."""
+        P, batch = self.prefix_length, input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pad = torch.full((batch, self.prefix_length), int(input_ids[0, -1]), dtype=input_ids.dtype,
-                         device=input_ids.device)
+        pad = torch.full((batch, P), int(input_ids[0, -1]), dtype=input_ids.dtype, device=input_ids.device)
         mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
                           attention_mask], dim=1)
         with torch.no_grad():
-            kv = self._kv()
-        # beam search expands rows to batch*beams; the cache must already have that many rows
-        cache = build_cache(kv, batch * max(beams, 1)) if beams > 1 else build_cache(kv, batch)
-        out = self.model.generate(input_ids=torch.cat([pad, input_ids], 1), attention_mask=mask,
-                                  past_key_values=cache, **kwargs)
-        return out[:, self.prefix_length:]
+            kv = self._kv().detach()
+        handle = self.model.register_forward_pre_hook(
+            lambda module, args, kw: (args, self._generation_inputs(kv, kw)), with_kwargs=True)
+        try:
+            out = self.model.generate(input_ids=torch.cat([pad, input_ids], 1), attention_mask=mask, **kwargs)
+        finally:
+            handle.remove()
+        return out[:, P:]
+
+    def _generation_inputs(self, kv: torch.Tensor, kw: dict[str, Any]) -> dict[str, Any]:
+        P = self.prefix_length
+        cache = kw.get("past_key_values")
+        fresh = cache is None or cache.get_seq_length() == 0
+        if fresh:
+            ids = kw["input_ids"]
+            if ids.shape[1] <= P:
+                raise RuntimeError(f"expected {P} placeholder ids before the prompt, got {ids.shape[1]} ids")
+            kw["input_ids"] = ids[:, P:]
+            for key in ("position_ids", "cache_position"):
+                if kw.get(key) is not None:
+                    kw[key] = kw[key][..., P:]
+            rows = ids.shape[0]
+            if cache is None:
+                kw["past_key_values"] = build_cache(kv, rows)
+            else:  # the cache generate made: fill it with the prefix, layer by layer
+                for i in range(kv.shape[0]):
+                    cache.update(kv[i, 0].unsqueeze(0).expand(rows, -1, -1, -1).contiguous(),
+                                 kv[i, 1].unsqueeze(0).expand(rows, -1, -1, -1).contiguous(), i)
+        if not self.shift_positions and kw.get("position_ids") is not None:
+            # generate derives positions from the mask, prefix included: take the prefix back out
+            kw["position_ids"] = (kw["position_ids"] - P).clamp_min(0)
+        return kw
 
     @torch.no_grad()
     def fold(self) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from bench.config import ConfigError
-from methods.base import Adapter, AttachContext, Method, MethodConfig, register_method
+from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,17 @@ class Lora(Method):
         # inject in place: the model keeps its own class and forward signature
         peft.inject_adapter_in_model(config, model)
         return PeftAdapter(model).to(ctx.device)
+
+    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+        """r * (in + out) for each adapted linear layer (A: r x in, B: out x r)."""
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+        targets = self.config.target_modules or defaults[anatomy.model_type]
+        total = 0
+        for name, module in model.named_modules():
+            if name.split(".")[-1] in targets and hasattr(module, "weight"):
+                fan_out, fan_in = module.weight.shape
+                if type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+                    fan_in, fan_out = fan_out, fan_in
+                total += self.config.r * (fan_in + fan_out)
+        return total

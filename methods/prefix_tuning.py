@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError
-from methods.base import AttachContext, Method, MethodConfig, register_method
+from methods.base import Anatomy, AttachContext, Method, MethodConfig, register_method
 from methods.kv_prefix import (
     KVPrefixAdapter,
     activation_kv,
@@ -40,6 +40,9 @@ class PrefixTuningConfig(MethodConfig):
     init_text: str = field(default="Classify the sentiment of the following text.", metadata={
         "help": "prompt whose key/values (or embeddings) initialise the prefix when init = 'text'"})
     init_std: float = field(default=0.02, metadata={"help": "std of the random init"})
+    shift_positions: bool = field(default=True, metadata={
+        "help": "inputs' position ids start after the prefix (Li & Liang's GPT-2 `past`, PEFT); "
+                "False keeps the backbone's own positions"})
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -52,7 +55,7 @@ class PrefixTuningConfig(MethodConfig):
 
 class PrefixTuningAdapter(KVPrefixAdapter):
     def __init__(self, model: nn.Module, ctx: AttachContext, P: int, config: PrefixTuningConfig) -> None:
-        super().__init__(model, ctx.anatomy, P)
+        super().__init__(model, ctx.anatomy, P, shift_positions=config.shift_positions)
         a = ctx.anatomy
         self.config = config
         out_dim = a.num_layers * 2 * a.kv_dim
@@ -94,11 +97,11 @@ class PrefixTuning(Method):
     def attach(self, model: nn.Module, ctx: AttachContext) -> PrefixTuningAdapter:
         return PrefixTuningAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
 
-    @staticmethod
-    def trainable_count(config: PrefixTuningConfig, P: int, anatomy) -> int:
-        """Closed form of the trainable parameters (tested)."""
+    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+        """P*L*2*d_kv directly; with the MLP: P*d + (d*m + m) + (m*L*2*d_kv + L*2*d_kv)."""
+        c, P = self.config, self.prefix_length
         out = anatomy.num_layers * 2 * anatomy.kv_dim
-        if not config.projection:
+        if not c.projection:
             return P * out
-        d, m = anatomy.hidden_size, config.mid_dim
+        d, m = anatomy.hidden_size, c.mid_dim
         return P * d + d * m + m + m * out + out

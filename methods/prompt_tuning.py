@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError
-from methods.base import Adapter, AttachContext, Method, MethodConfig, register_method
+from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 from methods.kv_prefix import init_token_ids
 
 INITS = ("vocab", "text", "random")
@@ -78,3 +78,7 @@ class PromptTuning(Method):
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> SoftPromptAdapter:
         return SoftPromptAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
+
+    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+        """P * d: one embedding-sized vector per prompt token."""
+        return self.prefix_length * model.get_input_embeddings().weight.shape[1]

@@ -1,0 +1,155 @@
+"""Residual-reparameterised prefix tuning with per-token gates: Jung et al., "Residual
+Prefix Tuning with Gates" (IEEE Access, 2025).
+
+The paper's exact equations are not available to us; this is our formulation, built to keep
+the two properties any reading of it has (both are tested):
+
+* Residual reparameterisation, in the style of Residual Prompt Tuning (Razdaibiedina et al.,
+  ACL Findings 2023): the prefix tuning prefix P (P tokens x L*2*d_kv, produced directly or
+  through Li & Liang's MLP) goes through a bottleneck with a skip connection,
+  ``P' = LayerNorm(W_up sigma(W_down P)) + P``, and P' is what attention sees.
+* One learned gate g_p in (0, 1) per prefix token, shared by every layer and head. The gate
+  enters attention as an additive ``log g_p`` on the logits of prefix key p, i.e. the
+  prefix token's unnormalised attention weight is multiplied by g_p before the softmax:
+  g = 1 is exactly plain prefix tuning with prefix P'; g = 0 removes the token from the
+  softmax, so all gates closed is exactly the frozen backbone (we keep the backbone's own
+  position ids, ``shift_positions = False``, so nothing else moves).
+
+The bias is applied by a registered transformers attention function that wraps SDPA and
+adds the log-gates to the prefix columns of the mask (prefix keys come first in the cache);
+it works for every model that dispatches through ``AttentionInterface`` (LLaMA, GPT-2 and
+BERT in transformers 5 are tested). Gate values are reported every step via ``step_log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import ConfigError
+from methods.base import Anatomy, AttachContext, register_method
+from methods.prefix_tuning import PrefixTuning, PrefixTuningAdapter, PrefixTuningConfig
+
+GATED_ATTENTION = "prefix_bench_gated_sdpa"
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+# The log-gates of the forward pass in progress (None: plain SDPA). A context variable, not
+# a module attribute, so the same tensor (with its autograd graph) reaches every layer.
+_LOG_GATES: ContextVar[torch.Tensor | None] = ContextVar("prefix_bench_log_gates", default=None)
+
+
+def _gated_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    log_gates = _LOG_GATES.get()
+    if log_gates is not None:
+        P, kv_len = log_gates.shape[0], key.shape[2]
+        if kv_len < P:
+            raise RuntimeError(f"gated prefix: {kv_len} keys, fewer than the {P} prefix keys")
+        floor = torch.finfo(query.dtype).min
+        bias = torch.cat([log_gates.to(query.dtype).clamp_min(floor),
+                          torch.zeros(kv_len - P, dtype=query.dtype, device=query.device)])
+        if attention_mask is None:
+            if query.shape[2] > 1 and getattr(module, "is_causal", False):
+                raise RuntimeError("gated prefix: a causal layer received no mask")
+            attention_mask = bias.view(1, 1, 1, kv_len)
+        else:
+            if attention_mask.dtype == torch.bool:
+                attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype,
+                                             device=query.device).masked_fill(~attention_mask, floor)
+            # masked entries stay at the dtype's minimum (finite, as transformers keeps them)
+            attention_mask = (attention_mask + bias).clamp_min(floor)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def use_gated_attention(model: nn.Module) -> None:
+    """Switch ``model`` to SDPA with the log-gate bias (registered once per process)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GATED_ATTENTION, _gated_sdpa)
+    AttentionMaskInterface.register(GATED_ATTENTION, sdpa_mask)
+    if not getattr(model, "_can_set_attn_implementation", lambda: False)():
+        raise ConfigError(f"residual_prefix needs a model that dispatches attention through "
+                          f"transformers' AttentionInterface; {type(model).__name__} does not")
+    model.set_attn_implementation(GATED_ATTENTION)
+
+
+@contextlib.contextmanager
+def log_gates(values: torch.Tensor) -> Iterator[None]:
+    token = _LOG_GATES.set(values)
+    try:
+        yield
+    finally:
+        _LOG_GATES.reset(token)
+
+
+@dataclass(frozen=True)
+class ResidualPrefixConfig(PrefixTuningConfig):
+    projection: bool = field(default=False, metadata={
+        "help": "produce P by Li & Liang's MLP before the residual block (default: P trained directly)"})
+    bottleneck: int = field(default=128, metadata={"help": "width m of the residual block W_down: D -> m"})
+    activation: str = field(default="relu", metadata={"help": "sigma in the residual block: relu, gelu or tanh"})
+    gate_init: float = field(default=0.9, metadata={"help": "starting value of every gate, in (0, 1)"})
+    shift_positions: bool = field(default=False, metadata={
+        "help": "False (default) keeps the backbone's positions so closed gates give the frozen model"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bottleneck < 1:
+            raise ConfigError(f"bottleneck must be >= 1, got {self.bottleneck}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if not 0 < self.gate_init < 1:
+            raise ConfigError(f"gate_init must be in (0, 1), got {self.gate_init}")
+
+
+class ResidualPrefixAdapter(PrefixTuningAdapter):
+    def __init__(self, model: nn.Module, ctx: AttachContext, P: int, config: ResidualPrefixConfig) -> None:
+        super().__init__(model, ctx, P, config)
+        D = ctx.anatomy.num_layers * 2 * ctx.anatomy.kv_dim
+        self.residual = nn.Sequential(nn.Linear(D, config.bottleneck), ACTIVATIONS[config.activation](),
+                                      nn.Linear(config.bottleneck, D), nn.LayerNorm(D))
+        g = torch.tensor(config.gate_init)
+        self.gate_logit = nn.Parameter(torch.full((P,), float(torch.log(g) - torch.log1p(-g))))
+        use_gated_attention(model)
+
+    def flat_prefix(self) -> torch.Tensor:
+        p = super().flat_prefix()
+        return self.residual(p) + p
+
+    def gates(self) -> torch.Tensor:
+        return torch.sigmoid(self.gate_logit)
+
+    def forward(self, **kwargs: Any) -> Any:
+        with log_gates(nn.functional.logsigmoid(self.gate_logit)):
+            return super().forward(**kwargs)
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        with torch.no_grad(), log_gates(nn.functional.logsigmoid(self.gate_logit).detach()):
+            return super().generate(input_ids, **kwargs)
+
+    def step_log(self) -> dict[str, list[float]]:
+        return {"gate": [round(v, 5) for v in self.gates().detach().cpu().tolist()]}
+
+
+@register_method("residual_prefix")
+class ResidualPrefix(PrefixTuning):
+    paper = "Jung et al., IEEE Access 2025 (residual-reparameterised prefix tuning with gates)"
+    Config = ResidualPrefixConfig
+    default_lr = 1e-2
+
+    def attach(self, model: nn.Module, ctx: AttachContext) -> ResidualPrefixAdapter:
+        return ResidualPrefixAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
+
+    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+        """Prefix tuning's count + residual block (D*m + m + m*D + D) + LayerNorm (2D) + P gates."""
+        D, m = anatomy.num_layers * 2 * anatomy.kv_dim, self.config.bottleneck
+        return super().trainable_count(model, anatomy) + D * m + m + m * D + D + 2 * D + self.prefix_length
