@@ -22,9 +22,8 @@ def _tables_dir(args: argparse.Namespace) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.matrix import load_suite
-    from tasks import DataSettings
-
     from bench.registry import RegistryError, import_plugins
+    from tasks import DataSettings
 
     try:
         import_plugins(args.plugin or [])  # before the suite is read: it may name their plugins
