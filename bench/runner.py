@@ -52,6 +52,14 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
         except (DataUnavailableError, BackboneUnavailableError, ValueError) as err:
             raise ConfigError(f"{where}: {err}") from None
 
+        # Read the data now (cached for the run): a malformed or unreadable file is a config
+        # error before any model loads, not a failed cell after one did.
+        for split in (task.train_split, task.eval_split):
+            try:
+                load_split(cell.task, split, data)
+            except (DataUnavailableError, OSError, ValueError, KeyError) as err:
+                raise ConfigError(f"{where}: task {cell.task!r} split {split!r}: cannot read its data: "
+                                  f"{type(err).__name__}: {err}") from None
 
 def load_split(task_name: str, split: str, data: DataSettings) -> Split:
     key = (task_name, split, data)

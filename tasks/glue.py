@@ -86,7 +86,15 @@ class GlueTask(Task):
         path = self._offline_path(split, data)
         if path is not None:
             rows = self._read_tsv(path)
-            examples = [self._example(self.spec.parse(r)) for r in rows]
+            examples = []
+            for i, r in enumerate(rows):
+                try:
+                    examples.append(self._example(self.spec.parse(r)))
+                except (KeyError, ValueError, TypeError) as err:  # e.g. a label that is not a number
+                    line = i + 2 if self.spec.header else i + 1
+                    raise DataUnavailableError(
+                        f"{path}: row {line} cannot be read ({type(err).__name__}: {err}): "
+                        f"{str(dict(r))[:200]}") from None
             return Split(examples, f"local:{path}", fingerprint_files([path]))
         self.check_available(data)
         return self._load_hub(split)
@@ -106,7 +114,7 @@ class GlueTask(Task):
             if None in r or any(v is None for v in r.values()) or len(r) < expected:
                 raise DataUnavailableError(
                     f"{path}: malformed row {i + 2 if self.spec.header else i + 1}: expected "
-                    f"{expected} tab-separated columns")
+                    f"{expected} tab-separated columns, got {str(dict(r))[:200]}")
         return rows
 
     def _load_hub(self, split: str) -> Split:
