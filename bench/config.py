@@ -4,6 +4,7 @@ per-method overrides -> one frozen object; unknown keys and wrong types are erro
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ def check_fields(cls: type, values: dict[str, Any], where: str) -> Any:
         if not _type_ok(value, tp):
             shown = str(tp).replace("typing.", "") if not isinstance(tp, type) else tp.__name__
             raise ConfigError(f"{where}: key {key!r} has value {value!r}, expected {shown}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML allows nan and inf
+            raise ConfigError(f"{where}: key {key!r} has value {value!r}, expected a finite number")
         if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType)
                            and float in typing.get_args(tp) and isinstance(value, int)):
             value = float(value)
