@@ -42,12 +42,14 @@ class ResultRecord:
     adapter_bytes: int = 0
     adapter_path: str = ""
     curve_path: str = ""
+    samples_path: str = ""  # generation tasks: a JSONL of generated texts beside the row
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_steps: int = 0
     train_tokens: int = 0
     train_tokens_per_s: float = 0.0
     eval_tokens_per_s: float = 0.0
+    gen_tokens_per_s: float = 0.0  # generation tasks: new tokens per second while decoding
     step_seconds_median: float = 0.0
     first_loss: float | None = None
     final_loss: float | None = None

@@ -88,8 +88,15 @@ class Task(ABC):
     def majority_baseline_applies(self) -> bool:
         return self.kind == "classification"
 
-    def check_available(self, data: DataSettings) -> None:
+    def check_available(self, data: DataSettings) -> None:  # noqa: B027  (optional hook)
         """Raise DataUnavailableError before any model loads if no source can serve."""
+
+    def evaluate_adapted(self, adapter: Any, tokenizer: Any, device: Any,
+                         limit: int | None = None) -> dict[str, float] | None:
+        """Evaluate the trained adapter this task's own way (e.g. through lm-eval) and return
+        its metrics, or None to use the shared evaluator on ``eval_split`` (the default).
+        ``limit`` caps the evaluation examples (the cell's ``eval_limit``)."""
+        return None
 
     @abstractmethod
     def load(self, split: str, data: DataSettings) -> Split:
