@@ -25,7 +25,8 @@ _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table.board { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 14px; }
-table.board th, table.board td { border: 1px solid #bbb; padding: 4px 8px; text-align: right; }
+table.board th, table.board td { border: 1px solid #bbb; padding: 4px 8px; text-align: right;
+  white-space: nowrap; }
 table.board th { background: #e8eef7; cursor: pointer; user-select: none; }
 table.board td:first-child, table.board th:first-child { text-align: left; }
 table.board tr:nth-child(even) td { background: #f6f6f6; }

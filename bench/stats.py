@@ -97,7 +97,7 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = N_RES
         return PairedResult(0, math.nan, math.nan, math.nan, math.nan)
     d = xa - xb
     lo, hi = bootstrap_ci(d, n_resamples=n_resamples, seed=seed)
-    if np.all(d == 0):
+    if np.all(d == 0) or n == 1:  # one pair: flipping its sign is as extreme, so p = 1 exactly
         p = 1.0
     else:
         with warnings.catch_warnings():

@@ -1,0 +1,153 @@
+"""bench.render and its views: golden markdown, CSV/LaTeX/HTML outputs, sensitivity and
+Pareto numbers on fixed records (no training)."""
+
+from __future__ import annotations
+
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _records_fixture import make_records, record
+
+from bench import pareto, sensitivity
+from bench.html_page import sort_value
+from bench.records import ResultRecord
+from bench.render import build_views, records_frame, render
+
+GOLDEN = Path(__file__).parent / "golden" / "render_glue_sst2__minilm-l6.md"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tables")
+    recs = make_records()
+    # a failed cell and a superseded retry must not reach the tables
+    recs.append(ResultRecord(cell_id="broken", suite="fixture", method="lora", task="glue/sst2",
+                             backbone="minilm-l6", prefix_length=None, seed=7, status="failed", error="boom"))
+    recs.insert(0, record("lora", None, 0, main_score=0.1))  # older record of a cell retried later
+    render(recs, out)
+    return out
+
+
+def test_markdown_matches_golden(rendered):
+    text = (rendered / "glue_sst2__minilm-l6.md").read_text(encoding="utf-8")
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8"), "render output changed; rerun with UPDATE_GOLDEN=1 if intended"
+
+
+def test_every_output_is_written(rendered):
+    stem = "glue_sst2__minilm-l6"
+    for suffix in (".md", ".csv", ".tex", "__scores.csv", "__paired.csv", "__sensitivity.csv",
+                   "__sensitivity_curve.csv", "__pareto.csv", "__sensitivity.png", "__pareto.png"):
+        assert (rendered / f"{stem}{suffix}").stat().st_size > 0, suffix
+    assert (rendered / "leaderboard.md").read_text().startswith("## glue/sst2 on minilm-l6")
+    for png in rendered.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scores_csv_has_n_and_ci_and_ignores_failed_and_superseded(rendered):
+    scores = pd.read_csv(rendered / "glue_sst2__minilm-l6__scores.csv")
+    lora = scores[scores["method"] == "lora"].iloc[0]
+    assert lora["n"] == 3  # seed 7 failed; the 0.1 record was superseded
+    assert lora["mean"] == pytest.approx((0.849 + 0.842 + 0.846) / 3)
+    assert (scores["ci_low"] <= scores["mean"]).all() and (scores["mean"] <= scores["ci_high"]).all()
+    assert set(scores.columns) >= {"mean", "std", "n", "ci_low", "ci_high"}
+
+
+def test_latex_is_booktabs_and_escaped(rendered):
+    tex = (rendered / "glue_sst2__minilm-l6.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\begin{table}" in tex
+    assert "prefix\\_tuning\\_plus" in tex and "95\\% bootstrap" in tex
+    assert "prefix_tuning " not in tex  # an unescaped underscore would break LaTeX
+
+
+def test_sensitivity_scores_follow_the_fixture():
+    df = records_frame(make_records())
+    s = sensitivity.scores(df).set_index("method")
+    assert s.loc["prefix_tuning", "spread"] == pytest.approx(0.06)
+    assert s.loc["residual_prefix", "spread"] == pytest.approx(0.004)
+    assert s.loc["prefix_tuning", "best_length"] == 20
+    assert s.loc["residual_prefix", "seeds_all_lengths"] == 3
+    assert "lora" not in s.index  # no prefix axis, no sensitivity score
+    curve = sensitivity.curves(df)
+    assert len(curve) == 9 and (curve["n"] == 3).all()
+
+
+def test_pareto_frontier_by_hand():
+    pts = pd.DataFrame({"method": list("abcd"), "prefix_length": [1, 1, 1, 1], "score": [0.9, 0.8, 0.85, 0.7],
+                        "trainable_params": [100.0, 10.0, 200.0, 10.0]})
+    front = pareto.frontier(pts, pareto.AXES[0])
+    # a: best score; b: cheapest at 0.8 (d is as cheap but worse); c: dominated by a
+    assert front.tolist() == [True, True, False, False]
+    lower = pareto.frontier(pts, pareto.AXES[0], higher_is_better=False)
+    assert lower.tolist() == [False, False, False, True]
+
+
+def test_lower_is_better_metric_picks_the_minimum_as_best():
+    recs = [record("prefix_tuning", p, s, main_metric="loss") for p in (5, 20, 50) for s in (0, 1)]
+    view = build_views(recs)[0]
+    assert view.higher_is_better  # unknown metric for the task: defaults to higher-is-better
+    s = sensitivity.scores(records_frame(recs), higher_is_better=False)
+    assert s.iloc[0]["best_length"] == 5
+
+
+class _Tables(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[dict] = []
+        self.images = 0
+        self.scripts = 0
+        self._cell: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self.tables.append({"id": a.get("id"), "headers": [], "rows": []})
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th"):
+            self._cell = {"tag": tag, "text": "", "sort": a.get("data-sort")}
+        elif tag == "img" and a.get("src", "").startswith("data:image/png;base64,"):
+            self.images += 1
+        elif tag == "script":
+            self.scripts += 1
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            t = self.tables[-1]
+            (t["headers"] if self._cell["tag"] == "th" else t["rows"][-1]).append(self._cell)
+            self._cell = None
+
+
+def test_html_page_parses_to_sortable_tables_with_embedded_plots(rendered):
+    parser = _Tables()
+    parser.feed((rendered / "index.html").read_text(encoding="utf-8"))
+    board = next(t for t in parser.tables if t["id"] == "board-glue_sst2__minilm-l6")
+    assert [h["text"] for h in board["headers"]][:5] == ["method", "P=5", "P=20", "P=50", "no prefix"]
+    rows = [r for r in board["rows"] if r]
+    assert [r[0]["text"] for r in rows] == ["lora", "prefix_tuning", "prefix_tuning_plus", "residual_prefix"]
+    plus_p20 = rows[2][2]
+    assert plus_p20["text"].startswith("0.8703 ± ") and float(plus_p20["sort"]) == pytest.approx(0.8703)
+    assert {t["id"].split("-")[0] for t in parser.tables} == {"board", "paired", "sensitivity", "pareto"}
+    assert parser.images == 2 and parser.scripts == 1
+
+
+def test_sort_values_understand_units_and_separators():
+    assert sort_value("1.5 KB") == 1536 and sort_value("74,000") == 74000
+    assert sort_value("+0.0297") == pytest.approx(0.0297) and sort_value("−0.5") == -0.5
+    assert sort_value("lora") is None and sort_value("") is None
+
+
+def test_two_slices_get_two_sections(tmp_path):
+    recs = make_records(seeds=(0,)) + make_records(seeds=(0,), task="glue/rte")
+    written = render(recs, tmp_path, plots=False)
+    assert {p.name for p in written if p.suffix == ".md"} == {
+        "glue_sst2__minilm-l6.md", "glue_rte__minilm-l6.md", "leaderboard.md"}
+    assert (tmp_path / "leaderboard.md").read_text().count("\n## ") == 1

@@ -1,0 +1,72 @@
+"""bench.stats: bootstrap CIs and the paired comparison."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.stats import bootstrap_ci, compare_methods, matched_pairs, paired_test, summarize
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=1, allow_nan=False), min_size=1, max_size=8))
+def test_bootstrap_ci_contains_the_mean(values):
+    s = summarize(values)
+    assert s.n == len(values)
+    assert s.ci_low <= s.mean + 1e-12 and s.mean - 1e-12 <= s.ci_high
+    assert min(values) - 1e-12 <= s.ci_low and s.ci_high <= max(values) + 1e-12
+
+
+def test_summary_matches_numpy_and_edge_cases():
+    s = summarize([0.8, 0.82, 0.79, None, float("nan")])
+    assert s.n == 3 and s.mean == pytest.approx(np.mean([0.8, 0.82, 0.79]))
+    assert s.std == pytest.approx(np.std([0.8, 0.82, 0.79], ddof=1))
+    assert s.ci_low < s.mean < s.ci_high
+    one = summarize([0.7])
+    assert (one.std, one.ci_low, one.ci_high) == (0.0, 0.7, 0.7)
+    assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
+    assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_ci_narrows_with_more_seeds():
+    rng = np.random.default_rng(3)
+    few, many = rng.normal(0.8, 0.02, 4), rng.normal(0.8, 0.02, 64)
+    w_few = np.subtract(*bootstrap_ci(few)[::-1])
+    w_many = np.subtract(*bootstrap_ci(many)[::-1])
+    assert w_many < w_few
+
+
+def test_paired_test_small_p_on_clearly_different_large_on_identical():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.80, 0.01, 10)
+    b = a - 0.05 + rng.normal(0, 0.003, 10)
+    diff = paired_test(a, b)
+    assert diff.p_value < 0.01 and diff.ci_low > 0.04 and diff.mean_diff == pytest.approx(np.mean(a - b))
+    same = paired_test(a, a)
+    assert same.p_value == 1.0 and same.mean_diff == 0.0
+    noise = paired_test(a, a + rng.normal(0, 0.01, 10))
+    assert noise.p_value > 0.1 and noise.ci_low < 0 < noise.ci_high
+    # 10 pairs all favouring A: the exact sign-flip p-value is 2 / 2**10
+    assert diff.p_value == pytest.approx(2 / 2**10)
+
+
+def test_paired_test_rejects_unequal_lengths():
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_test([1.0, 2.0], [1.0])
+
+
+def test_matched_pairs_join_on_cell_and_keep_no_prefix_apart():
+    df = pd.DataFrame([
+        {"method": "a", "task": "t", "backbone": "b", "prefix_length": 5.0, "seed": 0, "main_score": 0.9},
+        {"method": "b", "task": "t", "backbone": "b", "prefix_length": 5, "seed": 0, "main_score": 0.8},
+        {"method": "a", "task": "t", "backbone": "b", "prefix_length": 5, "seed": 1, "main_score": 0.7},
+        {"method": "b", "task": "t", "backbone": "b", "prefix_length": None, "seed": 1, "main_score": 0.6},
+    ])
+    pairs = matched_pairs(df, "a", "b")
+    assert len(pairs) == 1 and pairs.iloc[0]["a"] == 0.9 and pairs.iloc[0]["b"] == 0.8
+    assert compare_methods(df, "a", "b").n == 1
