@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,7 +23,7 @@ from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
 from bench.records import ResultRecord, finished_ids, read_records
-from bench.trainer import TrainStats, evaluate, train
+from bench.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, AttachContext, Anatomy
 from tasks import TASKS, DataSettings
 from tasks.base import DataUnavailableError, Example, Split
@@ -141,14 +142,22 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
 
     stats = train(adapter, formulation, train_examples, cfg, cell.seed, device, desc=f"train {label}",
                   periodic_eval=periodic)
-    result = evaluate(adapter, formulation, eval_examples, cfg.eval_batch_size, device, desc=f"eval {label}")
-    metrics = task.compute_metrics(result.predictions, eval_examples)
+    t_eval = time.perf_counter()
+    own = task.evaluate_adapted(adapter, loaded.tokenizer, device, cfg.eval_limit)  # e.g. lm-eval
+    if own is None:
+        result = evaluate(adapter, formulation, eval_examples, cfg.eval_batch_size, device, desc=f"eval {label}")
+        metrics = task.compute_metrics(result.predictions, eval_examples)
+    else:
+        result, metrics = EvalResult([], 0, time.perf_counter() - t_eval), own
     peak, peak_kind = memory.peak_bytes(device)
 
     adapter_path, adapter_bytes, curve_path = "", 0, ""
     if results_dir is not None:
         adapter_path, adapter_bytes = save_adapter(adapter, results_dir / "adapters" / f"{cell.id}.safetensors")
         curve_path = save_curves(results_dir / "curves" / f"{cell.id}.json", stats)
+    samples_path = ""
+    if results_dir is not None and task.kind == "generation":
+        samples_path = save_samples(results_dir / "samples" / f"{cell.id}.jsonl", eval_examples, result.predictions)
 
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
@@ -169,8 +178,22 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         device=provenance.device_name(device), backbone_source=loaded.source,
         data_source=f"train={train_split.source} eval={eval_split.source}",
         data_fingerprint=f"{train_split.fingerprint}/{eval_split.fingerprint}", data_notes=notes,
-        curve_path=curve_path, started_at=started, finished_at=provenance.now(),
+        curve_path=curve_path, samples_path=samples_path, gen_tokens_per_s=formulation.gen_tokens_per_s(),
+        started_at=started, finished_at=provenance.now(),
     )
+
+
+def save_samples(path: Path, examples: list[Example], predictions: list, limit: int = 100) -> str:
+    """The first ``limit`` generated texts with their input and references, as JSON lines
+    beside the row (a metric alone does not show whether outputs are sentences)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for ex, pred in list(zip(examples, predictions, strict=True))[:limit]:
+            f.write(json.dumps({"input": ex.text_a, "output": pred, "references": list(ex.references)},
+                               ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return str(path)
 
 
 def save_curves(path: Path, stats: TrainStats) -> str:
