@@ -144,6 +144,8 @@ class LmEvalTask(Task):
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
+        adapter.eval()
+        adapter.fold()  # as the shared evaluator does: inference with the method folded
         base = getattr(adapter, "model", adapter)
         model = HarnessModel(adapter, getattr(base, "get_base_model", lambda: base)())
         padding_side = tokenizer.padding_side
