@@ -91,7 +91,10 @@ def stability(df: pd.DataFrame) -> Verdict:
 def _matched(df: pd.DataFrame, a: str, b: str, keys: list[str]) -> pd.DataFrame:
     sa = df[df["method"] == a].groupby(keys)["main_score"].mean().rename(a)
     sb = df[df["method"] == b].groupby(keys)["main_score"].mean().rename(b)
-    return pd.concat([sa, sb], axis=1, join="inner").reset_index()
+    out = pd.concat([sa, sb], axis=1, join="inner").reset_index()
+    if "prefix_length" in out:
+        out["prefix_length"] = out["prefix_length"].astype("Int64")  # printed as 5, not 5.0000
+    return out
 
 
 def plus_beats_prefix(df: pd.DataFrame) -> Verdict:

@@ -1,0 +1,76 @@
+"""prefix-bench compare: same results -> exit 0; a metric lowered past its CI, or a
+throughput/memory regression -> exit 1 naming the cell."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from _records_fixture import make_records
+
+from bench.cli import main
+from bench.records import append_record
+
+
+def write(folder, records):
+    for r in records:
+        append_record(folder, r)
+    return str(folder)
+
+
+@pytest.fixture
+def base():
+    return make_records()
+
+
+def test_compare_against_itself_exits_0(tmp_path, base, capsys):
+    a = write(tmp_path / "a", base)
+    assert main(["compare", a, a]) == 0
+    assert "no regression in 10 shared cell(s)" in capsys.readouterr().out
+
+
+def test_metric_lowered_beyond_ci_fails_naming_the_cell(tmp_path, base, capsys):
+    a = write(tmp_path / "a", base)
+    lowered = [dataclasses.replace(r, main_score=r.main_score - 0.02)
+               if (r.method, r.prefix_length) == ("residual_prefix", 20) else r for r in base]
+    b = write(tmp_path / "b", lowered)
+    assert main(["compare", a, b]) == 1
+    err = capsys.readouterr().err
+    assert "REGRESSION residual_prefix/glue/sst2/minilm-l6/P=20: metric worse" in err
+    assert err.count("REGRESSION") == 1
+    # a move inside the CI is not a regression; --min-delta tolerates a small one outside it
+    inside = [dataclasses.replace(r, main_score=r.main_score - 0.001)
+              if (r.method, r.prefix_length) == ("residual_prefix", 20) else r for r in base]
+    assert main(["compare", a, write(tmp_path / "c", inside)]) == 0
+    assert main(["compare", a, b, "--min-delta", "0.05"]) == 0
+
+
+def test_a_better_metric_is_reported_not_failed(tmp_path, base, capsys):
+    a = write(tmp_path / "a", base)
+    better = [dataclasses.replace(r, main_score=r.main_score + 0.05) if r.method == "lora" else r for r in base]
+    assert main(["compare", a, write(tmp_path / "b", better)]) == 0
+    assert "metric better" in capsys.readouterr().out
+
+
+def test_throughput_and_memory_regressions(tmp_path, base, capsys):
+    a = write(tmp_path / "a", base)
+    slow = [dataclasses.replace(r, train_tokens_per_s=r.train_tokens_per_s * 0.5) if r.method == "lora" else r
+            for r in base]
+    assert main(["compare", a, write(tmp_path / "b", slow)]) == 1
+    assert "lora/glue/sst2/minilm-l6/P=none: throughput x0.50" in capsys.readouterr().err
+    assert main(["compare", a, str(tmp_path / "b"), "--throughput-ratio", "0.4"]) == 0
+    fat = [dataclasses.replace(r, peak_memory_bytes=r.peak_memory_bytes * 2) if r.prefix_length == 5 else r
+           for r in base]
+    assert main(["compare", a, write(tmp_path / "c", fat)]) == 1
+    assert capsys.readouterr().err.count("memory x2.00") == 3
+
+
+def test_missing_cells_and_bad_input(tmp_path, base, capsys):
+    a = write(tmp_path / "a", base)
+    b = write(tmp_path / "b", [r for r in base if r.method != "lora"])
+    assert main(["compare", a, b]) == 0
+    assert "lora/glue/sst2/minilm-l6/P=none: only in A" in capsys.readouterr().out
+    assert main(["compare", a, b, "--fail-on-missing"]) == 1
+    assert main(["compare", a, str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["compare", a, a, "--memory-ratio", "0.5"]) == 2

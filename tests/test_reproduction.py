@@ -1,0 +1,60 @@
+"""REPRODUCTION.md: verdicts on fixed records (confirmed, not confirmed, inconclusive)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from _records_fixture import make_records
+
+from bench.cli import main
+from bench.records import append_record
+from bench.render import records_frame
+from bench.reproduction import (CONFIRMED, INCONCLUSIVE, NOT_CONFIRMED, plus_beats_prefix, plus_close_to_lora,
+                                report, stability)
+
+
+def test_fixture_confirms_every_claim():
+    df = records_frame(make_records())
+    for check in (stability, plus_beats_prefix, plus_close_to_lora):
+        assert check(df).status == CONFIRMED, check.__name__
+    v = stability(df)
+    assert "+0.0560" in v.measured and len(v.table) == 3  # 0.06 - 0.004 on each of 3 seeds
+
+
+def test_reversed_data_is_not_confirmed():
+    swapped = {"prefix_tuning": "residual_prefix", "residual_prefix": "prefix_tuning",
+               "prefix_tuning_plus": "prefix_tuning_plus", "lora": "lora"}
+    recs = [dataclasses.replace(r, method=swapped[r.method]) for r in make_records()]
+    assert stability(records_frame(recs)).status == NOT_CONFIRMED
+    worse = [dataclasses.replace(r, main_score=r.main_score - 0.06) if r.method == "prefix_tuning_plus" else r
+             for r in make_records()]
+    df = records_frame(worse)
+    assert plus_beats_prefix(df).status == NOT_CONFIRMED
+    assert plus_close_to_lora(df).status == NOT_CONFIRMED  # 0.8103 vs 0.8457: more than 0.02 worse
+
+
+def test_inconclusive_with_two_seeds_or_a_missing_method():
+    two = records_frame(make_records(seeds=(0, 1)))
+    assert stability(two).status == INCONCLUSIVE and "fewer than 3 seeds" in stability(two).measured
+    no_residual = records_frame(make_records(methods=("prefix_tuning", "lora")))
+    v = stability(no_residual)
+    assert v.status == INCONCLUSIVE and "no records of residual_prefix" in v.measured
+    assert plus_close_to_lora(no_residual).status == INCONCLUSIVE
+    one_length = records_frame(make_records(lengths=(5,)))
+    assert stability(one_length).status == INCONCLUSIVE
+
+
+def test_report_text_and_cli(tmp_path, capsys):
+    text = report(make_records(), ["fixture"], {"claims-stability": "three lengths, three seeds"})
+    assert text.startswith("# Reproduction report")
+    assert text.count("| **confirmed** |") == 3 and text.count("Verdict: **confirmed**") == 3
+    assert "`claims-stability` — three lengths, three seeds" in text
+    assert "`claims-ptplus` (not defined in bench/suites.toml yet)" in text
+
+    runs = tmp_path / "runs" / "x"
+    for r in make_records(seeds=(0,)):
+        append_record(runs, r)
+    out = tmp_path / "REPRODUCTION.md"
+    assert main(["reproduction-report", "--runs-root", str(tmp_path / "runs"), "--out", str(out), "--quiet"]) == 0
+    written = out.read_text()
+    assert written.count("Verdict: **inconclusive**") == 3 and str(runs) in written
