@@ -139,3 +139,21 @@ def latest_by_cell(records: list[ResultRecord]) -> dict[str, ResultRecord]:
 
 def finished_ids(records: list[ResultRecord]) -> set[str]:
     return {cid for cid, r in latest_by_cell(records).items() if r.status == "ok"}
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` by ``data`` so that no reader and no crash ever sees part of it: a
+    temporary file unique to this process beside it, fsynced, then renamed over it (rename
+    is atomic on POSIX; two writers of one path never share the temporary file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

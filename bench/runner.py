@@ -22,7 +22,7 @@ from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, 
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
-from bench.records import ResultRecord, finished_ids, read_records
+from bench.records import ResultRecord, finished_ids, read_records, write_atomic
 from bench.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, AttachContext, Anatomy
 from tasks import TASKS, DataSettings
@@ -186,36 +186,28 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
 def save_samples(path: Path, examples: list[Example], predictions: list, limit: int = 100) -> str:
     """The first ``limit`` generated texts with their input and references, as JSON lines
     beside the row (a metric alone does not show whether outputs are sentences)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for ex, pred in list(zip(examples, predictions, strict=True))[:limit]:
-            f.write(json.dumps({"input": ex.text_a, "output": pred, "references": list(ex.references)},
-                               ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    lines = [json.dumps({"input": ex.text_a, "output": pred, "references": list(ex.references)},
+                        ensure_ascii=False) + "\n"
+             for ex, pred in list(zip(examples, predictions, strict=True))[:limit]]
+    write_atomic(path, "".join(lines).encode("utf-8"))
     return str(path)
 
 
 def save_curves(path: Path, stats: TrainStats) -> str:
     """Per-step loss, periodic evaluations and method step logs (e.g. gate values), kept
     beside the row so the record stays flat."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"loss": stats.losses, "step_seconds": stats.step_seconds,
-                               "evals": stats.evals, "step_logs": stats.step_logs}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"loss": stats.losses, "step_seconds": stats.step_seconds,
+                                   "evals": stats.evals, "step_logs": stats.step_logs}).encode())
     return str(path)
 
 
 def save_adapter(adapter: nn.Module, path: Path) -> tuple[str, int]:
     """Trained state as safetensors (never pickle), written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu().clone() for k, v in adapter.trainable_state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    write_atomic(path, save(state))
     return str(path), path.stat().st_size
 
 
