@@ -52,7 +52,6 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
             resolve_source(backbone, cell.backbone_source)
         except (DataUnavailableError, BackboneUnavailableError, ValueError) as err:
             raise ConfigError(f"{where}: {err}") from None
-
         # Read the data now (cached for the run): a malformed or unreadable file is a config
         # error before any model loads, not a failed cell after one did.
         for split in (task.train_split, task.eval_split):
@@ -61,6 +60,7 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
             except (DataUnavailableError, OSError, ValueError, KeyError) as err:
                 raise ConfigError(f"{where}: task {cell.task!r} split {split!r}: cannot read its data: "
                                   f"{type(err).__name__}: {err}") from None
+
 
 def load_split(task_name: str, split: str, data: DataSettings) -> Split:
     key = (task_name, split, data)
@@ -205,7 +205,6 @@ def save_adapter(adapter: nn.Module, path: Path) -> tuple[str, int]:
     """Trained state as safetensors (never pickle), written atomically."""
     from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu().clone() for k, v in adapter.trainable_state_dict().items()}
     write_atomic(path, save(state))
     return str(path), path.stat().st_size
