@@ -9,8 +9,15 @@ from _records_fixture import make_records
 from bench.cli import main
 from bench.records import append_record
 from bench.render import records_frame
-from bench.reproduction import (CONFIRMED, INCONCLUSIVE, NOT_CONFIRMED, plus_beats_prefix, plus_close_to_lora,
-                                report, stability)
+from bench.reproduction import (
+    CONFIRMED,
+    INCONCLUSIVE,
+    NOT_CONFIRMED,
+    plus_beats_prefix,
+    plus_close_to_lora,
+    report,
+    stability,
+)
 
 
 def test_fixture_confirms_every_claim():
