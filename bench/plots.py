@@ -49,6 +49,7 @@ def sensitivity_plot(curves: pd.DataFrame, flat: pd.DataFrame, title: str, metri
 
 def pareto_plot(table: pd.DataFrame, title: str, metric: str, path: Path) -> Path:
     """One panel per cost axis; frontier points filled and joined, the rest hollow."""
+    table = table[table["score"].notna()]  # runs without a score have no place on these axes
     fig, axes = plt.subplots(1, len(pareto.AXES), figsize=(5.0 * len(pareto.AXES), 4.0))
     for ax, axis in zip(axes, pareto.AXES, strict=True):
         on = table[f"pareto_{axis.column}"]
@@ -63,12 +64,13 @@ def pareto_plot(table: pd.DataFrame, title: str, metric: str, path: Path) -> Pat
                             textcoords="offset points")
         f = table[on].sort_values(axis.column)
         ax.plot(f[axis.column] / axis.scale, f["score"], color="black", linewidth=0.8, alpha=0.6)
-        if axis.log and (table[axis.column] > 0).all():
+        if axis.log and len(table) and (table[axis.column] > 0).all():
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap at 2-3 decades
         ax.set_xlabel(axis.label + (" (higher is better)" if axis.higher_is_better else " (lower is better)"))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if len(table):
+        axes[0].legend(fontsize=8)
     fig.suptitle(title + " — filled: Pareto frontier", fontsize=10)
     return _save(fig, path)

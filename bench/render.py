@@ -196,7 +196,7 @@ def pareto_display(p: pd.DataFrame) -> pd.DataFrame:
     star = {True: "★", False: ""}
     return pd.DataFrame({
         "method": p["method"], "P": [NO_PREFIX if pd.isna(x) else str(int(x)) for x in p["prefix_length"]],
-        "score": [f"{s:.4f} (n={n})" for s, n in zip(p["score"], p["n"], strict=True)],
+        "score": ["—" if n == 0 else f"{s:.4f} (n={n})" for s, n in zip(p["score"], p["n"], strict=True)],
         "trainable params": p["trainable_params"].map(lambda v: f"{v:,.0f}"),
         "frontier: params": p["pareto_trainable_params"].map(star),
         "train tok/s": p["train_tokens_per_s"].map(lambda v: f"{v:.0f}"),
@@ -237,10 +237,10 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
             from bench import plots as plotting
             flat = v.scores[v.scores["prefix_length"].isna()][["method", "mean"]]
             title = f"{v.title}: {v.metric}"
-            if len(v.sens_curve):
+            if v.sens_curve["mean"].notna().any():
                 v.images["sensitivity"] = plotting.sensitivity_plot(
                     v.sens_curve, flat, title, v.metric, out_dir / f"{v.stem}__sensitivity.png")
-            if len(v.pareto):
+            if v.pareto["score"].notna().any():
                 v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out_dir / f"{v.stem}__pareto.png")
         md = out_dir / f"{v.stem}.md"
         md.write_text(slice_markdown(v), encoding="utf-8")

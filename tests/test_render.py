@@ -151,3 +151,13 @@ def test_two_slices_get_two_sections(tmp_path):
     assert {p.name for p in written if p.suffix == ".md"} == {
         "glue_sst2__minilm-l6.md", "glue_rte__minilm-l6.md", "leaderboard.md"}
     assert (tmp_path / "leaderboard.md").read_text().count("\n## ") == 1
+
+
+def test_runs_without_scores_or_costs_render_without_crashing(tmp_path):
+    recs = [record("lora", None, 0), record("lora", None, 1, main_score=None),
+            record("prefix_tuning", 5, 0, main_score=None),
+            record("prefix_tuning", 5, 1, main_score=None, train_tokens_per_s=0.0, peak_memory_bytes=0)]
+    render(recs, tmp_path)
+    text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
+    assert "0.8490 ± 0.0000 (n=1)" in text and "| prefix_tuning | 5         | —  " in text
+    assert not (tmp_path / "glue_sst2__minilm-l6__sensitivity.png").exists()
