@@ -127,6 +127,9 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_prefix_length: ClassVar[bool] = True
     default_lr: ClassVar[float] = 1e-3
+    # True when attaching leaves the model's function unchanged (a zero-initialised update):
+    # the contract test then requires the base logits from the freshly attached adapter
+    identity_at_init: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, prefix_length: int | None) -> None:
         if self.uses_prefix_length and (not isinstance(prefix_length, int) or prefix_length < 1):

@@ -13,6 +13,7 @@ class FullFinetune(Method):
     paper = "reference: all parameters trained (e.g. Howard & Ruder 2018; Devlin et al. 2019)"
     uses_prefix_length = False
     default_lr = 2e-5
+    identity_at_init = True
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> Adapter:
         for p in model.parameters():

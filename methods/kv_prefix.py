@@ -143,13 +143,18 @@ class KVPrefixAdapter(Adapter):
             out = self.model.generate(input_ids=torch.cat([pad, input_ids], 1), attention_mask=mask, **kwargs)
         finally:
             handle.remove()
+        if hasattr(out, "sequences"):  # return_dict_in_generate=True
+            out.sequences = out.sequences[:, P:]
+            return out
         return out[:, P:]
 
     def _generation_inputs(self, kv: torch.Tensor, kw: dict[str, Any]) -> dict[str, Any]:
         P = self.prefix_length
         cache = kw.get("past_key_values")
-        fresh = cache is None or cache.get_seq_length() == 0
-        if fresh:
+        if kw.get("use_cache") is False:
+            # generate still hands back the cache our previous call filled: start afresh
+            cache = kw["past_key_values"] = None
+        if cache is None or cache.get_seq_length() == 0:
             ids = kw["input_ids"]
             if ids.shape[1] <= P:
                 raise RuntimeError(f"expected {P} placeholder ids before the prompt, got {ids.shape[1]} ids")

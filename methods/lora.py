@@ -37,6 +37,7 @@ class Lora(Method):
     Config = LoraConfig
     uses_prefix_length = False
     default_lr = 1e-3
+    identity_at_init = True
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> PeftAdapter:
         import peft

@@ -135,6 +135,7 @@ class PrefixTuningPlus(Method):
     paper = "Wang et al., arXiv 2506.13674 (PrefixMemory-Tuning, ICLR 2026)"
     Config = PrefixTuningPlusConfig
     default_lr = 1e-3
+    identity_at_init = True
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> MemoryAdapter:
         return MemoryAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)

@@ -67,7 +67,13 @@ class SoftPromptAdapter(Adapter):
                  **kwargs: Any) -> torch.Tensor:
         # with inputs_embeds only, generate returns just the new tokens; put the prompt back
         out = self.model.generate(**self._extend(input_ids, attention_mask, kwargs))
-        return torch.cat([input_ids, out], 1)
+        new = out.sequences if hasattr(out, "sequences") else out  # return_dict_in_generate
+        # beam search may return several sequences per prompt
+        prompts = input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], dim=0)
+        if hasattr(out, "sequences"):
+            out.sequences = torch.cat([prompts, new], 1)
+            return out
+        return torch.cat([prompts, new], 1)
 
 
 @register_method("prompt_tuning")
