@@ -1,0 +1,117 @@
+"""Properties specific to the prefix variants: the gated residual prefix's two limits
+(all gates closed = the frozen backbone, all open = plain prefix tuning with the residual
+prefix), Prefix-Tuning+'s architecture table, and config validation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from bench.backbones import load_backbone
+from bench.config import ConfigError
+from methods import METHODS, Anatomy, AttachContext
+
+P = 3
+BACKBONES = [("tiny-llama", "causal_lm"), ("tiny-gpt2", "causal_lm"), ("tiny-bert", "seq_cls")]
+IDS = torch.tensor([[0, 0, 2023, 3185, 2001, 2204], [2023, 2003, 1037, 2307, 2143, 1012]])
+LEFT = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+
+
+def attach(name: str, backbone: str, head: str, **config):
+    loaded = load_backbone(backbone, head)
+    model = copy.deepcopy(loaded.model)
+    cls = METHODS.get(name)
+    return cls(cls.Config(**config), P).attach(model, AttachContext(loaded.tokenizer, Anatomy.of(model), 0)).eval()
+
+
+def batch(head: str):
+    if head == "causal_lm":
+        return {"input_ids": IDS, "attention_mask": LEFT}
+    mask = LEFT.flip(1)
+    return {"input_ids": torch.where(mask.bool(), IDS.flip(1), 0), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("backbone,head", BACKBONES)
+def test_gates_closed_is_the_frozen_backbone_and_open_is_plain_prefix(backbone: str, head: str) -> None:
+    gated = attach("residual_prefix", backbone, head, init="random", init_std=0.5)
+    x = batch(head)
+    rows = x["attention_mask"].bool() if head == "causal_lm" else slice(None)
+    with torch.no_grad():
+        base = load_backbone(backbone, head).model(**x).logits
+        gated.gate_logit.fill_(-float("inf"))
+        closed = gated(**x).logits
+        gated.gate_logit.fill_(float("inf"))
+        opened = gated(**x).logits
+        plain = attach("prefix_tuning", backbone, head, projection=False, shift_positions=False)
+        plain.prefix.copy_(gated.flat_prefix())
+        reference = plain(**x).logits
+    # SDPA with a float mask vs the base model's boolean one: equal up to float rounding
+    torch.testing.assert_close(closed[rows], base[rows], rtol=0, atol=1e-6)
+    torch.testing.assert_close(opened, reference, rtol=0, atol=1e-6)
+    assert (reference[rows] - base[rows]).abs().max() > 1e-4  # the prefix does matter
+
+
+def test_gates_train_and_are_logged() -> None:
+    gated = attach("residual_prefix", "tiny-llama", "causal_lm", gate_init=0.5)
+    log = gated.step_log()
+    assert log["gate"] == [0.5] * P
+    gated.train()
+    loss = gated(**batch("causal_lm")).logits.square().mean()
+    loss.backward()
+    assert gated.gate_logit.grad.abs().min() > 0
+    assert gated.residual[0].weight.grad.abs().sum() > 0
+
+
+def test_half_open_gate_scales_the_prefix_weight() -> None:
+    """log-gate bias: a gate g multiplies that prefix key's unnormalised attention weight."""
+    gated = attach("residual_prefix", "tiny-llama", "causal_lm", init="random", init_std=0.5)
+    x = batch("causal_lm")
+    with torch.no_grad():
+        gated.gate_logit.fill_(0.0)  # g = 1/2 for every prefix token
+        half = gated(**x).logits
+        gated.gate_logit.fill_(float("inf"))
+        full = gated(**x).logits
+    assert (half - full).abs().max() > 1e-4
+
+
+def test_prefix_tuning_plus_rejects_unknown_architectures() -> None:
+    from transformers import OPTConfig, OPTForCausalLM
+
+    model = OPTForCausalLM(OPTConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                     num_attention_heads=2, word_embed_proj_dim=16))
+    cls = METHODS.get("prefix_tuning_plus")
+    with pytest.raises(ConfigError, match="'opt'.*supported: bert, gpt2, llama"):
+        cls(cls.Config(), 4).attach(model, AttachContext(None, Anatomy.of(model), 0))
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_prefix_tuning_plus_memory_is_added_to_attention_output(per_head: bool) -> None:
+    ad = attach("prefix_tuning_plus", "tiny-llama", "causal_lm", per_head=per_head)
+    assert ad.memory_matrix(0).shape[0] == (4 if per_head else 1)
+    x = batch("causal_lm")
+    with torch.no_grad():
+        zero = ad(**x).logits
+        ad.values.normal_()
+        moved = ad(**x).logits
+    assert (zero - moved).abs().max() > 1e-3
+
+
+def test_p_tuning_v2_defaults_to_direct_prefixes() -> None:
+    cls = METHODS.get("p_tuning_v2")
+    assert cls.Config().projection is False
+    assert issubclass(cls, METHODS.get("prefix_tuning"))
+    assert cls.default_lr != METHODS.get("prefix_tuning").default_lr
+
+
+@pytest.mark.parametrize("name,values,match", [
+    ("residual_prefix", {"gate_init": 1.0}, "gate_init"),
+    ("residual_prefix", {"activation": "swish"}, "relu, gelu, tanh"),
+    ("residual_prefix", {"bottleneck": 0}, "bottleneck"),
+    ("prefix_tuning_plus", {"feature_map": "relu"}, "elu, gelu"),
+    ("p_tuning_v2", {"init": "zeros"}, "vocab, text, random"),
+])
+def test_bad_config_names_the_value(name: str, values: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        METHODS.get(name).Config.from_dict(values, name)
