@@ -116,6 +116,11 @@ class LmEvalTask(Task):
     def majority_baseline_applies(self) -> bool:
         return False  # the evaluation set is the harness's, not the source's
 
+    def describe(self) -> str:
+        where = "local files" if self.local else "needs the hub"
+        return (f"lm-eval task {self.harness_task} ({where}), trained on {self.train_source}; "
+                f"metrics {', '.join(m.name for m in self.metrics)} (main {self.main_metric})")
+
     def check_available(self, data: DataSettings) -> None:
         try:
             import lm_eval  # noqa: F401
