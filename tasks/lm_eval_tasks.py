@@ -56,7 +56,12 @@ class HarnessModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return self.adapter(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        out = self.adapter(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        # HFLM reads logits by position from the start of the input: a method that puts
+        # virtual tokens in front (prompt tuning) returns P more positions, which must go
+        if out.logits.shape[1] > input_ids.shape[1]:
+            out.logits = out.logits[:, -input_ids.shape[1]:]
+        return out
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_length: int | None = None, **kwargs: Any) -> torch.Tensor:

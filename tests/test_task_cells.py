@@ -71,3 +71,24 @@ def test_lm_eval_local_cell_records_harness_metrics_with_stderr(tmp_path, data):
         assert 0.0 <= r.metrics["acc"] <= 1.0 and r.metrics["acc_stderr"] > 0
         # 8 two-choice items: the accuracy is a multiple of 1/8
         assert round(r.metrics["acc"] * 8, 6) == int(round(r.metrics["acc"] * 8))
+
+
+@pytest.mark.parametrize("method", ["prefix_tuning", "prompt_tuning", "lora"])
+def test_harness_view_gives_one_logit_row_per_input_token(method):
+    """lm-eval indexes logits by input position; virtual tokens must not shift them."""
+    from methods import METHODS, AttachContext, Anatomy
+    from tasks.lm_eval_tasks import HarnessModel
+
+    loaded = load_backbone("tiny-llama", "causal_lm")
+    model = copy.deepcopy(loaded.model)
+    cls = METHODS.get(method)
+    adapter = cls(cls.Config.from_dict({}, method), 3 if cls.uses_prefix_length else None).attach(
+        model, AttachContext(loaded.tokenizer, Anatomy.of(model), 0, torch.device("cpu")))
+    adapter.eval()
+    ids = torch.randint(1000, 2000, (2, 7))
+    view = HarnessModel(adapter, model)
+    with torch.no_grad():
+        logits = view(ids).logits
+        own = adapter(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+    assert logits.shape[:2] == (2, 7)
+    assert torch.allclose(logits, own[:, -7:])
