@@ -90,7 +90,7 @@ class GlueTask(Task):
             for i, r in enumerate(rows):
                 try:
                     examples.append(self._example(self.spec.parse(r)))
-                except (KeyError, ValueError, TypeError) as err:  # e.g. a label that is not a number
+                except (KeyError, ValueError, TypeError, DataUnavailableError) as err:  # e.g. a bad label
                     line = i + 2 if self.spec.header else i + 1
                     raise DataUnavailableError(
                         f"{path}: row {line} cannot be read ({type(err).__name__}: {err}): "
@@ -101,15 +101,18 @@ class GlueTask(Task):
 
     def _read_tsv(self, path: Path) -> list[Row]:
         # GLUE's TSVs contain unbalanced quotes, so quoting must be off.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if self.spec.header:
-                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-                rows = list(reader)
-                expected = len(reader.fieldnames or ())
-            else:
-                expected = len(self.spec.columns)
-                rows = [dict(zip(self.spec.columns, r, strict=False))
-                        for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                if self.spec.header:
+                    reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                    rows = list(reader)
+                    expected = len(reader.fieldnames or ())
+                else:
+                    expected = len(self.spec.columns)
+                    rows = [dict(zip(self.spec.columns, r, strict=False))
+                            for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise DataUnavailableError(f"{path}: cannot be read ({type(err).__name__}: {err})") from None
         for i, r in enumerate(rows):
             if None in r or any(v is None for v in r.values()) or len(r) < expected:
                 raise DataUnavailableError(

@@ -76,7 +76,7 @@ def test_lm_eval_local_cell_records_harness_metrics_with_stderr(tmp_path, data):
 @pytest.mark.parametrize("method", ["prefix_tuning", "prompt_tuning", "lora"])
 def test_harness_view_gives_one_logit_row_per_input_token(method):
     """lm-eval indexes logits by input position; virtual tokens must not shift them."""
-    from methods import METHODS, AttachContext, Anatomy
+    from methods import METHODS, Anatomy, AttachContext
     from tasks.lm_eval_tasks import HarnessModel
 
     loaded = load_backbone("tiny-llama", "causal_lm")
