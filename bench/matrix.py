@@ -119,10 +119,14 @@ def _train_table(where: str, table: Any) -> dict[str, Any]:
 
 def expand(doc: dict[str, Any], suite: str, source: str = "<suites>") -> list[Cell]:
     """Expand suite ``suite`` of a parsed TOML document into cells (pure, deterministic)."""
-    unknown_top = sorted(set(doc) - {"defaults", "suites"})
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a document of tables, got {doc!r:.200}")
+    unknown_top = sorted(map(str, set(doc) - {"defaults", "suites"}))
     if unknown_top:
         raise ConfigError(f"{source}: unknown top-level key(s) {unknown_top}; valid: defaults, suites")
     suites = doc.get("suites", {})
+    if not isinstance(suites, dict):
+        raise ConfigError(f"{source}: 'suites' must be a table of [suites.NAME] tables, got {suites!r:.200}")
     if suite not in suites:
         raise ConfigError(f"{source}: unknown suite {suite!r}; valid suites: {', '.join(sorted(suites)) or '(none)'}")
     where = f"{source} [suites.{suite}]"
