@@ -53,12 +53,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells (dry run: nothing trained)")
         return 0
     from bench.executors import make_executor, parse_options
+    from bench.matrix import executor_table
     from bench.provenance import pick_device
     from bench.runner import run_cells
 
-    executor = make_executor(args.executor, parse_options(args.executor_option), "--executor")
+    name, options, where = args.executor, parse_options(args.executor_option), "--executor"
+    if name is None:  # the suite may say where it runs; --executor-option still applies
+        table, where = executor_table(args.config, args.suite)
+        name = table.pop("name", "local")
+        options = {**table, **options}
+    executor = make_executor(name, options, where)
     device: object = args.device  # other executors resolve the device where the cell runs
-    if args.executor == "local":
+    if name in ("local", "subprocess"):  # this machine: say now if the device is missing
         try:
             device = pick_device(args.device)
         except ValueError as err:
@@ -141,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", action="append", help="only these methods (repeatable)")
     run.add_argument("--task", action="append", help="only these tasks (repeatable)")
     run.add_argument("--backbone", action="append", help="only these backbones (repeatable)")
-    run.add_argument("--executor", default="local",
-                     help="where cells run: local (this process), subprocess (a child per cell), ray, slurm")
+    run.add_argument("--executor", default=None,
+                     help="where cells run: local (this process), subprocess (a child per cell), ray, slurm "
+                          "(default: the suite's executor table, else local)")
     run.add_argument("--executor-option", action="append", metavar="KEY=VALUE",
                      help="executor option, e.g. address=auto, gpus_per_cell=1, partition=gpu (repeatable)")
     run.add_argument("--plugin", action="append", metavar="MODULE",

@@ -17,6 +17,7 @@ File layout (every key is checked; unknown keys are errors)::
     overrides.lora = { lr = 1e-3 }                            # TrainConfig, per method
     method_args.prefix_tuning = { projection = false }        # the method's own Config
     exclude = [{ method = "lora", backbone = "smollm2-135m" }]
+    executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
 
 ``expand`` is a pure function: the same file gives the same cells with the same ids.
 """
@@ -38,7 +39,7 @@ from methods import METHODS
 from tasks import TASKS
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
-              "backbone_overrides", "overrides", "method_args", "exclude", "backbone_source")
+              "backbone_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
 DEFAULT_SUITES = Path(__file__).with_name("suites.toml")
@@ -151,6 +152,10 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>") -> list[Ce
     for p in lengths:
         if p < 1:
             raise ConfigError(f"{where}: prefix_lengths holds {p}, prefix lengths must be >= 1")
+    executor = spec.get("executor", {})
+    if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
+        raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
+                          f"and that executor's options, got {executor!r:.200}")
     source_choice = spec.get("backbone_source", "auto")
     if source_choice not in ("auto", "local", "hub"):
         raise ConfigError(f"{where}: backbone_source {source_choice!r} is not one of auto, local, hub")
@@ -203,6 +208,14 @@ def _keyed_tables(where: str, key: str, spec: dict, allowed: list[str], train: b
         elif not isinstance(table, dict):
             raise ConfigError(f"{where}.{key}.{name}: expected a table, got {table!r}")
     return tables
+
+
+def executor_table(path: str | Path | None, suite: str) -> tuple[dict[str, Any], str]:
+    """The suite's ``executor`` table (empty when it has none) and where it was read, for
+    error messages. Where cells run never changes what they compute, so it is not in the id."""
+    path = Path(path) if path else DEFAULT_SUITES
+    spec = load_toml(path).get("suites", {}).get(suite, {})
+    return dict(spec.get("executor", {})), f"{path} [suites.{suite}].executor"
 
 
 def load_suite(path: str | Path | None, suite: str) -> list[Cell]:

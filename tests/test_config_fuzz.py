@@ -254,3 +254,21 @@ def test_cli_rejects_broken_data_before_any_model(no_model, capsys, bad_data, tm
     assert main(["run", "--suite", "tiny", "--results", str(tmp_path / "r"), "--no-render",
                  "--data-dir", str(bad_data)]) == 2
     assert "dev.tsv: malformed row 51" in capsys.readouterr().err
+
+
+def test_suite_executor_table(no_model, capsys, tmp_path, data_dir):
+    from bench.cli import main
+    from bench.matrix import executor_table
+
+    path = _suite_file(tmp_path, VALID + 'executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }\n')
+    assert executor_table(path, "s") == ({"name": "slurm", "partition": "gpu", "gpus_per_cell": 1},
+                                         f"{path} [suites.s].executor")
+    ids = {c.id for c in load_suite(path, "s")}
+    assert ids == {c.id for c in load_suite(_suite_file(tmp_path, VALID), "s")}  # not part of the id
+    with pytest.raises(ConfigError, match=r"'executor' must be a table with a 'name'"):
+        load_suite(_suite_file(tmp_path, VALID + 'executor = "ray"\n'), "s")
+    path = _suite_file(tmp_path, VALID + 'executor = { name = "ray", gpus = 1 }\n')
+    assert main(["run", "--config", str(path), "--suite", "s", "--results", str(tmp_path / "r"),
+                 "--no-render", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} [suites.s].executor 'ray': unknown key(s) 'gpus'" in err and "gpus_per_cell" in err
