@@ -118,6 +118,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("backbones:")
         for name, bb in BACKBONES.items():
             print(f"  {name:20} {bb.description}")
+    if what in ("executors", "all"):
+        from bench.executors import EXECUTORS
+        print("executors:")
+        for name, cls in EXECUTORS.items():
+            print(f"  {name:20} {(cls.__doc__ or '').split('.')[0].strip()}")
+            if args.verbose:
+                for field, text in field_help(cls.Config).items():
+                    print(f"      {field}: {text}")
     if what in ("suites", "all"):
         path = Path(args.config) if args.config else DEFAULT_SUITES
         doc = load_toml(path)
@@ -165,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render)
 
     lst = sub.add_parser("list", help="list methods, tasks, backbones, suites")
-    lst.add_argument("what", nargs="?", default="all", choices=["methods", "tasks", "backbones", "suites", "all"])
+    lst.add_argument("what", nargs="?", default="all", choices=["methods", "tasks", "backbones", "executors", "suites", "all"])
     lst.add_argument("--config", default=None, help="suite TOML file for 'suites'")
     lst.add_argument("-v", "--verbose", action="store_true", help="show each method's options")
     lst.set_defaults(func=cmd_list)

@@ -176,6 +176,11 @@ class SubprocessExecutor(LocalExecutor):
     class Config(LocalExecutor.Config):
         isolate: bool = field(default=True, metadata={"help": "always true for this executor"})
 
+        def __post_init__(self) -> None:
+            if not self.isolate:
+                raise ConfigError("the subprocess executor always isolates cells; use 'local' to run in-process")
+            super().__post_init__()
+
 
 def _child(cell: Cell, job: CellJob, conn: Any) -> None:
     record = execute_cell(cell, job)
