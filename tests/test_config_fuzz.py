@@ -272,3 +272,35 @@ def test_suite_executor_table(no_model, capsys, tmp_path, data_dir):
                  "--no-render", "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err
     assert f"{path} [suites.s].executor 'ray': unknown key(s) 'gpus'" in err and "gpus_per_cell" in err
+
+
+# -- safety: no pickle, no remote code unless a backbone asks, plugins only when named ----------
+
+def test_no_pickle_loading_and_no_remote_code_by_default():
+    import re
+
+    from bench.backbones import BACKBONES
+
+    root = Path(__file__).resolve().parent.parent
+    pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|trust_remote_code\s*=\s*True")
+    hits = [f"{p.relative_to(root)}:{i}" for pkg in ("bench", "methods", "tasks") for p in (root / pkg).rglob("*.py")
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert hits == [], "adapters load with safetensors only; remote code only per backbone"
+    assert [name for name, bb in BACKBONES.items() if bb.trust_remote_code] == []
+
+
+def test_plugins_are_imported_only_when_named(monkeypatch):
+    import sys
+
+    from bench.registry import RegistryError, import_plugins
+    from methods import METHODS
+
+    assert "faulty_plugin" not in sys.modules and "test_faulty" not in METHODS
+    with pytest.raises(RegistryError, match="'no.such.module' could not be imported"):
+        import_plugins(["no.such.module"])
+    import_plugins(["faulty_plugin"])
+    try:
+        assert "test_faulty" in METHODS
+    finally:
+        METHODS._items.pop("test_faulty", None)
+        sys.modules.pop("faulty_plugin", None)
