@@ -97,6 +97,8 @@ class ResidualPrefixConfig(PrefixTuningConfig):
         "help": "produce P by Li & Liang's MLP before the residual block (default: P trained directly)"})
     bottleneck: int = field(default=128, metadata={"help": "width m of the residual block W_down: D -> m"})
     activation: str = field(default="relu", metadata={"help": "sigma in the residual block: relu, gelu or tanh"})
+    residual_gain_init: float = field(default=0.0, metadata={
+        "help": "starting LayerNorm gain of the residual branch (0: the branch starts closed)"})
     gate_init: float = field(default=0.9, metadata={"help": "starting value of every gate, in (0, 1)"})
     shift_positions: bool = field(default=False, metadata={
         "help": "False (default) keeps the backbone's positions so closed gates give the frozen model"})
@@ -117,6 +119,12 @@ class ResidualPrefixAdapter(PrefixTuningAdapter):
         D = ctx.anatomy.num_layers * 2 * ctx.anatomy.kv_dim
         self.residual = nn.Sequential(nn.Linear(D, config.bottleneck), ACTIVATIONS[config.activation](),
                                       nn.Linear(config.bottleneck, D), nn.LayerNorm(D))
+        # LayerNorm's output has unit scale per element: with its usual gain of 1 it adds
+        # noise as large as the keys themselves (SmolLM2's starting LM loss 6.2 -> 12.0).
+        # A zero gain starts the residual branch closed (P' = P, ReZero-style); the gain
+        # receives gradient at once, and W_down/W_up as soon as it moves.
+        with torch.no_grad():
+            self.residual[3].weight.fill_(config.residual_gain_init)
         g = torch.tensor(config.gate_init)
         self.gate_logit = nn.Parameter(torch.full((P,), float(torch.log(g) - torch.log1p(-g))))
         use_gated_attention(model)

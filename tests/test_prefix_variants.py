@@ -50,7 +50,11 @@ def test_gates_closed_is_the_frozen_backbone_and_open_is_plain_prefix(backbone: 
     # SDPA with a float mask vs the base model's boolean one: equal up to float rounding
     torch.testing.assert_close(closed[rows], base[rows], rtol=0, atol=1e-6)
     torch.testing.assert_close(opened, reference, rtol=0, atol=1e-6)
-    assert (reference[rows] - base[rows]).abs().max() > 1e-4  # the prefix does matter
+    # the prefix does matter (hidden states: tiny BERT's random classifier shrinks logit gaps)
+    with torch.no_grad():
+        h_base = load_backbone(backbone, head).model(**x, output_hidden_states=True).hidden_states[-1]
+        h_plain = plain(**x, output_hidden_states=True).hidden_states[-1]
+    assert (h_plain[rows] - h_base[rows]).abs().max() > 1e-2
 
 
 def test_gates_train_and_are_logged() -> None:
@@ -61,7 +65,9 @@ def test_gates_train_and_are_logged() -> None:
     loss = gated(**batch("causal_lm")).logits.square().mean()
     loss.backward()
     assert gated.gate_logit.grad.abs().min() > 0
-    assert gated.residual[0].weight.grad.abs().sum() > 0
+    gain = gated.residual[3].weight
+    assert torch.equal(gain, torch.zeros_like(gain))  # residual branch starts closed...
+    assert gain.grad.abs().sum() > 0  # ...and opens under training
 
 
 def test_half_open_gate_scales_the_prefix_weight() -> None:
