@@ -112,3 +112,21 @@ def test_activation_prefix_equals_prepended_tokens(backbone: str) -> None:
         ours_out = adapter.generate(input_ids=IDS, attention_mask=LEFT, **g)
         ref = loaded.model.generate(input_ids=full_ids, attention_mask=full_mask, **g)[:, P:]
         assert torch.equal(ours_out, ref), kw
+
+
+@pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-gpt2"])
+def test_vocab_init_equals_prompt_tuning_on_the_same_tokens(backbone: str) -> None:
+    """On a causal model, deep prefixes initialised from sampled tokens' activations (the
+    default init of p_tuning_v2) start exactly where prompt tuning initialised from the
+    same tokens' embeddings starts: both equal prepending those tokens."""
+    loaded = load_backbone(backbone, "causal_lm")
+    adapters = []
+    for name in ("p_tuning_v2", "prompt_tuning"):
+        model = copy.deepcopy(loaded.model)
+        cls = METHODS.get(name)
+        adapters.append(cls(cls.Config(init="vocab"), P).attach(
+            model, AttachContext(loaded.tokenizer, Anatomy.of(model), 0)).eval())
+    with torch.no_grad():
+        deep = adapters[0](input_ids=IDS, attention_mask=LEFT).logits
+        prompt = adapters[1](input_ids=IDS, attention_mask=LEFT).logits[:, P:]
+    torch.testing.assert_close(deep[LEFT.bool()], prompt[LEFT.bool()], rtol=0, atol=1e-5)
