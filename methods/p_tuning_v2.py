@@ -1,5 +1,6 @@
-"""P-tuning v2: Liu et al., "P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning
-Universally Across Scales and Tasks", ACL 2022 (https://aclanthology.org/2022.acl-short.8).
+"""P-tuning v2: Liu et al., "P-Tuning: Prompt Tuning Can Be Comparable to Fine-tuning
+Across Scales and Tasks", ACL 2022 (https://aclanthology.org/2022.acl-short.8; arXiv
+2110.07602, "P-Tuning v2").
 
 "Deep prompt tuning": the same per-layer key/value prefixes as Prefix-Tuning, but trained
 directly, without the MLP reparameterisation (the paper finds the MLP's benefit task

@@ -1,5 +1,5 @@
-"""Residual-reparameterised prefix tuning with per-token gates: Jung et al., "Residual
-Prefix Tuning with Gates" (IEEE Access, 2025).
+"""Residual-reparameterised prefix tuning with per-token gates: Jung et al., IEEE Access,
+2025 (as summarised in /work/shared/docs/methods.md; we have neither its full text nor code).
 
 The paper's exact equations are not available to us; this is our formulation, built to keep
 the two properties any reading of it has (both are tested):
