@@ -50,6 +50,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def perf(session: nox.Session) -> None:
+    """Our prefix tuning vs PEFT's, LoRA and the base model: tokens/s, memory, MFU -> results/perf/."""
+    install(session)
+    session.run("python", "-m", "bench.perf", *session.posargs, env=data_env())
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Lint with ruff."""
     session.install("ruff>=0.6")

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import backbones
 from bench.efficiency import steps_to_target
 from bench.flops import StepFlops, peak_flops
-from methods import METHODS, AttachContext, Anatomy
+from methods import METHODS, Anatomy, AttachContext
 
 B, S = 3, 7
 CASES = [("prefix_tuning", {"projection": True, "mid_dim": 16}), ("prefix_tuning", {"projection": False}),

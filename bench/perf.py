@@ -1,0 +1,445 @@
+"""`nox -s perf` / `python -m bench.perf`: our prefix tuning against PEFT's, LoRA and the
+frozen base model, in one run, on one backbone, batch and prefix length.
+
+Arms (SmolLM2-135M, fp32, the device from ``pick_device``):
+  base          frozen model; training = forward + backward to the input embeddings only
+                (the least a method that adapts layer 0 can cost)
+  ours_proj     methods/prefix_tuning.py, MLP reparameterisation (mid 512)
+  ours_noproj   methods/prefix_tuning.py, prefix trained directly
+  peft_proj     peft.PrefixTuningConfig(prefix_projection=True, encoder_hidden_size=512)
+  peft_noproj   peft.PrefixTuningConfig(prefix_projection=False)
+  lora          peft.LoraConfig(r=8, alpha=16, q_proj/v_proj)
+
+Phases, each timed per arm with the same fixed batch of random token ids (no padding, so
+every arm sees exactly the same tokens; tokenization is not timed):
+  train     one optimizer step: the verbalizer loss (bench/formulations.py: logits only at
+            the last position, ``logits_to_keep=1``, cross-entropy over two label tokens),
+            backward, AdamW step (base: no optimizer, nothing to update)
+  eval      no-grad forward with the same loss head; ours with the prefix folded
+            (``adapter.fold()``), PEFT as PEFT runs it (prefix recomputed each forward)
+  generate  greedy decoding of exactly ``--new-tokens`` tokens (cache on)
+Repeats are interleaved: each repeat runs every arm for ``--steps`` timed steps, in an order
+rotated by one each repeat, so machine noise falls on all arms alike. Per repeat the
+median step is kept; reported are the median over repeats, the IQR, and paired ratios
+(ours/PEFT, ours/base) computed per repeat, then their median and IQR.
+
+Peak memory: each arm's training step runs again in a fresh child process (spawn), which
+reports its peak (CPU: ru_maxrss of the child, i.e. weights + activations + allocator
+slack; CUDA: max allocated and max reserved). A child that only loads the backbone gives
+the floor, subtracted to show what the step adds.
+
+Harness overhead: one real cell (SST-2 verbalizer, our prefix tuning) through
+``bench.runner.run_cell``; its ``harness_overhead`` field (see bench/efficiency.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+
+from bench import provenance
+from bench.backbones import load_backbone
+from bench.flops import StepFlops, peak_flops
+
+BACKBONE = "smollm2-135m"
+ARMS = ("base", "ours_proj", "ours_noproj", "peft_proj", "peft_noproj", "lora")
+MID_DIM = 512
+LABEL_IDS = (100, 200)  # any two vocabulary ids: the cost does not depend on which
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch: int = 8
+    seq: int = 64
+    prefix: int = 16
+    gen_batch: int = 4
+    gen_prompt: int = 32
+    new_tokens: int = 16
+    repeats: int = 5
+    steps: int = 3
+    cell_steps: int = 30
+    device: str = "auto"
+    threads: int = 0
+    seed: int = 0
+    # a folder with the backbone's config.json (+ tokenizer): the same architecture with random
+    # weights, for machines without the weights package (speed does not depend on the values)
+    random_init_from: str = ""
+
+
+# --- arms -------------------------------------------------------------------------------
+
+def load(s: Settings, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    if not s.random_init_from:
+        loaded = load_backbone(BACKBONE, "causal_lm", 2, "auto", device)
+        return loaded.model, loaded.tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    torch.manual_seed(s.seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(s.random_init_from), dtype=torch.float32)
+    model.to(device).eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(s.random_init_from)
+
+
+def build_arm(name: str, model: torch.nn.Module, tokenizer: Any, s: Settings, device: torch.device,
+              copy_model: bool = True):
+    """(module to call, trainable params). ``model`` is the shared frozen backbone; arms that
+    change it (PEFT wraps or injects) get a copy unless ``copy_model`` is False (a memory child
+    owns its model: a copy there would count the weights twice)."""
+    if name == "base":
+        return model, []
+    if name.startswith("ours"):
+        from methods import METHODS, Anatomy, AttachContext
+        cls = METHODS.get("prefix_tuning")
+        cfg = cls.Config.from_dict({"projection": name == "ours_proj", "mid_dim": MID_DIM}, name)
+        adapter = cls(cfg, s.prefix).attach(model, AttachContext(tokenizer, Anatomy.of(model), s.seed, device))
+        return adapter, [p for p in adapter.parameters() if p.requires_grad]
+    import peft
+    if name == "lora":
+        config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                                 task_type="CAUSAL_LM")
+    else:
+        config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=s.prefix,
+                                         prefix_projection=name == "peft_proj", encoder_hidden_size=MID_DIM)
+    wrapped = peft.get_peft_model(copy.deepcopy(model) if copy_model else model, config).to(device)
+    return wrapped, [p for p in wrapped.parameters() if p.requires_grad]
+
+
+def _loss(module: torch.nn.Module, name: str, ids: torch.Tensor, mask: torch.Tensor,
+          labels: torch.Tensor) -> torch.Tensor:
+    if name == "base" and torch.is_grad_enabled():
+        # nothing in the base model trains: the gradient goes to the input embeddings
+        embeds = module.get_input_embeddings()(ids).detach().requires_grad_(True)
+        out = module(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1, use_cache=False)
+    else:
+        out = module(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
+    scores = out.logits[:, -1, :].index_select(-1, torch.tensor(LABEL_IDS, device=ids.device))
+    return F.cross_entropy(scores.float(), labels)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ArmRunner:
+    """One arm's three phases as zero-argument step functions."""
+
+    def __init__(self, name: str, module: torch.nn.Module, params: list, data: dict, device: torch.device,
+                 s: Settings):
+        self.name, self.module, self.params, self.data, self.device, self.s = name, module, params, data, device, s
+        self.opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+
+    def train_step(self) -> None:
+        self.module.train()
+        if hasattr(self.module, "unfold"):
+            self.module.unfold()
+        d = self.data
+        loss = _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
+        loss.backward()
+        if self.opt is not None:
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        _sync(self.device)
+
+    @torch.no_grad()
+    def eval_step(self) -> None:
+        self.module.eval()
+        if hasattr(self.module, "fold") and self.name.startswith("ours"):
+            self.module.fold()
+        d = self.data
+        _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
+        _sync(self.device)
+
+    @torch.no_grad()
+    def generate_step(self) -> None:
+        self.module.eval()
+        if self.name.startswith("ours"):
+            self.module.fold()
+        d, n = self.data, self.s.new_tokens
+        out = self.module.generate(input_ids=d["gen_ids"], attention_mask=d["gen_mask"], max_new_tokens=n,
+                                   min_new_tokens=n, do_sample=False, pad_token_id=0)
+        if out.shape[1] != d["gen_ids"].shape[1] + n:
+            raise RuntimeError(f"{self.name}: generate returned {out.shape[1]} positions, expected "
+                               f"{d['gen_ids'].shape[1] + n}")
+        _sync(self.device)
+
+
+def make_data(s: Settings, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(s.seed)
+    ids = torch.randint(100, min(vocab, 5000), (s.batch, s.seq), generator=g)
+    gen = torch.randint(100, min(vocab, 5000), (s.gen_batch, s.gen_prompt), generator=g)
+    return {"ids": ids.to(device), "mask": torch.ones_like(ids).to(device),
+            "labels": torch.randint(0, 2, (s.batch,), generator=g).to(device),
+            "gen_ids": gen.to(device), "gen_mask": torch.ones_like(gen).to(device)}
+
+
+# --- timing -----------------------------------------------------------------------------
+
+def interleaved(runners: dict[str, ArmRunner], phase: str, s: Settings,
+                log: Callable[[str], None]) -> dict[str, list[float]]:
+    """Per arm, the median step seconds of each repeat; arms rotated each repeat."""
+    names = list(runners)
+    for n in names:  # warm-up: kernels, allocator, lazy init
+        getattr(runners[n], f"{phase}_step")()
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(s.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            step = getattr(runners[n], f"{phase}_step")
+            times = []
+            for _ in range(s.steps):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            out[n].append(statistics.median(times))
+        log(f"  {phase} repeat {r + 1}/{s.repeats}: " + ", ".join(f"{n} {out[n][-1] * 1e3:.0f} ms" for n in names))
+    return out
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+# --- memory (child processes) -------------------------------------------------------------
+
+def _memory_child(arm: str, s: Settings, queue: Any) -> None:
+    try:
+        if s.threads:
+            torch.set_num_threads(s.threads)
+        device = provenance.pick_device(s.device)
+        model, tokenizer = load(s, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if arm != "load_only":
+            module, params = build_arm(arm, model, tokenizer, s, device, copy_model=False)
+            runner = ArmRunner(arm, module, params, make_data(s, model.config.vocab_size, device), device, s)
+            for _ in range(2):
+                runner.train_step()
+        if device.type == "cuda":
+            queue.put((arm, {"kind": "cuda_max_allocated", "bytes": torch.cuda.max_memory_allocated(device),
+                             "reserved_bytes": torch.cuda.max_memory_reserved(device)}))
+        else:
+            import resource
+            queue.put((arm, {"kind": "cpu_peak_rss_child", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                             "reserved_bytes": 0}))
+    except Exception as err:  # reported, not fatal: the timing table still stands
+        queue.put((arm, {"error": f"{type(err).__name__}: {err}"}))
+
+
+def memory_per_arm(s: Settings, log: Callable[[str], None]) -> dict[str, dict]:
+    ctx = mp.get_context("spawn")
+    out = {}
+    for arm in ("load_only", *ARMS):
+        queue = ctx.Queue()
+        p = ctx.Process(target=_memory_child, args=(arm, s, queue))
+        p.start()
+        name, res = queue.get(timeout=600)
+        p.join()
+        out[name] = res
+        log(f"  memory {name}: {res}")
+    return out
+
+
+# --- one real cell: harness overhead ------------------------------------------------------
+
+def cell_overhead(s: Settings, device: torch.device) -> dict[str, Any]:
+    from bench.matrix import expand
+    from bench.runner import run_cell
+    from tasks import DataSettings
+
+    doc = {"suites": {"perf": {"methods": ["prefix_tuning"], "tasks": ["glue/sst2"], "backbones": [BACKBONE],
+                               "prefix_lengths": [s.prefix], "seeds": [s.seed],
+                               "train": {"train_steps": s.cell_steps, "batch_size": s.batch, "eval_limit": 4 * s.batch,
+                                         "eval_batch_size": s.batch, "max_length": s.seq}}}}
+    (cell,) = expand(doc, "perf")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        r = run_cell(cell, DataSettings.from_env(), device, Path(tmp))
+        wall = time.perf_counter() - t0
+    return {"train_steps": s.cell_steps, "harness_overhead": r.harness_overhead, "mfu": r.mfu,
+            "train_tokens_per_s": r.train_tokens_per_s, "run_cell_seconds": wall,
+            "compute_seconds": r.train_seconds + r.eval_seconds}
+
+
+# --- report -------------------------------------------------------------------------------
+
+PAIRS = (("ours_proj", "peft_proj"), ("ours_noproj", "peft_noproj"), ("ours_proj", "base"), ("ours_noproj", "base"))
+TARGETS = (  # (what, phase, arm, reference, kind, bound): rate ratios >= bound, memory <= bound
+    ("training step tokens/s >= 1.05x PEFT prefix tuning", "train", "ours_proj", "peft_proj", "rate", 1.05),
+    ("training step tokens/s >= 1.05x PEFT prefix tuning", "train", "ours_noproj", "peft_noproj", "rate", 1.05),
+    ("training peak memory <= 1.0x PEFT prefix tuning", "memory", "ours_proj", "peft_proj", "memory", 1.0),
+    ("training peak memory <= 1.0x PEFT prefix tuning", "memory", "ours_noproj", "peft_noproj", "memory", 1.0),
+    ("folded evaluation tokens/s >= 0.95x base model", "eval", "ours_proj", "base", "rate", 0.95),
+    ("folded evaluation tokens/s >= 0.95x base model", "eval", "ours_noproj", "base", "rate", 0.95),
+)
+
+
+def step_flops(name: str, module: torch.nn.Module) -> StepFlops:
+    """Model FLOPs of the arm's step; PEFT's prefix arms are charged our count for the same
+    model (their MLP over B*P rows instead of P is implementation cost, not model FLOPs)."""
+    import dataclasses
+
+    from methods.base import Adapter
+    if name.startswith("ours"):
+        return StepFlops.of(module)
+    inner = module.get_base_model() if hasattr(module, "get_base_model") else module
+    fm = StepFlops.of(Adapter(inner))
+    if name == "base":  # the gradient reaches the input embeddings
+        fm = dataclasses.replace(fm, input_grad=True, q0_grad=True, k0_grad=True, v0_grad=True)
+    return fm
+
+
+def summarise(times: dict[str, dict[str, list[float]]], memory: dict[str, dict], flops: dict[str, StepFlops],
+              s: Settings, peak: float) -> dict[str, Any]:
+    tokens = {"train": s.batch * s.seq, "eval": s.batch * s.seq, "generate": s.gen_batch * s.new_tokens}
+    arms: dict[str, Any] = {}
+    for arm in ARMS:
+        row: dict[str, Any] = {}
+        for phase, per_arm in times.items():
+            q1, med, q3 = quartiles(per_arm[arm])
+            row[phase] = {"median_s": med, "iqr_s": q3 - q1, "tokens_per_s": tokens[phase] / med}
+        if "train" in times and arm in flops:
+            achieved = flops[arm].count(s.batch, s.seq, train=True) / row["train"]["median_s"]
+            row["train"]["mfu"] = achieved / peak if peak else None
+        if arm in memory:
+            row["memory"] = memory[arm]
+        arms[arm] = row
+    ratios: dict[str, Any] = {}
+    for a, b in PAIRS:
+        for phase, per_arm in times.items():
+            paired = [tb / ta for ta, tb in zip(per_arm[a], per_arm[b], strict=True)]  # rate ratio a/b
+            q1, med, q3 = quartiles(paired)
+            ratios[f"{phase}:{a}/{b}"] = {"median": med, "q1": q1, "q3": q3}
+        ma, mb = memory.get(a, {}).get("bytes"), memory.get(b, {}).get("bytes")
+        if ma and mb:
+            ratios[f"memory:{a}/{b}"] = {"median": ma / mb, "q1": ma / mb, "q3": ma / mb}
+    targets = []
+    for what, phase, a, b, kind, bound in TARGETS:
+        r = ratios.get(f"{phase}:{a}/{b}")
+        if r is None:
+            targets.append({"target": what, "arms": f"{a}/{b}", "ratio": None, "met": None, "by": None})
+            continue
+        met = r["median"] >= bound if kind == "rate" else r["median"] <= bound
+        by = (r["median"] - bound) if kind == "rate" else (bound - r["median"])
+        targets.append({"target": what, "arms": f"{a}/{b}", "ratio": r["median"], "met": met, "by": by})
+    return {"arms": arms, "ratios": ratios, "targets": targets}
+
+
+def _mb(n: float | None) -> str:
+    return "—" if not n else f"{n / 2**20:.0f} MB"
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    s = meta["settings"]
+    phases = [p for p in ("train", "eval", "generate") if p in next(iter(summary["arms"].values()))]
+    floor = meta.get("load_only_bytes")
+    rows = []
+    for arm, row in summary["arms"].items():
+        r = {"arm": arm}
+        for p in phases:
+            r[f"{p} tok/s"] = f"{row[p]['tokens_per_s']:.0f}"
+            r[f"{p} ms (IQR)"] = f"{row[p]['median_s'] * 1e3:.0f} ({row[p]['iqr_s'] * 1e3:.0f})"
+        if "train" in phases:
+            m = row["train"].get("mfu")
+            r["train MFU"] = f"{m:.3f}" if m else "—"
+        mem = row.get("memory", {})
+        r["peak mem (train)"] = mem.get("error", _mb(mem.get("bytes")))
+        r["above load"] = _mb(mem["bytes"] - floor) if mem.get("bytes") and floor else "—"
+        rows.append(r)
+    ratio_rows = [{"ratio (a/b)": k, "median": f"{v['median']:.3f}", "IQR": f"{v['q1']:.3f}–{v['q3']:.3f}"}
+                  for k, v in summary["ratios"].items()]
+    target_rows = [{"target": t["target"], "arms": t["arms"],
+                    "measured": "—" if t["ratio"] is None else f"{t['ratio']:.3f}",
+                    "met": {True: "yes", False: "NO", None: "—"}[t["met"]],
+                    "margin": "—" if t["by"] is None else f"{t['by']:+.3f}"} for t in summary["targets"]]
+    cell = meta.get("cell")
+    if cell:
+        ok = cell["harness_overhead"] is not None and cell["harness_overhead"] <= 0.05
+        target_rows.append({"target": "harness overhead <= 5% of a cell", "arms": f"run_cell, {cell['train_steps']} steps",
+                            "measured": f"{cell['harness_overhead']:.3f}", "met": "yes" if ok else "NO",
+                            "margin": f"{0.05 - cell['harness_overhead']:+.3f}"})
+    return "\n".join([
+        f"# Prefix tuning performance: ours vs PEFT vs base ({meta['backbone']})", "",
+        f"Device {meta['device']}, torch {meta['versions'].get('torch')}, peft {meta['versions'].get('peft')}, "
+        f"git {meta['git_sha'][:10]}{' (dirty)' if meta['git_dirty'] else ''}, {meta['started_at']}. "
+        f"Batch {s['batch']} x {s['seq']} tokens, prefix {s['prefix']}, generation {s['gen_batch']} x "
+        f"{s['gen_prompt']} + {s['new_tokens']} new tokens; {s['repeats']} interleaved repeats x {s['steps']} "
+        f"steps; measured peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s. Loss: verbalizer (logits at the last "
+        "position only). Memory: one child process per arm, "
+        f"{meta['memory_kind']}; 'above load' subtracts a child that only loaded the backbone.", "",
+        tabulate(rows, headers="keys", tablefmt="github"), "",
+        "Ratios of rates (tokens/s) per repeat, paired; memory ratio of peaks:", "",
+        tabulate(ratio_rows, headers="keys", tablefmt="github"), "",
+        tabulate(target_rows, headers="keys", tablefmt="github"), ""])
+
+
+def run(s: Settings, out_dir: Path, memory: bool = True, cell: bool = True,
+        log: Callable[[str], None] = lambda m: print(m, flush=True)) -> dict[str, Any]:
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    device = provenance.pick_device(s.device)
+    started = provenance.now()
+    model, tokenizer = load(s, device)
+    peak = peak_flops(device, next(model.parameters()).dtype)
+    data = make_data(s, model.config.vocab_size, device)
+    runners, fl = {}, {}
+    for arm in ARMS:
+        module, params = build_arm(arm, model, tokenizer, s, device)
+        runners[arm] = ArmRunner(arm, module, params, data, device, s)
+        fl[arm] = step_flops(arm, module)
+    log(f"perf: {len(ARMS)} arms on {provenance.device_name(device)}, {s}")
+    times = {phase: interleaved(runners, phase, s, log) for phase in ("train", "eval", "generate")}
+    del runners
+    mem = memory_per_arm(s, log) if memory else {}
+    summary = summarise(times, mem, fl, s, peak)
+    sha, dirty = provenance.git_state()
+    meta = {"backbone": BACKBONE, "device": provenance.device_name(device), "settings": asdict(s),
+            "versions": provenance.package_versions(), "git_sha": sha, "git_dirty": dirty, "started_at": started,
+            "peak_flops": peak, "memory_kind": next((m.get("kind") for m in mem.values() if "kind" in m), "not measured"),
+            "raw_seconds": times}
+    if cell and not s.random_init_from:
+        log("perf: one real cell for harness overhead ...")
+        meta["cell"] = cell_overhead(s, device)
+    meta["finished_at"] = provenance.now()
+    meta["load_only_bytes"] = mem.get("load_only", {}).get("bytes")
+    text = markdown(summary, meta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta["markdown_note"] = "random weights" if s.random_init_from else "pretrained weights"
+    (out_dir / "perf.json").write_text(json.dumps({"meta": meta, **summary}, indent=1, default=str))
+    (out_dir / "perf.md").write_text(text, encoding="utf-8")
+    return {"meta": meta, **summary, "markdown": text}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    for f, v in asdict(Settings()).items():
+        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    p.add_argument("--out", default="results/perf", help="folder for perf.md and perf.json")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-arm memory children")
+    p.add_argument("--no-cell", action="store_true", help="skip the harness-overhead cell")
+    args = vars(p.parse_args(argv))
+    out, no_mem, no_cell = Path(args.pop("out")), args.pop("no_memory"), args.pop("no_cell")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    res = run(Settings(**args), out, memory=not no_mem, cell=not no_cell)
+    print(res["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
