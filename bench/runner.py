@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import memory, provenance
+from bench import efficiency, flops, memory, provenance
 from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, resolve_source
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
@@ -117,6 +117,9 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     eval_split = load_split(cell.task, task.eval_split, data)
     loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
     formulation: Formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
+    flops.peak_flops(device, next(loaded.model.parameters()).dtype)  # once per process, off the cell clock
+    wall_start = time.perf_counter()  # after the once-per-process loads: harness overhead is per cell
+    eval_seconds = [0.0]
 
     seed_everything(cell.seed)
     memory.reset_peak(device)
@@ -138,6 +141,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
 
     def periodic(step: int) -> float:
         res = evaluate(adapter, formulation, eval_examples, cfg.eval_batch_size, device, desc="eval")
+        eval_seconds[0] += res.seconds
         return task.compute_metrics(res.predictions, eval_examples)[task.main_metric]
 
     stats = train(adapter, formulation, train_examples, cfg, cell.seed, device, desc=f"train {label}",
@@ -158,6 +162,10 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     samples_path = ""
     if results_dir is not None and task.kind == "generation":
         samples_path = save_samples(results_dir / "samples" / f"{cell.id}.jsonl", eval_examples, result.predictions)
+    compute = sum(stats.step_seconds) + eval_seconds[0] + result.seconds
+    overhead = efficiency.harness_overhead(time.perf_counter() - wall_start, compute)
+    eff = efficiency.train_mfu(adapter, cfg.batch_size, stats.tokens, len(stats.step_tokens),
+                               stats.tokens_per_s(), device)
 
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
@@ -173,7 +181,10 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),
         first_loss=stats.losses[0] if stats.losses else None,
         final_loss=float(np.mean(stats.losses[-10:])) if stats.losses else None,
-        peak_memory_bytes=peak, peak_memory_kind=peak_kind, formulation=formulation.name, lr=cfg.lr or 0.0,
+        peak_memory_bytes=peak, peak_memory_kind=peak_kind,
+        peak_reserved_bytes=memory.peak_reserved_bytes(device), **eff,
+        steps_to_target=efficiency.steps_to_target(stats.losses), harness_overhead=overhead,
+        formulation=formulation.name, lr=cfg.lr or 0.0,
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
         device=provenance.device_name(device), backbone_source=loaded.source,
         data_source=f"train={train_split.source} eval={eval_split.source}",
