@@ -14,11 +14,16 @@ File layout (every key is checked; unknown keys are errors)::
     seeds = [0, 1]
     train = { train_steps = 300 }   # TrainConfig overrides for this suite
     backbone_overrides.smollm2-135m = { batch_size = 16 }    # TrainConfig, per backbone
+    task_overrides."glue/rte" = { max_length = 128 }         # TrainConfig, per task
     overrides.lora = { lr = 1e-3 }                            # TrainConfig, per method
     method_args.prefix_tuning = { projection = false }        # the method's own Config
     exclude = [{ method = "lora", backbone = "smollm2-135m" }]
     executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
 
+Training options resolve in this order, later winning: [defaults], the suite's ``train``,
+``backbone_overrides``, ``task_overrides``, ``overrides`` (per method).
+A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (with
+``description`` and ``executor`` only); its cells are theirs, labelled with its name.
 ``expand`` is a pure function: the same file gives the same cells with the same ids.
 """
 
@@ -39,7 +44,8 @@ from methods import METHODS
 from tasks import TASKS
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
-              "backbone_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor")
+              "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor")
+COMPOSITE_KEYS = ("description", "include", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
 DEFAULT_SUITES = Path(__file__).with_name("suites.toml")
@@ -118,7 +124,25 @@ def _train_table(where: str, table: Any) -> dict[str, Any]:
     return dict(table)
 
 
-def expand(doc: dict[str, Any], suite: str, source: str = "<suites>") -> list[Cell]:
+def _expand_composite(doc: dict[str, Any], suite: str, spec: dict[str, Any], source: str, where: str,
+                      seen: tuple[str, ...]) -> list[Cell]:
+    """A suite made of other suites (``include = [...]``): the union of their cells, labelled
+    with this suite's name. Lets one suite pair each task with its own backbones and budget."""
+    unknown = sorted(set(spec) - set(COMPOSITE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: a suite with 'include' takes only {', '.join(COMPOSITE_KEYS)}; "
+                          f"unknown key(s) {', '.join(map(repr, unknown))}")
+    parts = _check_list(where, "include", spec["include"], str)
+    cells: dict[str, Cell] = {}
+    for part in parts:
+        if part in seen or part == suite:
+            raise ConfigError(f"{where}: include {part!r} makes a cycle ({' -> '.join((*seen, suite, part))})")
+        for cell in expand(doc, part, source, _seen=(*seen, suite)):
+            cells.setdefault(cell.id, dataclasses.replace(cell, suite=suite))
+    return list(cells.values())
+
+
+def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tuple[str, ...] = ()) -> list[Cell]:
     """Expand suite ``suite`` of a parsed TOML document into cells (pure, deterministic)."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a document of tables, got {doc!r:.200}")
@@ -134,6 +158,8 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>") -> list[Ce
     spec = suites[suite]
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a table")
+    if "include" in spec:
+        return _expand_composite(doc, suite, spec, source, where, _seen)
     unknown = sorted(set(spec) - set(SUITE_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(SUITE_KEYS)}")
@@ -163,6 +189,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>") -> list[Ce
     defaults = _train_table(f"{source} [defaults]", doc.get("defaults", {}))
     suite_train = _train_table(f"{where}.train", spec.get("train", {}))
     per_backbone = _keyed_tables(where, "backbone_overrides", spec, backbones)
+    per_task = _keyed_tables(where, "task_overrides", spec, tasks)
     per_method = _keyed_tables(where, "overrides", spec, methods)
     method_args = _keyed_tables(where, "method_args", spec, methods, train=False)
     excludes = spec.get("exclude", [])
@@ -182,7 +209,8 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>") -> list[Ce
         point = {"method": method, "task": task, "backbone": backbone, "prefix_length": plen, "seed": seed}
         if any(all(point.get(k) == v for k, v in ex.items()) for ex in excludes):
             continue
-        train = {**defaults, **suite_train, **per_backbone.get(backbone, {}), **per_method.get(method, {})}
+        train = {**defaults, **suite_train, **per_backbone.get(backbone, {}),
+                 **per_task.get(task, {}), **per_method.get(method, {})}
         cfg = check_fields(TrainConfig, train, f"{where} cell {method}/{task}/{backbone}")
         if cfg.lr is None:
             cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
