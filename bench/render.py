@@ -28,13 +28,18 @@ from bench.stats import Summary, compare_methods, fmt_p, summarize
 
 NO_PREFIX = "no prefix"
 COLLAPSE_NOTE = "† a run collapsed to predicting one class."
+# In-process CPU runs can only read the process's high-water mark, which carries over from
+# earlier cells: say so rather than print it as this method's own peak.
+PROCESS_PEAK = "cpu_peak_rss_process"
+MEMORY_NOTE = ("‡ peak RSS of the whole process so far (in-process executor): an upper bound that "
+               "includes earlier cells; `--executor subprocess` measures each cell alone.")
 
 
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
     rows = [r for r in latest_by_cell(records).values() if r.status == "ok"]
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "train_tokens_per_s", "eval_tokens_per_s",
-            "peak_memory_bytes"]
+            "peak_memory_bytes", "peak_memory_kind"]
     df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
     df["main_score"] = pd.to_numeric(df["main_score"], errors="coerce")
     return df
@@ -108,7 +113,8 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         row["adapter size"] = human_bytes(g["adapter_bytes"].median())
         row["train tok/s"] = f"{g['train_tokens_per_s'].mean():.0f}"
         row["eval tok/s"] = f"{g['eval_tokens_per_s'].mean():.0f}"
-        row["peak memory"] = human_bytes(g["peak_memory_bytes"].max())
+        row["peak memory"] = human_bytes(g["peak_memory_bytes"].max()) + (
+            "‡" if (g["peak_memory_kind"] == PROCESS_PEAK).any() else "")
         out.append(row)
     return pd.DataFrame(out, columns=["method", *columns, "trainable params", "adapter size", "train tok/s",
                                       "eval tok/s", "peak memory"])
@@ -211,6 +217,8 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
              _md(v.board)]
     if v.collapsed:
         parts.append(COLLAPSE_NOTE)
+    if v.board["peak memory"].str.endswith("‡").any():
+        parts.append(MEMORY_NOTE)
     if len(v.paired):
         parts += ["### Paired comparisons (matched prefix length and seed; permutation p-value)",
                   _md(paired_display(v.paired))]
