@@ -87,11 +87,32 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not records:
         print(f"no records in {_results_dir(args)}", file=sys.stderr)
         return 1
+    records = _current_cells_only(records, args)
     for path in render(records, _tables_dir(args)):
         print(f"wrote {path}")
         if path.name == "leaderboard.md" and not args.quiet:
             print(path.read_text(encoding="utf-8"))
     return 0
+
+
+def _current_cells_only(records: list, args: argparse.Namespace) -> list:
+    """Keep the records of cells the suite still defines: a cell whose config changed has a
+    new id, and its old rows must not be averaged with the new ones. With --all-records (or
+    a suite that no longer exists) every record is rendered."""
+    from bench.matrix import load_suite
+
+    if getattr(args, "all_records", False):
+        return records
+    try:
+        ids = {c.id for c in load_suite(args.config, args.suite)}
+    except ConfigError:
+        return records
+    kept = [r for r in records if r.cell_id in ids]
+    stale = len({r.cell_id for r in records} - ids)
+    if stale:
+        print(f"render: left out {stale} cell(s) no longer in suite {args.suite!r} (--all-records keeps them)",
+              file=sys.stderr)
+    return kept or records
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -170,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="records -> leaderboard tables")
     common(render)
+    render.add_argument("--all-records", action="store_true",
+                        help="render every record, also of cells the suite no longer defines")
     render.set_defaults(func=cmd_render)
 
     lst = sub.add_parser("list", help="list methods, tasks, backbones, suites")

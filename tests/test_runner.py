@@ -114,3 +114,26 @@ def test_minilm_sst2_learns(tmp_path, data):
     assert rec.status == "ok", rec.error
     assert rec.main_score > 0.65, rec.main_score
     assert rec.backbone_source.startswith("local:")
+
+
+def test_render_leaves_out_cells_the_suite_no_longer_defines(tmp_path, data, capsys):
+    """Changing a suite's config gives new cell ids; the old rows must not be averaged in."""
+    from bench import cli
+
+    toml = tmp_path / "s.toml"
+    body = ('[suites.x]\nmethods=["lora"]\ntasks=["glue/sst2"]\nbackbones=["tiny-llama"]\n'
+            'prefix_lengths=[2]\nseeds=[0]\n'
+            'train={{train_steps={steps}, batch_size=4, eval_limit=8, train_limit=32, max_length=32}}\n')
+    args = ["--config", str(toml), "--suite", "x", "--results", str(tmp_path / "r"),
+            "--tables", str(tmp_path / "t"), "--quiet"]
+    for steps in (2, 3):
+        toml.write_text(body.format(steps=steps))
+        assert cli.main(["run", "--data-dir", str(data.data_dir), *args]) == 0
+    assert len(read_records(tmp_path / "r")[0]) == 2
+    capsys.readouterr()
+    assert cli.main(["render", *args]) == 0
+    assert "left out 1 cell(s) no longer in suite 'x'" in capsys.readouterr().err
+    table = (tmp_path / "t" / "glue_sst2__tiny-llama.csv").read_text()
+    assert "n=1" in table and "n=2" not in table
+    assert cli.main(["render", "--all-records", *args]) == 0
+    assert "n=2" in (tmp_path / "t" / "glue_sst2__tiny-llama.csv").read_text()
