@@ -236,6 +236,7 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
 def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> list[Path]:
     """Write every table, plot and page for ``records`` under ``out_dir``; returns the paths."""
     from bench import html_page, latex
+    from bench.glue_board import glue_average_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     views = build_views(records)
@@ -262,9 +263,17 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
         tex = out_dir / f"{v.stem}.tex"
         tex.write_text(latex.slice_latex(v), encoding="utf-8")
         written += [md, *csvs, tex, *v.images.values()]
+    glue = glue_average_table(records)
+    glue_md = ""
+    if len(glue):
+        glue_md = ("## GLUE average (tasks run so far; per-task scores are seed means)\n\n" + _md(glue) + "\n")
+        (out_dir / "glue_average.md").write_text(glue_md, encoding="utf-8")
+        glue.to_csv(out_dir / "glue_average.csv", index=False)
+        written += [out_dir / "glue_average.md", out_dir / "glue_average.csv"]
     if views:
         board = out_dir / "leaderboard.md"
-        board.write_text("\n".join(slice_markdown(v, images=False) for v in views), encoding="utf-8")
+        board.write_text("\n".join([slice_markdown(v, images=False) for v in views] + [glue_md] * bool(glue_md)),
+                         encoding="utf-8")
         page = out_dir / "index.html"
         page.write_text(html_page.page(views), encoding="utf-8")
         written += [board, page]

@@ -149,7 +149,7 @@ def test_two_slices_get_two_sections(tmp_path):
     recs = make_records(seeds=(0,)) + make_records(seeds=(0,), task="glue/rte")
     written = render(recs, tmp_path, plots=False)
     assert {p.name for p in written if p.suffix == ".md"} == {
-        "glue_sst2__minilm-l6.md", "glue_rte__minilm-l6.md", "leaderboard.md"}
+        "glue_sst2__minilm-l6.md", "glue_rte__minilm-l6.md", "leaderboard.md", "glue_average.md"}
     assert (tmp_path / "leaderboard.md").read_text().count("\n## ") == 1
 
 
