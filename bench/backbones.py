@@ -182,7 +182,6 @@ def load_backbone(name: str, head: str, num_labels: int = 2, source: str = "auto
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
-
     from transformers.utils import logging as hf_logging
 
     # the load report (e.g. "classifier newly initialised") is expected here; keep logs readable

@@ -24,7 +24,7 @@ from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
 from bench.records import ResultRecord, finished_ids, read_records, write_atomic
 from bench.trainer import EvalResult, TrainStats, evaluate, train
-from methods import METHODS, AttachContext, Anatomy
+from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS, DataSettings
 from tasks.base import DataUnavailableError, Example, Split
 

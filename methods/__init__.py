@@ -10,6 +10,6 @@ from methods import (  # noqa: F401  (registration)
     prompt_tuning,
     residual_prefix,
 )
-from methods.base import METHODS, Adapter, AttachContext, Anatomy, Method, MethodConfig, register_method
+from methods.base import METHODS, Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 
 __all__ = ["METHODS", "Adapter", "AttachContext", "Anatomy", "Method", "MethodConfig", "register_method"]

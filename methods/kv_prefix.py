@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Adapter, AttachContext, Anatomy
+from methods.base import Adapter, Anatomy, AttachContext
 
 
 def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
