@@ -185,16 +185,23 @@ def paired_display(p: pd.DataFrame) -> pd.DataFrame:
 
 
 def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:
+    """A method run at one length has no spread: shown as "—", not nan."""
+    def num(v: float) -> str:
+        return "—" if pd.isna(v) else f"{v:.4f}"
+
     def ci(row: pd.Series) -> str:
-        if row["seeds_all_lengths"] < 2:
-            return f"{row['seed_spread_mean']:.4f} (n={row['seeds_all_lengths']})"
-        return (f"{row['seed_spread_mean']:.4f} (n={row['seeds_all_lengths']}, CI "
+        n = row["seeds_all_lengths"]
+        if n == 0:
+            return "— (one length)" if row["lengths"] < 2 else "— (no seed ran every length)"
+        if n < 2:
+            return f"{row['seed_spread_mean']:.4f} (n={n})"
+        return (f"{row['seed_spread_mean']:.4f} (n={n}, CI "
                 f"{row['seed_spread_ci_low']:.3f}–{row['seed_spread_ci_high']:.3f})")
     return pd.DataFrame({
         "method": s["method"], "lengths": s["lengths"], "best P": s["best_length"],
-        "best": s["best_mean"].map("{:.4f}".format), "worst": s["worst_mean"].map("{:.4f}".format),
-        "spread (max−min)": s["spread"].map("{:.4f}".format),
-        "std across lengths": s["std_across_lengths"].map("{:.4f}".format),
+        "best": s["best_mean"].map(num), "worst": s["worst_mean"].map(num),
+        "spread (max−min)": s["spread"].map(num),
+        "std across lengths": s["std_across_lengths"].map(num),
         "per-seed spread": [ci(r) for _, r in s.iterrows()]})
 
 

@@ -76,6 +76,16 @@ def test_sensitivity_scores_follow_the_fixture():
     assert len(curve) == 9 and (curve["n"] == 3).all()
 
 
+def test_a_method_at_one_length_shows_no_spread_rather_than_nan():
+    from bench.render import sensitivity_display
+    recs = [r for r in make_records() if r.method != "residual_prefix" or r.prefix_length == 20]
+    shown = sensitivity_display(sensitivity.scores(records_frame(recs))).set_index("method")
+    assert shown.loc["residual_prefix", "spread (max−min)"] == "—"
+    assert shown.loc["residual_prefix", "per-seed spread"] == "— (one length)"
+    assert shown.loc["prefix_tuning", "spread (max−min)"] == "0.0600"
+    assert "nan" not in shown.to_string()
+
+
 def test_pareto_frontier_by_hand():
     pts = pd.DataFrame({"method": list("abcd"), "prefix_length": [1, 1, 1, 1], "score": [0.9, 0.8, 0.85, 0.7],
                         "trainable_params": [100.0, 10.0, 200.0, 10.0]})
