@@ -46,7 +46,8 @@ def steps_to_target(losses: Sequence[float], window: int | None = None, share: f
 
 
 def train_mfu(adapter: torch.nn.Module, batch_size: int, tokens: int, steps: int, tokens_per_s: float,
-              device: torch.device, logit_rows: int | None = None) -> dict[str, float | None]:
+              device: torch.device, logit_rows: int | None = None,
+              head_share: float = 1.0) -> dict[str, float | None]:
     """``mfu``, ``peak_flops`` and ``achieved_flops`` for a finished training run."""
     dtype = next(adapter.parameters()).dtype
     peak = flops.peak_flops(device, dtype)
@@ -54,7 +55,8 @@ def train_mfu(adapter: torch.nn.Module, batch_size: int, tokens: int, steps: int
         return {"mfu": None, "peak_flops": peak, "achieved_flops": 0.0}
     adapter.unfold()  # count the training-time graph (reparameterisation included)
     model = flops.StepFlops.of(adapter)
-    per_token = model.per_token(batch_size, tokens / (steps * batch_size), train=True, logit_rows=logit_rows)
+    per_token = model.per_token(batch_size, tokens / (steps * batch_size), train=True, logit_rows=logit_rows,
+                                head_share=head_share)
     achieved = per_token * tokens_per_s
     return {"mfu": flops.mfu(achieved, peak), "peak_flops": peak, "achieved_flops": achieved}
 

@@ -20,8 +20,9 @@ are not. One multiply-add = 2 FLOPs. With B rows of S positions entering the bod
   the L transformer layers, LoRA's A and B included), ``4 * L * H * d_h * T * K`` for
   scores and weighted values (H query heads: grouped K/V are repeated to H), ``2 * n * R``
   for each head matrix outside the layers (the output layer over R logit rows: one per
-  example with the verbalizer's ``logits_to_keep=1``; classifier heads are taken as one
-  row per example), and ``2 * n * P`` for each reparameterisation matrix of the adapter
+  example with the verbalizer's ``logits_to_keep=1``, times ``head_share``, the fraction
+  of the matrix's rows used: the verbalizer multiplies by its label words' rows only,
+  bench/label_head.py; classifier heads are taken as one row per example), and ``2 * n * P`` for each reparameterisation matrix of the adapter
   (the prefix MLP runs on P rows per step, not per example; zero once folded).
 * backward (training only) = activation gradients + weight gradients:
   - every body matmul passes the gradient to its input: ``2 * N_body * T``, except the
@@ -141,10 +142,11 @@ class StepFlops:
                    input_grad or trainable["v"] or kv_prefix > 0)
 
     def count(self, batch: int, seq: int, train: bool, logit_rows: int | None = None,
-              folded: bool = False) -> int:
+              folded: bool = False, head_share: float = 1.0) -> int:
         """FLOPs of one step on ``batch`` rows of ``seq`` positions (no padding counted apart:
-        callers pass real lengths). ``logit_rows``: rows through the head (default ``batch``)."""
-        R = batch if logit_rows is None else logit_rows
+        callers pass real lengths). ``logit_rows``: rows through the head (default ``batch``);
+        ``head_share``: the fraction of the head's matrix used (the verbalizer's label rows)."""
+        R = (batch if logit_rows is None else logit_rows) * head_share
         T = batch * (seq + self.prompt_positions)
         K = seq + self.prompt_positions + self.kv_prefix
         attn = 2 * self.num_heads * self.head_dim * T * K  # one S x K product over all layers' heads, per layer
@@ -152,7 +154,7 @@ class StepFlops:
         fwd = 2 * self.body_params * T + 2 * self.num_layers * attn + 2 * self.head_params * R \
             + 2 * self.reparam_params * reparam_rows
         if not train:
-            return fwd
+            return round(fwd)
         bwd = 2 * self.body_params * T
         if not self.input_grad:
             bwd -= 2 * self.layer0_input_params * T
@@ -160,7 +162,7 @@ class StepFlops:
         bwd += (self.num_layers - 1) * 4 * attn + l0 * attn
         bwd += 2 * self.body_trainable * T + 2 * self.head_trainable * R + 2 * self.head_params * R
         bwd += 4 * self.reparam_params * reparam_rows
-        return fwd + bwd
+        return round(fwd + bwd)
 
     def per_token(self, batch: int, mean_len: float, train: bool, **kw) -> float:
         """FLOPs per real token for rows of (about) ``mean_len`` tokens."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import ConfigError
+from bench.label_head import label_rows, label_share
 from tasks.base import Example, Task
 
 Batch = dict[str, torch.Tensor]
@@ -67,6 +68,10 @@ class Formulation(ABC):
         dtype = torch.float32 if self.task.kind == "regression" else torch.long
         return torch.tensor([e.label for e in examples], dtype=dtype)
 
+    def head_share(self, model: torch.nn.Module) -> float:
+        """Fraction of the output layer's rows a step multiplies by (bench/flops.py)."""
+        return 1.0
+
     @staticmethod
     def model_inputs(batch: Batch) -> Batch:
         return {k: v for k, v in batch.items() if k != "labels"}
@@ -96,8 +101,9 @@ class Verbalizer(Formulation):
     """Score each label word's first token at the answer position of a causal LM.
 
     Inputs are left-padded so the answer position is the last one for every row, and only
-    that position's logits are computed (``logits_to_keep=1``): the output layer over a
-    large vocabulary otherwise dominates the step's cost.
+    that position's logits are computed (``logits_to_keep=1``), and only over the label
+    words' rows of the output layer (bench/label_head.py): the full vocabulary product
+    otherwise costs as much as a transformer layer.
     """
 
     name = "verbalizer"
@@ -128,10 +134,15 @@ class Verbalizer(Formulation):
         batch["labels"] = self._labels(examples)
         return batch
 
+    def head_share(self, model: torch.nn.Module) -> float:
+        return label_share(model, len(self.label_token_ids))
+
     def scores(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        out = model(**self.model_inputs(batch), logits_to_keep=1, use_cache=False)
-        ids = self.label_token_ids.to(out.logits.device)
-        return out.logits[:, -1, :].index_select(-1, ids)
+        ids = self.label_token_ids
+        with label_rows(model, ids) as only_labels:  # see bench/label_head.py for why
+            out = model(**self.model_inputs(batch), logits_to_keep=1, use_cache=False)
+        logits = out.logits[:, -1, :]
+        return logits if only_labels else logits.index_select(-1, ids.to(logits.device))
 
 
 class Generation(Formulation):
@@ -204,7 +215,10 @@ class Generation(Formulation):
         is_target = (labels != -100).any(0)
         first = int(is_target.nonzero()[0]) if bool(is_target.any()) else labels.shape[1] - 1
         start = max(first - 1, 0)  # the position that predicts the first target token
-        out = model(**self.model_inputs(batch), logits_to_keep=labels.shape[1] - start, use_cache=False)
+        # positions as an index tensor, not a count: transformers slices a count into a
+        # non-contiguous view, which matmul multiplies by the output matrix expanded per row
+        keep = torch.arange(start, labels.shape[1], device=labels.device)
+        out = model(**self.model_inputs(batch), logits_to_keep=keep, use_cache=False)
         logits = out.logits[:, :-1]
         targets = labels[:, start + 1:]
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),

@@ -13,7 +13,8 @@ Arms (SmolLM2-135M, fp32, the device from ``pick_device``):
 Phases, each timed per arm with the same fixed batch of random token ids (no padding, so
 every arm sees exactly the same tokens; tokenization is not timed):
   train     one optimizer step: the verbalizer loss (bench/formulations.py: logits only at
-            the last position, ``logits_to_keep=1``, cross-entropy over two label tokens),
+            the last position, ``logits_to_keep=1``, and only over the two label tokens' rows
+            of the output layer, bench/label_head.py; cross-entropy over the two),
             backward, AdamW step (base: no optimizer, nothing to update)
   eval      no-grad forward with the same loss head; ours with the prefix folded
             (``adapter.fold()``), PEFT as PEFT runs it (prefix recomputed each forward)
@@ -54,6 +55,7 @@ from tabulate import tabulate
 from bench import provenance
 from bench.backbones import load_backbone
 from bench.flops import StepFlops, peak_flops
+from bench.label_head import label_rows, label_share
 
 BACKBONE = "smollm2-135m"
 ARMS = ("base", "ours_proj", "ours_noproj", "peft_proj", "peft_noproj", "lora")
@@ -119,13 +121,17 @@ def build_arm(name: str, model: torch.nn.Module, tokenizer: Any, s: Settings, de
 
 def _loss(module: torch.nn.Module, name: str, ids: torch.Tensor, mask: torch.Tensor,
           labels: torch.Tensor) -> torch.Tensor:
-    if name == "base" and torch.is_grad_enabled():
-        # nothing in the base model trains: the gradient goes to the input embeddings
-        embeds = module.get_input_embeddings()(ids).detach().requires_grad_(True)
-        out = module(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1, use_cache=False)
-    else:
-        out = module(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
-    scores = out.logits[:, -1, :].index_select(-1, torch.tensor(LABEL_IDS, device=ids.device))
+    label_ids = torch.tensor(LABEL_IDS, device=ids.device)
+    with label_rows(module, label_ids) as only_labels:  # the trainer's verbalizer head, for every arm
+        if name == "base" and torch.is_grad_enabled():
+            # nothing in the base model trains: the gradient goes to the input embeddings
+            embeds = module.get_input_embeddings()(ids).detach().requires_grad_(True)
+            out = module(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1, use_cache=False)
+        else:
+            out = module(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
+    scores = out.logits[:, -1, :]
+    if not only_labels:
+        scores = scores.index_select(-1, label_ids)
     return F.cross_entropy(scores.float(), labels)
 
 
@@ -306,7 +312,8 @@ def step_flops(name: str, module: torch.nn.Module) -> StepFlops:
 
 
 def summarise(times: dict[str, dict[str, list[float]]], memory: dict[str, dict], flops: dict[str, StepFlops],
-              s: Settings, peak: float) -> dict[str, Any]:
+              s: Settings, peak: float, share: float = 1.0) -> dict[str, Any]:
+    """``share``: the fraction of the output layer the loss head multiplies by (label rows)."""
     tokens = {"train": s.batch * s.seq, "eval": s.batch * s.seq, "generate": s.gen_batch * s.new_tokens}
     arms: dict[str, Any] = {}
     for arm in ARMS:
@@ -315,7 +322,7 @@ def summarise(times: dict[str, dict[str, list[float]]], memory: dict[str, dict],
             q1, med, q3 = quartiles(per_arm[arm])
             row[phase] = {"median_s": med, "iqr_s": q3 - q1, "tokens_per_s": tokens[phase] / med}
         if "train" in times and arm in flops:
-            achieved = flops[arm].count(s.batch, s.seq, train=True) / row["train"]["median_s"]
+            achieved = flops[arm].count(s.batch, s.seq, train=True, head_share=share) / row["train"]["median_s"]
             row["train"]["mfu"] = achieved / peak if peak else None
         if arm in memory:
             row["memory"] = memory[arm]
@@ -407,7 +414,7 @@ def run(s: Settings, out_dir: Path, memory: bool = True, cell: bool = True,
     times = {phase: interleaved(runners, phase, s, log) for phase in ("train", "eval", "generate")}
     del runners
     mem = memory_per_arm(s, log) if memory else {}
-    summary = summarise(times, mem, fl, s, peak)
+    summary = summarise(times, mem, fl, s, peak, label_share(model, len(LABEL_IDS)))
     sha, dirty = provenance.git_state()
     meta = {"backbone": BACKBONE, "device": provenance.device_name(device), "settings": asdict(s),
             "versions": provenance.package_versions(), "git_sha": sha, "git_dirty": dirty, "started_at": started,

@@ -165,7 +165,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     compute = sum(stats.step_seconds) + eval_seconds[0] + result.seconds
     overhead = efficiency.harness_overhead(time.perf_counter() - wall_start, compute)
     eff = efficiency.train_mfu(adapter, cfg.batch_size, stats.tokens, len(stats.step_tokens),
-                               stats.tokens_per_s(), device)
+                               stats.tokens_per_s(), device, head_share=formulation.head_share(adapter))
 
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
