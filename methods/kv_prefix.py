@@ -18,13 +18,18 @@ from methods.base import Adapter, Anatomy, AttachContext
 
 
 def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
-    """kv: (L, 2, H_kv, P, d_h) -> a DynamicCache with the prefix for ``batch_size`` rows."""
+    """kv: (L, 2, H_kv, P, d_h) -> a DynamicCache with the prefix for ``batch_size`` rows.
+
+    The per-layer tensors are ``unbind`` views, not ``kv[i, 0]`` indexing: the backward of
+    each index writes a zero tensor the size of all of ``kv`` and adds it in, 2L times
+    (quadratic in depth; profiled at 30 layers it was most of the prefix's own backward),
+    where ``unbind``'s backward is one ``stack``. Rows are ``expand`` views: no copy of the
+    prefix per example (PEFT computes it per example)."""
     from transformers import DynamicCache
 
     layers = tuple(
-        (kv[i, 0].unsqueeze(0).expand(batch_size, -1, -1, -1),
-         kv[i, 1].unsqueeze(0).expand(batch_size, -1, -1, -1))
-        for i in range(kv.shape[0])
+        (k.unsqueeze(0).expand(batch_size, -1, -1, -1), v.unsqueeze(0).expand(batch_size, -1, -1, -1))
+        for k, v in (layer.unbind(0) for layer in kv.unbind(0))
     )
     return DynamicCache(layers)
 
