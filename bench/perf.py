@@ -225,7 +225,10 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 # --- memory (child processes) -------------------------------------------------------------
 
 def _memory_child(arm: str, s: Settings, queue: Any) -> None:
+    from bench import memory
+
     try:
+        memory.reset_cpu_peak()  # this child's own high-water mark (see bench/memory.py)
         if s.threads:
             torch.set_num_threads(s.threads)
         device = provenance.pick_device(s.device)
@@ -241,9 +244,8 @@ def _memory_child(arm: str, s: Settings, queue: Any) -> None:
             queue.put((arm, {"kind": "cuda_max_allocated", "bytes": torch.cuda.max_memory_allocated(device),
                              "reserved_bytes": torch.cuda.max_memory_reserved(device)}))
         else:
-            import resource
-            queue.put((arm, {"kind": "cpu_peak_rss_child", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                             "reserved_bytes": 0}))
+            peak, kind = memory.cpu_peak_bytes()
+            queue.put((arm, {"kind": kind, "bytes": peak, "reserved_bytes": 0}))
     except Exception as err:  # reported, not fatal: the timing table still stands
         queue.put((arm, {"error": f"{type(err).__name__}: {err}"}))
 
@@ -387,8 +389,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"git {meta['git_sha'][:10]}{' (dirty)' if meta['git_dirty'] else ''}, {meta['started_at']}. "
         f"Batch {s['batch']} x {s['seq']} tokens, prefix {s['prefix']}, generation {s['gen_batch']} x "
         f"{s['gen_prompt']} + {s['new_tokens']} new tokens; {s['repeats']} interleaved repeats x {s['steps']} "
-        f"steps; measured peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s. Loss: verbalizer (logits at the last "
-        "position only). Memory: one child process per arm, "
+        f"steps; measured peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s. Loss: verbalizer (the label rows of the output "
+        "layer at the last position only). Memory: one child process per arm, "
         f"{meta['memory_kind']}; 'above load' subtracts a child that only loaded the backbone.", "",
         tabulate(rows, headers="keys", tablefmt="github"), "",
         "Ratios of rates (tokens/s) per repeat, paired; memory ratio of peaks:", "",

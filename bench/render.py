@@ -22,17 +22,17 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench import pareto, sensitivity
+from bench import memory, pareto, sensitivity
 from bench.records import ResultRecord, latest_by_cell
 from bench.stats import Summary, compare_methods, fmt_p, summarize
 
 NO_PREFIX = "no prefix"
 COLLAPSE_NOTE = "† a run collapsed to predicting one class."
-# In-process CPU runs can only read the process's high-water mark, which carries over from
-# earlier cells: say so rather than print it as this method's own peak.
-PROCESS_PEAK = "cpu_peak_rss_process"
-MEMORY_NOTE = ("‡ peak RSS of the whole process so far (in-process executor): an upper bound that "
-               "includes earlier cells; `--executor subprocess` measures each cell alone.")
+# Where the OS gives no per-cell CPU peak (bench/memory.py), the process's high-water mark
+# carries over from earlier cells: say so rather than print it as this method's own peak.
+PROCESS_PEAK = memory.PROCESS
+MEMORY_NOTE = ("‡ peak RSS of the whole process so far (this OS allowed no per-cell reset): an upper "
+               "bound that includes earlier cells; `--executor subprocess` measures each cell alone.")
 
 
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
