@@ -31,8 +31,9 @@ COLLAPSE_NOTE = "† a run collapsed to predicting one class."
 # Where the OS gives no per-cell CPU peak (bench/memory.py), the process's high-water mark
 # carries over from earlier cells: say so rather than print it as this method's own peak.
 PROCESS_PEAK = memory.PROCESS
-MEMORY_NOTE = ("‡ peak RSS of the whole process so far (this OS allowed no per-cell reset): an upper "
-               "bound that includes earlier cells; `--executor subprocess` measures each cell alone.")
+MEMORY_NOTE = ("‡ peak RSS of the whole process so far, not reset per cell (records made before "
+               "bench/memory.py reset it, or an OS without /proc/self/clear_refs): an upper bound that "
+               "includes earlier cells; `--executor subprocess` measures each cell alone.")
 
 
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
