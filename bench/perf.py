@@ -74,6 +74,7 @@ class Settings:
     repeats: int = 5
     steps: int = 3
     cell_steps: int = 30
+    memory_repeats: int = 3
     device: str = "auto"
     threads: int = 0
     seed: int = 0
@@ -233,6 +234,13 @@ def _memory_child(arm: str, s: Settings, queue: Any) -> None:
             torch.set_num_threads(s.threads)
         device = provenance.pick_device(s.device)
         model, tokenizer = load(s, device)
+        # safetensors weights are mapped, not read: RSS counts a page once something touches
+        # it, and a label-rows loss never touches most of the vocabulary matrix while an
+        # activation init reads all of it. Read every weight so the floor holds them all and
+        # arms differ only by what training adds.
+        with torch.no_grad():
+            for t in (*model.parameters(), *model.buffers()):
+                t.sum()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if arm != "load_only":
@@ -251,16 +259,29 @@ def _memory_child(arm: str, s: Settings, queue: Any) -> None:
 
 
 def memory_per_arm(s: Settings, log: Callable[[str], None]) -> dict[str, dict]:
+    """Each arm's training peak from ``s.memory_repeats`` fresh children (arms interleaved):
+    ``bytes`` is the median, ``samples`` all of them. One child's RSS peak moves by about
+    +-20 MB (allocator placement), as much as the arms differ, hence the repeats."""
     ctx = mp.get_context("spawn")
+    samples: dict[str, list[dict]] = {}
+    for r in range(max(1, s.memory_repeats)):
+        for arm in ("load_only", *ARMS):
+            queue = ctx.Queue()
+            p = ctx.Process(target=_memory_child, args=(arm, s, queue))
+            p.start()
+            name, res = queue.get(timeout=600)
+            p.join()
+            samples.setdefault(name, []).append(res)
+            log(f"  memory {name} ({r + 1}/{s.memory_repeats}): {res}")
     out = {}
-    for arm in ("load_only", *ARMS):
-        queue = ctx.Queue()
-        p = ctx.Process(target=_memory_child, args=(arm, s, queue))
-        p.start()
-        name, res = queue.get(timeout=600)
-        p.join()
-        out[name] = res
-        log(f"  memory {name}: {res}")
+    for name, runs in samples.items():
+        ok = [x for x in runs if "bytes" in x]
+        if not ok:
+            out[name] = runs[0]
+            continue
+        out[name] = {**ok[0], "bytes": statistics.median(x["bytes"] for x in ok),
+                     "reserved_bytes": statistics.median(x.get("reserved_bytes", 0) for x in ok),
+                     "samples": [x["bytes"] for x in ok]}
     return out
 
 
@@ -337,7 +358,10 @@ def summarise(times: dict[str, dict[str, list[float]]], memory: dict[str, dict],
             ratios[f"{phase}:{a}/{b}"] = {"median": med, "q1": q1, "q3": q3}
         ma, mb = memory.get(a, {}).get("bytes"), memory.get(b, {}).get("bytes")
         if ma and mb:
-            ratios[f"memory:{a}/{b}"] = {"median": ma / mb, "q1": ma / mb, "q3": ma / mb}
+            # paired by repeat (children ran interleaved), like the rate ratios
+            pa, pb = memory[a].get("samples", [ma]), memory[b].get("samples", [mb])
+            q1, med, q3 = quartiles([x / y for x, y in zip(pa, pb, strict=False)])
+            ratios[f"memory:{a}/{b}"] = {"median": med, "q1": q1, "q3": q3}
     targets = []
     for what, phase, a, b, kind, bound in TARGETS:
         r = ratios.get(f"{phase}:{a}/{b}")
@@ -390,10 +414,11 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Batch {s['batch']} x {s['seq']} tokens, prefix {s['prefix']}, generation {s['gen_batch']} x "
         f"{s['gen_prompt']} + {s['new_tokens']} new tokens; {s['repeats']} interleaved repeats x {s['steps']} "
         f"steps; measured peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s. Loss: verbalizer (the label rows of the output "
-        "layer at the last position only). Memory: one child process per arm, "
-        f"{meta['memory_kind']}; 'above load' subtracts a child that only loaded the backbone.", "",
+        "layer at the last position only). Memory: the median of "
+        f"{s.get('memory_repeats', 1)} fresh child processes per arm (two training steps each, weights read in "
+        f"first), {meta['memory_kind']}; 'above load' subtracts children that only loaded the backbone.", "",
         tabulate(rows, headers="keys", tablefmt="github"), "",
-        "Ratios of rates (tokens/s) per repeat, paired; memory ratio of peaks:", "",
+        "Ratios of rates (tokens/s) and of memory peaks, paired per repeat:", "",
         tabulate(ratio_rows, headers="keys", tablefmt="github"), "",
         tabulate(target_rows, headers="keys", tablefmt="github"), ""])
 

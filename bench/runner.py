@@ -118,6 +118,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
     formulation: Formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
     flops.peak_flops(device, next(loaded.model.parameters()).dtype)  # once per process, off the cell clock
+    task.preload()
     wall_start = time.perf_counter()  # after the once-per-process loads: harness overhead is per cell
     eval_seconds = [0.0]
 

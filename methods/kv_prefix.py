@@ -58,8 +58,11 @@ def activation_kv(model: nn.Module, token_ids: torch.Tensor, anatomy: Anatomy) -
     cache = DynamicCache()
     was_training = model.training
     model.eval()
-    model(input_ids=token_ids.unsqueeze(0), attention_mask=torch.ones_like(token_ids).unsqueeze(0),
-          past_key_values=cache, use_cache=True)
+    # the body only: the cache is all we need, and the output layer would read its whole
+    # vocabulary matrix for logits nobody uses
+    body = getattr(model, "base_model", model)
+    body(input_ids=token_ids.unsqueeze(0), attention_mask=torch.ones_like(token_ids).unsqueeze(0),
+         past_key_values=cache, use_cache=True)
     model.train(was_training)
     layers = []
     for i in range(anatomy.num_layers):

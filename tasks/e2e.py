@@ -116,6 +116,13 @@ class E2ETask(Task):
                     for mr, ref in pairs]
         return [Example(mr, label=rs[0], references=tuple(rs)) for mr, rs in refs.items()]
 
+    def preload(self) -> None:
+        import sacrebleu  # noqa: F401
+        try:
+            import pycocoevalcap.cider.cider  # noqa: F401
+        except ImportError:  # the metrics module says what to install when it is needed
+            pass
+
     def compute_metrics(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
         if len(predictions) != len(examples):
             raise ValueError(f"{len(predictions)} outputs for {len(examples)} MRs")

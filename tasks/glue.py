@@ -140,6 +140,10 @@ class GlueTask(Task):
         label = float(label) if self.kind == "regression" else int(label)
         return Example(texts[0], texts[1] if len(texts) > 1 else None, label)
 
+    def preload(self) -> None:
+        import scipy.stats  # noqa: F401
+        import sklearn.metrics  # noqa: F401
+
     def compute_metrics(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
         return classification_metrics([m.name for m in self.metrics], predictions,
                                       [e.label for e in examples])

@@ -15,8 +15,8 @@ def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):
     loaded.model.config.save_pretrained(src)
     loaded.tokenizer.save_pretrained(src)
     s = perf.Settings(batch=2, seq=8, prefix=4, gen_batch=2, gen_prompt=4, new_tokens=2, repeats=2, steps=1,
-                      random_init_from=str(src))
-    res = perf.run(s, tmp_path / "out", memory=False, cell=False, log=lambda m: None)
+                      memory_repeats=1, random_init_from=str(src))
+    res = perf.run(s, tmp_path / "out", memory=True, cell=False, log=lambda m: None)
 
     report = json.loads((tmp_path / "out" / "perf.json").read_text())
     assert set(report["arms"]) == set(perf.ARMS)
@@ -24,6 +24,9 @@ def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):
         for phase in ("train", "eval", "generate"):
             assert report["arms"][arm][phase]["tokens_per_s"] > 0
         assert 0 < report["arms"][arm]["train"]["mfu"] < 1
+        mem = report["arms"][arm]["memory"]  # a fresh child per arm, its own peak
+        assert mem["kind"] in ("cpu_peak_rss_cell", "cuda_max_allocated"), mem
+        assert mem["bytes"] >= report["meta"]["load_only_bytes"] > 0
     md = (tmp_path / "out" / "perf.md").read_text()
     assert "train:ours_proj/peft_proj" in md and "folded evaluation tokens/s >= 0.95x base model" in md
     assert res["markdown"] == md
