@@ -24,10 +24,14 @@ rotated by one each repeat, so machine noise falls on all arms alike. Per repeat
 median step is kept; reported are the median over repeats, the IQR, and paired ratios
 (ours/PEFT, ours/base) computed per repeat, then their median and IQR.
 
-Peak memory: each arm's training step runs again in a fresh child process (spawn), which
-reports its peak (CPU: ru_maxrss of the child, i.e. weights + activations + allocator
-slack; CUDA: max allocated and max reserved). A child that only loads the backbone gives
-the floor, subtracted to show what the step adds.
+Scaling (``--scaling``, default 16x64,32x128): the training step of ours_proj vs peft_proj
+again at larger batch x prefix length, where PEFT's MLP over batch x P rows grows.
+
+Peak memory: each arm's training step runs again in fresh child processes (spawn,
+``--memory-repeats`` each, interleaved; the median is reported), which report their peak
+(CPU: the child's VmHWM, see bench/memory.py, i.e. weights + activations + allocator slack,
+with every weight read in first; CUDA: max allocated and max reserved). Children that only
+load the backbone give the floor, subtracted to show what the step adds.
 
 Harness overhead: one real cell (SST-2 verbalizer, our prefix tuning) through
 ``bench.runner.run_cell``; its ``harness_overhead`` field (see bench/efficiency.py).
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -75,6 +80,9 @@ class Settings:
     steps: int = 3
     cell_steps: int = 30
     memory_repeats: int = 3
+    # training step only, ours_proj vs peft_proj, at larger BATCHxPREFIX: where PEFT's MLP
+    # over batch x P rows starts to cost ("" skips it)
+    scaling: str = "16x64,32x128"
     device: str = "auto"
     threads: int = 0
     seed: int = 0
@@ -285,6 +293,42 @@ def memory_per_arm(s: Settings, log: Callable[[str], None]) -> dict[str, dict]:
     return out
 
 
+# --- scaling: the MLP's rows --------------------------------------------------------------
+
+SCALING_ARMS = ("ours_proj", "peft_proj")
+
+
+def parse_scaling(spec: str) -> list[tuple[int, int]]:
+    """'16x64,32x128' -> [(16, 64), (32, 128)]: (batch, prefix length) pairs."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        b, _, n = part.partition("x")
+        if not (b.isdigit() and n.isdigit() and int(b) > 0 and int(n) > 0):
+            raise ValueError(f"--scaling entry {part!r} is not BATCHxPREFIX with positive integers, e.g. 16x64")
+        out.append((int(b), int(n)))
+    return out
+
+
+def scaling_rows(s: Settings, model: torch.nn.Module, tokenizer: Any, device: torch.device,
+                 log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Training step of ours_proj vs peft_proj at each (batch, prefix) of ``s.scaling``,
+    interleaved like the main table (3 repeats x 2 steps: the larger steps take seconds)."""
+    rows = []
+    for batch, prefix in parse_scaling(s.scaling):
+        sv = dataclasses.replace(s, batch=batch, prefix=prefix, repeats=3, steps=2)
+        data = make_data(sv, model.config.vocab_size, device)
+        runners = {arm: ArmRunner(arm, *build_arm(arm, model, tokenizer, sv, device), data, device, sv)
+                   for arm in SCALING_ARMS}
+        t = interleaved(runners, "train", sv, log)
+        del runners
+        q1, med, q3 = quartiles([b / a for a, b in zip(t["ours_proj"], t["peft_proj"], strict=True)])
+        rows.append({"batch": batch, "seq": s.seq, "prefix": prefix,
+                     "ours_proj_ms": statistics.median(t["ours_proj"]) * 1e3,
+                     "peft_proj_ms": statistics.median(t["peft_proj"]) * 1e3,
+                     "ratio": med, "q1": q1, "q3": q3})
+    return rows
+
+
 # --- one real cell: harness overhead ------------------------------------------------------
 
 def cell_overhead(s: Settings, device: torch.device) -> dict[str, Any]:
@@ -322,8 +366,6 @@ TARGETS = (  # (what, phase, arm, reference, kind, bound): rate ratios >= bound,
 def step_flops(name: str, module: torch.nn.Module) -> StepFlops:
     """Model FLOPs of the arm's step; PEFT's prefix arms are charged our count for the same
     model (their MLP over B*P rows instead of P is implementation cost, not model FLOPs)."""
-    import dataclasses
-
     from methods.base import Adapter
     if name.startswith("ours"):
         return StepFlops.of(module)
@@ -420,13 +462,25 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         tabulate(rows, headers="keys", tablefmt="github"), "",
         "Ratios of rates (tokens/s) and of memory peaks, paired per repeat:", "",
         tabulate(ratio_rows, headers="keys", tablefmt="github"), "",
-        tabulate(target_rows, headers="keys", tablefmt="github"), ""])
+        tabulate(target_rows, headers="keys", tablefmt="github"), "", *scaling_markdown(meta.get("scaling"))])
+
+
+def scaling_markdown(rows: list[dict[str, Any]] | None) -> list[str]:
+    if not rows:
+        return []
+    table = [{"batch x seq": f"{r['batch']} x {r['seq']}", "prefix": r["prefix"],
+              "ours_proj ms": f"{r['ours_proj_ms']:.0f}", "peft_proj ms": f"{r['peft_proj_ms']:.0f}",
+              "ours/PEFT tokens/s": f"{r['ratio']:.3f}", "IQR": f"{r['q1']:.3f}–{r['q3']:.3f}"} for r in rows]
+    return ["Training step at larger batch x prefix (ours_proj vs peft_proj only, 3 interleaved repeats x 2 "
+            "steps): PEFT runs the MLP on batch x P rows, ours on P.", "",
+            tabulate(table, headers="keys", tablefmt="github"), ""]
 
 
 def run(s: Settings, out_dir: Path, memory: bool = True, cell: bool = True,
         log: Callable[[str], None] = lambda m: print(m, flush=True)) -> dict[str, Any]:
     if s.threads:
         torch.set_num_threads(s.threads)
+    parse_scaling(s.scaling)  # a malformed spec fails before the model loads
     device = provenance.pick_device(s.device)
     started = provenance.now()
     model, tokenizer = load(s, device)
@@ -440,13 +494,14 @@ def run(s: Settings, out_dir: Path, memory: bool = True, cell: bool = True,
     log(f"perf: {len(ARMS)} arms on {provenance.device_name(device)}, {s}")
     times = {phase: interleaved(runners, phase, s, log) for phase in ("train", "eval", "generate")}
     del runners
+    scale = scaling_rows(s, model, tokenizer, device, log)
     mem = memory_per_arm(s, log) if memory else {}
     summary = summarise(times, mem, fl, s, peak, label_share(model, len(LABEL_IDS)))
     sha, dirty = provenance.git_state()
     meta = {"backbone": BACKBONE, "device": provenance.device_name(device), "settings": asdict(s),
             "versions": provenance.package_versions(), "git_sha": sha, "git_dirty": dirty, "started_at": started,
             "peak_flops": peak, "memory_kind": next((m.get("kind") for m in mem.values() if "kind" in m), "not measured"),
-            "raw_seconds": times}
+            "raw_seconds": times, "scaling": scale}
     if cell and not s.random_init_from:
         log("perf: one real cell for harness overhead ...")
         meta["cell"] = cell_overhead(s, device)

@@ -110,6 +110,7 @@ class Task(ABC):
         """Import what ``compute_metrics`` needs. The runner calls it before a cell's clock
         starts, so a once-per-process import is not charged to the first cell as harness
         overhead (sklearn's first import took 1 s, 4% of a 30-step SmolLM2 cell)."""
+        return None  # default: nothing to import
 
     def describe(self) -> str:
         return f"{self.kind}, metrics {', '.join(m.name for m in self.metrics)} (main {self.main_metric})"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import backbones, perf
 
 
@@ -15,7 +17,7 @@ def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):
     loaded.model.config.save_pretrained(src)
     loaded.tokenizer.save_pretrained(src)
     s = perf.Settings(batch=2, seq=8, prefix=4, gen_batch=2, gen_prompt=4, new_tokens=2, repeats=2, steps=1,
-                      memory_repeats=1, random_init_from=str(src))
+                      memory_repeats=1, scaling="3x5", random_init_from=str(src))
     res = perf.run(s, tmp_path / "out", memory=True, cell=False, log=lambda m: None)
 
     report = json.loads((tmp_path / "out" / "perf.json").read_text())
@@ -30,3 +32,13 @@ def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):
     md = (tmp_path / "out" / "perf.md").read_text()
     assert "train:ours_proj/peft_proj" in md and "folded evaluation tokens/s >= 0.95x base model" in md
     assert res["markdown"] == md
+    (row,) = report["meta"]["scaling"]
+    assert (row["batch"], row["prefix"]) == (3, 5) and row["ratio"] > 0
+    assert "Training step at larger batch x prefix" in md
+
+
+@pytest.mark.parametrize("spec", ["16x", "x64", "16*64", "0x8", "16x64,abc"])
+def test_a_malformed_scaling_spec_fails_before_the_model_loads(spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(perf, "load", lambda *a: pytest.fail("loaded a model for a bad spec"))
+    with pytest.raises(ValueError, match="BATCHxPREFIX"):
+        perf.run(perf.Settings(scaling=spec), tmp_path, memory=False, cell=False, log=lambda m: None)
