@@ -14,6 +14,7 @@ CSVs in ``<data-dir>/e2e/``; the train split is not available offline, so traini
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from tasks.base import (
     fingerprint_files,
     register_task,
 )
-from tasks.generation_metrics import e2e_metrics
+from tasks.generation_metrics import e2e_metrics, meteor_scorer
 
 E2E_HUB = "tuetschek/e2e_nlg"
 # No commit sha of the hub repository could be looked up from this machine (no hub
@@ -121,7 +122,9 @@ class E2ETask(Task):
         try:
             import pycocoevalcap.cider.cider  # noqa: F401
         except ImportError:  # the metrics module says what to install when it is needed
-            pass
+            return
+        if shutil.which("java") is not None:
+            meteor_scorer()  # its JVM starts once per process, before the cell's clock
 
     def compute_metrics(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
         if len(predictions) != len(examples):

@@ -19,10 +19,12 @@ No E2E metrics package is on PyPI, so the parts come from well-kept libraries:
 
 from __future__ import annotations
 
+import atexit
 import math
 import shutil
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 E2E_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
 
@@ -104,12 +106,35 @@ def nist_mteval(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     return score * (1.0 if ratio >= 1 else math.exp(-beta * math.log(ratio) ** 2))
 
 
+_meteor: Any = None
+
+
+def meteor_scorer() -> Any:
+    """This process's METEOR scorer. Starting its JVM and loading the paraphrase tables
+    takes about 10 s, which sat inside every E2E cell's clock (harness overhead 8-9.5% of a
+    30-step cell); one JVM per process is reused instead, started off the clock by
+    ``E2ETask.preload``. Each ``EVAL`` scores only the lines sent with it, so reuse does not
+    change a score (tested)."""
+    global _meteor
+    if _meteor is None:
+        from pycocoevalcap.meteor.meteor import Meteor
+        _meteor = Meteor()
+        atexit.register(drop_meteor)
+    return _meteor
+
+
+def drop_meteor() -> None:
+    """End the JVM (after a failed call its stream may be out of step, so it is not reused)."""
+    global _meteor
+    scorer, _meteor = _meteor, None
+    del scorer  # pycocoevalcap's __del__ closes stdin and kills the process
+
+
 def coco_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
                  meteor: bool = True) -> dict[str, float]:
     """METEOR, ROUGE-L and CIDEr as the COCO caption evaluation computes them."""
     try:
         from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.meteor.meteor import Meteor
         from pycocoevalcap.rouge.rouge import Rouge
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError as err:
@@ -124,9 +149,11 @@ def coco_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
     out = {"rouge_l": float(Rouge().compute_score(gts, res)[0]),
            "cider": float(Cider().compute_score(gts, res)[0])}
     if meteor:
-        scorer = Meteor()  # one JVM per call (~10 s); its __del__ ends the process
-        out["meteor"] = float(scorer.compute_score(gts, res)[0])
-        del scorer
+        try:
+            out["meteor"] = float(meteor_scorer().compute_score(gts, res)[0])
+        except Exception:
+            drop_meteor()
+            raise
     return out
 
 

@@ -167,6 +167,20 @@ def test_e2e_metrics_all_five_with_java():
     assert exact["rouge_l"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
+def test_a_reused_meteor_jvm_scores_like_a_fresh_one():
+    """One METEOR JVM serves a whole process (tasks/generation_metrics.py)."""
+    from tasks.generation_metrics import coco_metrics, drop_meteor, meteor_scorer
+
+    first = coco_metrics(HYPS, REFS)["meteor"]
+    other = coco_metrics(["a restaurant .", "a place ."], REFS)["meteor"]
+    again = coco_metrics(HYPS, REFS)["meteor"]  # the same JVM, after another call
+    assert meteor_scorer() is meteor_scorer()
+    drop_meteor()
+    fresh = coco_metrics(HYPS, REFS)["meteor"]  # a new JVM
+    assert first == again == fresh and other < first
+
+
 def test_e2e_grouping_scores_against_all_references(data):
     task = TASKS.get("e2e_nlg")
     train = task.load("train", data)
