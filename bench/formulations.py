@@ -216,8 +216,9 @@ class Generation(Formulation):
         first = int(is_target.nonzero()[0]) if bool(is_target.any()) else labels.shape[1] - 1
         start = max(first - 1, 0)  # the position that predicts the first target token
         # positions as an index tensor, not a count: transformers slices a count into a
-        # non-contiguous view, which matmul multiplies by the output matrix expanded per row
-        keep = torch.arange(start, labels.shape[1], device=labels.device)
+        # non-contiguous view, which matmul multiplies by the output matrix expanded per row.
+        # Counted from the end, as a count is: prompt tuning puts P positions in front.
+        keep = torch.arange(start - labels.shape[1], 0, device=labels.device)
         out = model(**self.model_inputs(batch), logits_to_keep=keep, use_cache=False)
         logits = out.logits[:, :-1]
         targets = labels[:, start + 1:]

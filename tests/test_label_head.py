@@ -89,3 +89,24 @@ def test_flop_count_with_label_rows_matches_flop_counter_mode(method):
     share = verbalizer.head_share(adapter)
     assert share == pytest.approx(2 / adapter.model.config.vocab_size)
     assert StepFlops.of(adapter).count(B, S, train=True, head_share=share) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "lora"])
+def test_generation_loss_keeps_the_same_positions_as_a_count(method):
+    """The generation loss passes the kept positions as an index tensor (a contiguous copy);
+    it must pick what ``logits_to_keep=count`` picks, also when prompt tuning puts P
+    positions in front of the sequence."""
+    from bench.formulations import Generation
+
+    adapter, tokenizer = _adapter(method)
+    task = TASKS.get("e2e_nlg")
+    gen = Generation(task, tokenizer, 32)
+    batch = gen.encode([Example(text_a="name[Alimentum], area[city centre]", label="Alimentum is central."),
+                        Example(text_a="name[Blue Spice]", label="Blue Spice.")])
+    labels = batch["labels"]
+    start = max(int((labels != -100).any(0).nonzero()[0]) - 1, 0)
+    out = adapter(**gen.model_inputs(batch), logits_to_keep=labels.shape[1] - start, use_cache=False)
+    logits = out.logits[:, :-1]
+    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, start + 1:].reshape(-1),
+                               ignore_index=-100)
+    torch.testing.assert_close(gen.train_loss(adapter, batch), expected, rtol=1e-5, atol=1e-6)
