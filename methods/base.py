@@ -9,6 +9,7 @@ trainable parameters are exactly what the method trains.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -75,15 +76,46 @@ class AttachContext:
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position counted from its row's first real token (padding gets 0).
+
+    Backbones default to ``arange`` positions, which count left padding: a row's positions
+    (absolute embeddings) or its distance to a cached prefix (rotary) would then depend on
+    how much padding the batch gave it. This is the rule ``generate`` uses."""
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def takes_positions(model: nn.Module) -> bool:
+    """Whether ``model.forward`` accepts ``position_ids`` (every HF decoder and BERT does)."""
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def with_positions(model: nn.Module, kwargs: dict[str, Any], offset: int = 0) -> dict[str, Any]:
+    """``kwargs`` with ``position_ids`` from the attention mask (plus ``offset``) when the
+    caller gave none. Given positions are the text's own and get the offset too."""
+    positions = kwargs.get("position_ids")
+    mask = kwargs.get("attention_mask")
+    if positions is None and mask is not None and mask.dim() == 2:
+        positions = positions_from_mask(mask)
+    if positions is None or not takes_positions(model):
+        return kwargs
+    return dict(kwargs, position_ids=positions + offset if offset else positions)
+
+
 class Adapter(nn.Module):
-    """A backbone plus a method's trainable state. ``forward`` mirrors the backbone's."""
+    """A backbone plus a method's trainable state. ``forward`` mirrors the backbone's.
+
+    Positions come from the attention mask (``with_positions``): an example's outputs must
+    not depend on the padding its batch gave it. ``generate`` derives them from the mask
+    itself."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, **kwargs: Any) -> Any:
-        return self.model(**kwargs)
+        return self.model(**with_positions(self.model, kwargs))
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
         return self.model.generate(**kwargs)

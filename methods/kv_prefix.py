@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Adapter, Anatomy, AttachContext
+from methods.base import Adapter, Anatomy, AttachContext, with_positions
 
 
 def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
@@ -117,17 +117,18 @@ class KVPrefixAdapter(Adapter):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
-        batch, n = input_ids.shape
+        batch = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
                           attention_mask], dim=1)
         kwargs.setdefault("use_cache", False)
-        if not self.shift_positions and kwargs.get("position_ids") is None:
-            # the frozen backbone's own default: 0..n-1 whatever the padding
-            kwargs["position_ids"] = torch.arange(n, device=input_ids.device).unsqueeze(0).expand(batch, -1)
-        return self.model(input_ids=input_ids, attention_mask=mask,
-                          past_key_values=build_cache(self._kv(), batch), **kwargs)
+        # the text's positions from its own mask, after the prefix when shifting: with
+        # arange positions a left-padded row would sit farther from the prefix
+        kwargs = with_positions(self.model, dict(kwargs, attention_mask=attention_mask),
+                                offset=self.prefix_length if self.shift_positions else 0)
+        kwargs["attention_mask"] = mask
+        return self.model(input_ids=input_ids, past_key_values=build_cache(self._kv(), batch), **kwargs)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:

@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError
-from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
+from methods.base import (
+    Adapter,
+    Anatomy,
+    AttachContext,
+    Method,
+    MethodConfig,
+    register_method,
+    with_positions,
+)
 from methods.kv_prefix import init_token_ids
 
 INITS = ("vocab", "text", "random")
@@ -34,6 +42,17 @@ class PromptTuningConfig(MethodConfig):
             raise ConfigError(f"init {self.init!r} is not one of {', '.join(INITS)}")
 
 
+def next_to_text(attention_mask: torch.Tensor, P: int) -> torch.Tensor:
+    """Gather index that turns rows of [prompt(P), padding(k), text] into
+    [padding(k), prompt(P), text], k being each row's count of leading padding (0 for
+    right-padded rows, which are left as they are)."""
+    batch, n = attention_mask.shape
+    lead = torch.where(attention_mask.bool().any(1), attention_mask.long().argmax(1),
+                       torch.zeros(batch, dtype=torch.long, device=attention_mask.device)).unsqueeze(1)
+    j = torch.arange(P + n, device=attention_mask.device).unsqueeze(0)
+    return torch.where(j < lead, j + P, torch.where(j < lead + P, j - lead, j))
+
+
 class SoftPromptAdapter(Adapter):
     def __init__(self, model: nn.Module, ctx: AttachContext, P: int, config: PromptTuningConfig) -> None:
         super().__init__(model)
@@ -46,18 +65,28 @@ class SoftPromptAdapter(Adapter):
         self.prompt = nn.Parameter(init)
 
     def _extend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                kwargs: dict[str, Any]) -> dict[str, Any]:
+                kwargs: dict[str, Any], positions: bool = True) -> dict[str, Any]:
+        """Embeddings with the prompt placed right before each row's first real token.
+
+        In front of the whole row, a left-padded row's prompt would sit before its padding;
+        next to the text, the row reads the same in any batch (with positions from the mask).
+        ``positions=False`` leaves them to ``generate``, which derives them from the mask."""
         batch, P = input_ids.shape[0], self.prompt.shape[0]
         embeds = self.model.get_input_embeddings()(input_ids)
         prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         ones = torch.ones(batch, P, dtype=attention_mask.dtype, device=attention_mask.device)
+        order = next_to_text(attention_mask, P)
+        out = dict(kwargs, inputs_embeds=torch.cat([prompt, embeds], 1).gather(
+                       1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])),
+                   attention_mask=torch.cat([ones, attention_mask], 1).gather(1, order))
         if kwargs.get("token_type_ids") is not None:
             tt = kwargs["token_type_ids"]
-            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones, dtype=tt.dtype), tt], 1)
-        return dict(kwargs, inputs_embeds=torch.cat([prompt, embeds], 1),
-                    attention_mask=torch.cat([ones, attention_mask], 1))
+            out["token_type_ids"] = torch.cat([torch.zeros_like(ones, dtype=tt.dtype), tt], 1).gather(1, order)
+        if kwargs.get("position_ids") is not None:
+            raise ValueError("prompt_tuning derives positions from the attention mask; got position_ids")
+        return with_positions(self.model, out) if positions else out
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
@@ -66,7 +95,7 @@ class SoftPromptAdapter(Adapter):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:
         # with inputs_embeds only, generate returns just the new tokens; put the prompt back
-        out = self.model.generate(**self._extend(input_ids, attention_mask, kwargs))
+        out = self.model.generate(**self._extend(input_ids, attention_mask, kwargs, positions=False))
         new = out.sequences if hasattr(out, "sequences") else out  # return_dict_in_generate
         # beam search may return several sequences per prompt
         prompts = input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], dim=0)

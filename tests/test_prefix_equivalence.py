@@ -16,6 +16,7 @@ import torch
 
 from bench.backbones import load_backbone
 from methods import METHODS, Anatomy, AttachContext
+from methods.base import positions_from_mask
 from methods.kv_prefix import activation_kv, build_cache, kv_to_flat
 
 P = 3
@@ -43,6 +44,9 @@ def ours(backbone: str, head: str, **config):
 @pytest.mark.parametrize("backbone,head,task_type", CASES)
 @pytest.mark.parametrize("projection", [False, True])
 def test_matches_peft_with_the_same_prefix(backbone: str, head: str, task_type: str, projection: bool) -> None:
+    """Same prefix tensors, same logits, once PEFT is given the positions we use (the
+    text's own, from the mask, after the prefix). Left to itself PEFT counts left padding
+    into the positions; on the unpadded row both agree anyway."""
     import peft
 
     adapter, loaded = ours(backbone, head, projection=projection, init="random", init_std=0.5)
@@ -55,9 +59,14 @@ def test_matches_peft_with_the_same_prefix(backbone: str, head: str, task_type: 
         weight.copy_(flat)
         ids, mask = batch(head)
         a = adapter(input_ids=ids, attention_mask=mask).logits
-        b = pm(input_ids=ids, attention_mask=mask).logits
+        b = pm(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+        peft_default = pm(input_ids=ids, attention_mask=mask).logits
     rows = mask.bool() if head == "causal_lm" else slice(None)
     torch.testing.assert_close(a[rows], b[rows], rtol=0, atol=1e-5)
+    full = 1 if head == "causal_lm" else 0  # the row without padding
+    torch.testing.assert_close(a[full], peft_default[full], rtol=0, atol=1e-5)
+    if head == "causal_lm":  # PEFT's own padding error, on the left-padded row
+        assert (a[0] - peft_default[0])[mask[0].bool()].abs().max() > 1e-4
     assert (a - loaded.model(input_ids=ids, attention_mask=mask).logits).abs().max() > 1e-3  # prefix matters
 
 

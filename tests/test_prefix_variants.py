@@ -12,6 +12,7 @@ import torch
 from bench.backbones import load_backbone
 from bench.config import ConfigError
 from methods import METHODS, Anatomy, AttachContext
+from methods.base import with_positions
 
 P = 3
 BACKBONES = [("tiny-llama", "causal_lm"), ("tiny-gpt2", "causal_lm"), ("tiny-bert", "seq_cls")]
@@ -39,7 +40,8 @@ def test_gates_closed_is_the_frozen_backbone_and_open_is_plain_prefix(backbone: 
     x = batch(head)
     rows = x["attention_mask"].bool() if head == "causal_lm" else slice(None)
     with torch.no_grad():
-        base = load_backbone(backbone, head).model(**x).logits
+        base_model = load_backbone(backbone, head).model
+        base = base_model(**with_positions(base_model, x)).logits
         gated.gate_logit.fill_(-float("inf"))
         closed = gated(**x).logits
         gated.gate_logit.fill_(float("inf"))
@@ -52,7 +54,7 @@ def test_gates_closed_is_the_frozen_backbone_and_open_is_plain_prefix(backbone: 
     torch.testing.assert_close(opened, reference, rtol=0, atol=1e-6)
     # the prefix does matter (hidden states: tiny BERT's random classifier shrinks logit gaps)
     with torch.no_grad():
-        h_base = load_backbone(backbone, head).model(**x, output_hidden_states=True).hidden_states[-1]
+        h_base = base_model(**with_positions(base_model, x), output_hidden_states=True).hidden_states[-1]
         h_plain = plain(**x, output_hidden_states=True).hidden_states[-1]
     assert (h_plain[rows] - h_base[rows]).abs().max() > 1e-2
 
