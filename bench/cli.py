@@ -70,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed,
-                       executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()))
+                       executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()),
+                       reproducible_mode=args.deterministic)
     print(f"ran {counts['ran']} cells ({counts['failed']} failed), skipped {counts['skipped']} finished")
     if not args.no_render:
         cmd_render(args)
@@ -173,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder with offline data (glue/, e2e/); default $PREFIX_BENCH_DATA_DIR, else the hub")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    run.add_argument("--deterministic", action="store_true",
+                     help="reproducible mode: AVX2-pinned CPU kernels (ATen, MKL, oneDNN), deterministic "
+                          "algorithms, fixed threads (--threads, else 2), each cell in a fresh process; "
+                          "the same cell gives the same bits on any x86 machine with AVX2")
     run.add_argument("--method", action="append", help="only these methods (repeatable)")
     run.add_argument("--task", action="append", help="only these tasks (repeatable)")
     run.add_argument("--backbone", action="append", help="only these backbones (repeatable)")

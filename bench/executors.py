@@ -47,13 +47,14 @@ class CellJob:
     threads: int = 0  # torch CPU threads in the worker (0: leave torch's default)
     isolated: bool = False  # the worker process runs only this cell: its peak RSS is the cell's
     plugins: tuple[str, ...] = ()  # modules the user named with --plugin, imported in the worker too
+    reproducible: bool = False  # bench/reproducible.py: pinned kernels; needs a fresh worker process
 
 
 def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
     """Run one cell wherever this is called and append its row (ok or failed)."""
     import torch
 
-    from bench import provenance
+    from bench import provenance, reproducible
     from bench.registry import import_plugins
     from bench.runner import failed_record, run_cell
 
@@ -62,6 +63,8 @@ def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
         torch.set_num_threads(job.threads)
     started = provenance.now()
     try:
+        if job.reproducible:
+            reproducible.enter_worker(job.threads or reproducible.DEFAULT_THREADS)
         device = provenance.pick_device(job.device)
         record = run_cell(cell, job.data, device, Path(job.results_dir))
         if job.isolated and record.peak_memory_kind == "cpu_peak_rss_process":
@@ -159,6 +162,11 @@ class LocalExecutor(Executor):
                 raise ConfigError("workers > 1 needs isolate = true (one process runs one cell at a time)")
 
     def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+        if job.reproducible and not self.config.isolate:
+            # the pinned kernels need a process that has run none yet
+            log("reproducible mode: each cell runs in a fresh child process")
+            yield from _run_children(cells, job, 1, log)
+            return
         if not self.config.isolate:
             for cell in cells:
                 yield execute_cell(cell, job)
@@ -259,14 +267,17 @@ class RayExecutor(Executor):
     def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
         import ray
 
-        from bench import provenance
+        from bench import provenance, reproducible
 
         started_here = not ray.is_initialized()
         if started_here:
+            # workers on other machines get the pinned variables through the runtime env
+            env = {"env_vars": dict(reproducible.PINNED_ENV)} if job.reproducible else None
             if self.config.address:
-                ray.init(address=self.config.address, log_to_driver=False)
+                ray.init(address=self.config.address, log_to_driver=False, runtime_env=env)
             else:
-                ray.init(num_cpus=self.config.num_cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=self.config.num_cpus, include_dashboard=False, log_to_driver=False,
+                         runtime_env=env)
         try:
             gpus = self.config.gpus_per_cell
             if gpus < 0:

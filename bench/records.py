@@ -69,6 +69,8 @@ class ResultRecord:
     git_sha: str = ""
     git_dirty: bool = False
     device: str = ""
+    # bench/reproducible.py: CPU model, instruction sets in use, kernel libraries, threads
+    kernels: dict[str, str] = field(default_factory=dict)
     backbone_source: str = ""
     data_source: str = ""
     data_fingerprint: str = ""

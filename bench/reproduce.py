@@ -5,6 +5,11 @@ The stored config is the cell's whole identity (its id is a hash of it), so the 
 rebuilds exactly that cell; a config whose hash no longer matches the id (an edited
 file) is refused. Environment differences (git commit, package versions, device) are
 printed beside the verdict, because they are the usual reason a number moves.
+
+A row made in reproducible mode (bench/reproducible.py) is re-run in that mode, in a fresh
+process, so its bits can be compared on any x86 machine with AVX2. A CUDA row cannot be
+expected back bit for bit: it is judged against the spread of its seeds (the sibling rows
+that differ only in seed), not against a fixed tolerance.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 from bench.config import ConfigError
 from bench.records import ResultRecord, latest_by_cell, read_records
 
-DEFAULT_TOLERANCE = 1e-6  # CPU runs are deterministic here; raise it for GPU kernels
+DEFAULT_TOLERANCE = 1e-6  # CPU runs are deterministic on one machine (and across machines when pinned)
+SPREAD_FACTOR = 2.0  # a CUDA re-run may move by this many standard deviations of its seeds
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class Reproduction:
             out.append(f"git {a.git_sha[:10] or '?'} -> {b.git_sha[:10]}")
         if a.device != b.device:
             out.append(f"device {a.device or '?'} -> {b.device}")
+        for key in sorted(set(a.kernels) | set(b.kernels)):
+            if a.kernels.get(key) != b.kernels.get(key):
+                out.append(f"{key} {a.kernels.get(key, '-')} -> {b.kernels.get(key, '-')}")
         for pkg in sorted(set(a.versions) | set(b.versions)):
             if a.versions.get(pkg) != b.versions.get(pkg):
                 out.append(f"{pkg} {a.versions.get(pkg, '-')} -> {b.versions.get(pkg, '-')}")
@@ -68,9 +77,62 @@ def find_record(results_dir: Path, cell_id: str) -> ResultRecord:
     return record
 
 
+def seed_spread_tolerance(records: list[ResultRecord], record: ResultRecord) -> tuple[float, int]:
+    """SPREAD_FACTOR x the standard deviation of the main metric over ``record``'s seeds
+    (ok rows of the same suite, method, task, backbone and prefix length), and how many
+    seeds that is; (nan, n) when fewer than two seeds are recorded."""
+    import statistics
+
+    siblings = {r.seed: r.main_score for r in latest_by_cell(records).values()
+                if r.status == "ok" and r.main_score is not None and math.isfinite(r.main_score)
+                and (r.suite, r.method, r.task, r.backbone, r.prefix_length)
+                == (record.suite, record.method, record.task, record.backbone, record.prefix_length)}
+    if len(siblings) < 2:
+        return math.nan, len(siblings)
+    return SPREAD_FACTOR * statistics.stdev(siblings.values()), len(siblings)
+
+
+def _pinned_child(cell, data, device, results_dir, threads: int, conn) -> None:
+    from bench import reproducible
+    from bench.runner import run_cell
+
+    try:
+        reproducible.enter_worker(threads)
+        conn.send(run_cell(cell, data, device, results_dir))
+    except Exception as err:  # sent back and raised in the parent
+        conn.send(err)
+    conn.close()
+
+
+def _run_pinned(cell, data, device, results_dir, threads: int) -> ResultRecord:
+    """``run_cell`` in a fresh process with the pinned kernels (the mode needs a process
+    that has run no kernel yet)."""
+    import multiprocessing
+
+    from bench import reproducible
+
+    reproducible.export_env()
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_pinned_child, args=(cell, data, device, results_dir, threads, send))
+    proc.start()
+    send.close()
+    try:
+        out = recv.recv()
+    except EOFError:
+        proc.join()
+        out = RuntimeError(f"the re-run's process died (exit code {proc.exitcode})")
+    proc.join()
+    if isinstance(out, BaseException):
+        raise out
+    return out
+
+
 def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOLERANCE,
               results_dir: Path | None = None) -> Reproduction:
-    """Re-run ``record``'s cell (nothing is appended to any records file)."""
+    """Re-run ``record``'s cell (nothing is appended to any records file), in reproducible
+    mode when the record was made in it."""
+    from bench import reproducible
     from bench.matrix import Cell
     from bench.runner import run_cell, validate_cells
 
@@ -82,7 +144,11 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
         raise ConfigError(f"cell {record.cell_id}: its stored config hashes to {cell.id}; the record was edited "
                           "or written by an incompatible version, so it cannot be reproduced faithfully")
     validate_cells([cell], data)
-    rerun = run_cell(cell, data, device, results_dir)
+    if reproducible.is_pinned(record.kernels):
+        threads = int(record.kernels.get("threads") or reproducible.DEFAULT_THREADS)
+        rerun = _run_pinned(cell, data, device, results_dir, threads)
+    else:
+        rerun = run_cell(cell, data, device, results_dir)
     return Reproduction(record, rerun, tolerance)
 
 
@@ -90,10 +156,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from bench.provenance import pick_device
     from tasks import DataSettings
 
-    if args.tolerance < 0:
+    if args.tolerance is not None and not args.tolerance >= 0:
         raise ConfigError(f"--tolerance must be >= 0, got {args.tolerance}")
     results = Path(args.results) if args.results else Path("results") / "runs" / args.suite
     record = find_record(results, args.cell_id)
+    tolerance = args.tolerance
+    if tolerance is None and record.device.startswith("cuda"):
+        tolerance, seeds = seed_spread_tolerance(read_records(results)[0], record)
+        if math.isnan(tolerance):
+            raise ConfigError(f"cell {record.cell_id} ran on CUDA, whose kernels are not bit-reproducible: judging "
+                              f"a re-run needs rows of at least 2 seeds in {results} (found {seeds}); "
+                              "or give --tolerance")
+        print(f"CUDA row: tolerance = {SPREAD_FACTOR:g} x the std of its {seeds} seeds = {tolerance:.6g}")
+    elif tolerance is None:
+        tolerance = DEFAULT_TOLERANCE
     try:
         device = pick_device(args.device)
     except ValueError as err:
@@ -101,17 +177,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"reproducing {record.cell_id}: {record.method} {record.task} {record.backbone} "
           f"P={record.prefix_length} seed={record.seed}")
     scratch = Path(args.keep) if args.keep else None
-    rep = reproduce(record, DataSettings.from_env(args.data_dir), device, args.tolerance, scratch)
+    rep = reproduce(record, DataSettings.from_env(args.data_dir), device, tolerance, scratch)
     print(f"recorded {record.main_metric} = {record.main_score!r}")
     print(f"re-run   {rep.rerun.main_metric} = {rep.rerun.main_score!r}")
-    print(f"delta {rep.delta:+.6g}, tolerance {args.tolerance:g}; final loss "
+    print(f"delta {rep.delta:+.6g}, tolerance {tolerance:g}; final loss "
           f"{record.final_loss!r} -> {rep.rerun.final_loss!r}")
     for change in rep.environment_changes():
         print(f"  environment: {change}")
     if rep.ok:
         print(f"REPRODUCED {record.cell_id}")
         return 0
-    print(f"NOT REPRODUCED {record.cell_id}: |delta| {abs(rep.delta):.6g} > {args.tolerance:g}", file=sys.stderr)
+    print(f"NOT REPRODUCED {record.cell_id}: |delta| {abs(rep.delta):.6g} > {tolerance:g}", file=sys.stderr)
     return 1
 
 
@@ -120,8 +196,9 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cell_id", help="the record's cell_id (a unique prefix is enough)")
     p.add_argument("--results", default=None, help="records folder (default: results/runs/SUITE)")
     p.add_argument("--suite", default="default", help="suite whose default records folder to read")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help=f"largest allowed |re-run - recorded| of the main metric (default {DEFAULT_TOLERANCE:g})")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help=f"largest allowed |re-run - recorded| of the main metric (default {DEFAULT_TOLERANCE:g}; "
+                        f"for a CUDA row {SPREAD_FACTOR:g} x the std of its seeds' rows)")
     p.add_argument("--data-dir", default=None, help="offline data folder (default $PREFIX_BENCH_DATA_DIR)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--keep", default=None, help="folder for the re-run's adapter and curves (default: discard)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import efficiency, flops, memory, provenance
+from bench import efficiency, flops, memory, provenance, reproducible
 from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, resolve_source
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
@@ -187,7 +187,8 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         steps_to_target=efficiency.steps_to_target(stats.losses), harness_overhead=overhead,
         formulation=formulation.name, lr=cfg.lr or 0.0,
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
-        device=provenance.device_name(device), backbone_source=loaded.source,
+        device=provenance.device_name(device), kernels=reproducible.kernel_provenance(),
+        backbone_source=loaded.source,
         data_source=f"train={train_split.source} eval={eval_split.source}",
         data_fingerprint=f"{train_split.fingerprint}/{eval_split.fingerprint}", data_notes=notes,
         curve_path=curve_path, samples_path=samples_path, gen_tokens_per_s=formulation.gen_tokens_per_s(),
@@ -229,13 +230,13 @@ def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:
         cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
         prefix_length=cell.prefix_length, seed=cell.seed, status="failed", error=tb[:2000],
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
-        started_at=started, finished_at=provenance.now())
+        kernels=reproducible.kernel_provenance(), started_at=started, finished_at=provenance.now())
 
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
               retry_failed: bool = False, log: Callable[[str], None] = print,
               executor: Executor | None = None, threads: int = 0,
-              plugins: tuple[str, ...] = ()) -> dict[str, int]:
+              plugins: tuple[str, ...] = (), reproducible_mode: bool = False) -> dict[str, int]:
     """Run every unfinished cell with ``executor`` (default: in this process); returns counts
     (ran, skipped, failed). Everything is validated before any model loads; each finished
     cell's row is in the store before the next result is reported."""
@@ -257,7 +258,12 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
         f" ({executor.name} executor)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory
-    job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins))
+    if reproducible_mode:  # a fixed count, not one derived from this machine's cores
+        threads = threads or reproducible.DEFAULT_THREADS
+    job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins),
+                  reproducible=reproducible_mode)
+    if reproducible_mode:
+        reproducible.export_env()  # inherited by every worker this driver starts
     for i, record in enumerate(executor.run(todo, job, log), 1):
         head = f"[{i}/{len(todo)}] {record.method} {record.task} {record.backbone} P={record.prefix_length} seed={record.seed}"
         if record.status != "ok":
