@@ -95,7 +95,8 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, th: Thresholds) -> tuple[pd
                 f"{name}: {'; '.join(bad)} ({ra['metric']} {ra['mean']:.4f} [CI {ra['ci_low']:.4f}–"
                 f"{ra['ci_high']:.4f}, n={ra['n']}] -> {rb['mean']:.4f} [n={rb['n']}])")
         rows.append({"cell": name, "metric": ra["metric"], "A": f"{ra['mean']:.4f} (n={ra['n']})",
-                     "A 95% CI": f"{ra['ci_low']:.4f}–{ra['ci_high']:.4f}", "B": f"{rb['mean']:.4f} (n={rb['n']})",
+                     "A 95% CI": f"{ra['ci_low']:.4f}–{ra['ci_high']:.4f}" if ra["n"] > 1 else "— (n=1)",
+                     "B": f"{rb['mean']:.4f} (n={rb['n']})",
                      "Δ": f"{delta:+.4f}", "tok/s B/A": f"{tok_ratio:.2f}", "memory B/A": f"{mem_ratio:.2f}",
                      "flags": ", ".join(flags) or "ok"})
     return pd.DataFrame(rows), regressions, missing

@@ -24,9 +24,10 @@ from tabulate import tabulate
 
 from bench import memory, pareto, sensitivity
 from bench.records import ResultRecord, latest_by_cell
-from bench.stats import Summary, compare_methods, fmt_p, summarize
+from bench.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
 
 NO_PREFIX = "no prefix"
+NO_TEST = f"n<{MIN_PAIRS}, no test"
 COLLAPSE_NOTE = "† a run collapsed to predicting one class."
 # Where the OS gives no per-cell CPU peak (bench/memory.py), the process's high-water mark
 # carries over from earlier cells: say so rather than print it as this method's own peak.
@@ -62,11 +63,13 @@ def higher_is_better(task: str, metric: str) -> bool:
 
 
 def fmt_summary(s: Summary, collapsed: bool = False) -> str:
+    """Mean ± std (n, CI); one run is its value alone: it has no spread and no interval."""
     if s.n == 0:
         return "—"
     mark = "†" if collapsed else ""
-    ci = f", CI {s.ci_low:.3f}–{s.ci_high:.3f}" if s.n > 1 else ""
-    return f"{s.mean:.4f} ± {s.std:.4f} (n={s.n}{ci}){mark}"
+    if s.n == 1:
+        return f"{s.mean:.4f} (n=1){mark}"
+    return f"{s.mean:.4f} ± {s.std:.4f} (n={s.n}, CI {s.ci_low:.3f}–{s.ci_high:.3f}){mark}"
 
 
 def human_bytes(n: float) -> str:
@@ -178,11 +181,14 @@ def _md(frame: pd.DataFrame) -> str:
 
 
 def paired_display(p: pd.DataFrame) -> pd.DataFrame:
+    """One pair is a difference, not a test: its CI and p-value read "n<2, no test"."""
+    tested = [n >= MIN_PAIRS for n in p["pairs"]]
     return pd.DataFrame({
         "A": p["method_a"], "B": p["method_b"], "pairs": p["pairs"],
         "A − B": [f"{d:+.4f}" for d in p["mean_diff"]],
-        "95% CI": [f"{lo:+.4f} … {hi:+.4f}" for lo, hi in zip(p["ci_low"], p["ci_high"], strict=True)],
-        "p": [fmt_p(v) for v in p["p_value"]]})
+        "95% CI": [f"{lo:+.4f} … {hi:+.4f}" if ok else NO_TEST
+                   for lo, hi, ok in zip(p["ci_low"], p["ci_high"], tested, strict=True)],
+        "p": [fmt_p(v) if ok else NO_TEST for v, ok in zip(p["p_value"], tested, strict=True)]})
 
 
 def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:

@@ -74,3 +74,10 @@ def test_missing_cells_and_bad_input(tmp_path, base, capsys):
     assert main(["compare", a, str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["compare", a, a, "--memory-ratio", "0.5"]) == 2
+
+
+def test_one_seed_has_no_ci_to_print(tmp_path, capsys):
+    one = write(tmp_path / "a", make_records(methods=("lora",), seeds=(0,)))
+    assert main(["compare", one, one]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| lora/"))
+    assert "— (n=1)" in row and "0.8490–0.8490" not in row

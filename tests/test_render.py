@@ -170,5 +170,20 @@ def test_runs_without_scores_or_costs_render_without_crashing(tmp_path):
             record("prefix_tuning", 5, 1, main_score=None, train_tokens_per_s=0.0, peak_memory_bytes=0)]
     render(recs, tmp_path)
     text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
-    assert "0.8490 ± 0.0000 (n=1)" in text and "| prefix_tuning | 5         | —  " in text
+    assert "| 0.8490 (n=1) " in text and "± 0.0000" not in text and "| prefix_tuning | 5         | —  " in text
     assert not (tmp_path / "glue_sst2__minilm-l6__sensitivity.png").exists()
+
+
+def test_one_seed_shows_the_value_alone_and_one_pair_is_no_test(tmp_path):
+    """n=1 has no spread and no CI to print; one matched pair has no p-value (a sign flip of
+    one difference is as extreme as itself, which used to print p = 1.000 with a CI)."""
+    recs = make_records(methods=("prefix_tuning", "prefix_tuning_plus"), seeds=(0,), lengths=(5,))
+    render(recs, tmp_path, plots=False)
+    text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
+    assert "0.7840 (n=1)" in text and "0.8120 (n=1)" in text
+    assert "±" not in text.split("###")[0].split("\n", 1)[1] and "CI 0." not in text
+    paired = text.split("### Paired comparisons")[1].split("###")[0]
+    row = next(line for line in paired.splitlines() if line.startswith("| prefix_tuning "))
+    assert row.count("n<2, no test") == 2 and "1.000" not in row and "-0.0280" in row
+    csv = pd.read_csv(tmp_path / "glue_sst2__minilm-l6__paired.csv")
+    assert csv["p_value"].isna().all() and csv["ci_low"].isna().all()
