@@ -39,8 +39,13 @@ class ResultRecord:
     collapsed: bool = False  # every prediction is one class: flagged, not a number like others
     trainable_params: int = 0
     total_params: int = 0
-    adapter_bytes: int = 0
+    adapter_bytes: int = 0  # the trained state as saved (training time: e.g. a prefix's MLP included)
     adapter_path: str = ""
+    # what one deploys (the adapter's inference_state_dict: e.g. the folded prefix); None
+    # where unknown (records of schema 1 measured only the training-time adapter)
+    inference_params: int | None = None
+    inference_bytes: int | None = None
+    inference_path: str = ""  # the same file as adapter_path when nothing folds away
     curve_path: str = ""
     samples_path: str = ""  # generation tasks: a JSONL of generated texts beside the row
     train_seconds: float = 0.0

@@ -3,7 +3,7 @@
 Per (task, backbone) slice, under the tables folder:
 - ``STEM.md`` / ``STEM.csv``: rows are methods, columns prefix lengths, cells the main
   metric's mean ± std over seeds with n and a 95% bootstrap CI; then trainable parameters,
-  adapter size, throughput and peak memory; below it paired comparisons (p-values),
+  deployed adapter size (its inference state, e.g. the folded prefix), throughput and peak memory; below it paired comparisons (p-values),
   prefix-length sensitivity and Pareto tables with their plots.
 - ``STEM__scores.csv``, ``STEM__paired.csv``, ``STEM__sensitivity.csv``,
   ``STEM__sensitivity_curve.csv``, ``STEM__pareto.csv``: the numbers behind them.
@@ -40,10 +40,11 @@ MEMORY_NOTE = ("‡ peak RSS of the whole process so far, not reset per cell (re
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
     rows = [r for r in latest_by_cell(records).values() if r.status == "ok"]
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
-            "trainable_params", "adapter_bytes", "train_tokens_per_s", "eval_tokens_per_s",
-            "peak_memory_bytes", "peak_memory_kind"]
+            "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
+            "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind"]
     df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
-    df["main_score"] = pd.to_numeric(df["main_score"], errors="coerce")
+    for c in ("main_score", "inference_params", "inference_bytes"):  # None (unknown) -> NaN
+        df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
 
@@ -114,13 +115,13 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
             sel = g[g["prefix_length"].isna()]
             row[NO_PREFIX] = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
         row["trainable params"] = f"{int(g['trainable_params'].median()):,}"
-        row["adapter size"] = human_bytes(g["adapter_bytes"].median())
+        row["deployed size"] = human_bytes(g["inference_bytes"].median())
         row["train tok/s"] = f"{g['train_tokens_per_s'].mean():.0f}"
         row["eval tok/s"] = f"{g['eval_tokens_per_s'].mean():.0f}"
         row["peak memory"] = human_bytes(g["peak_memory_bytes"].max()) + (
             "‡" if (g["peak_memory_kind"] == PROCESS_PEAK).any() else "")
         out.append(row)
-    return pd.DataFrame(out, columns=["method", *columns, "trainable params", "adapter size", "train tok/s",
+    return pd.DataFrame(out, columns=["method", *columns, "trainable params", "deployed size", "train tok/s",
                                       "eval tok/s", "peak memory"])
 
 
@@ -217,8 +218,8 @@ def pareto_display(p: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "method": p["method"], "P": [NO_PREFIX if pd.isna(x) else str(int(x)) for x in p["prefix_length"]],
         "score": ["—" if n == 0 else f"{s:.4f} (n={n})" for s, n in zip(p["score"], p["n"], strict=True)],
-        "trainable params": p["trainable_params"].map(lambda v: f"{v:,.0f}"),
-        "frontier: params": p["pareto_trainable_params"].map(star),
+        "deployed size": p["inference_bytes"].map(human_bytes),
+        "frontier: size": p["pareto_inference_bytes"].map(star),
         "train tok/s": p["train_tokens_per_s"].map(lambda v: f"{v:.0f}"),
         "frontier: tok/s": p["pareto_train_tokens_per_s"].map(star),
         "peak memory": p["peak_memory_bytes"].map(human_bytes),

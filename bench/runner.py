@@ -156,9 +156,15 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         result, metrics = EvalResult([], 0, time.perf_counter() - t_eval), own
     peak, peak_kind = memory.peak_bytes(device)
 
+    deployed = adapter.inference_state_dict()
     adapter_path, adapter_bytes, curve_path = "", 0, ""
+    inference_path, inference_bytes = "", None
     if results_dir is not None:
         adapter_path, adapter_bytes = save_adapter(adapter, results_dir / "adapters" / f"{cell.id}.safetensors")
+        inference_path, inference_bytes = adapter_path, adapter_bytes
+        if not same_tensors(deployed, adapter.trainable_state_dict()):
+            inference_path, inference_bytes = save_state(
+                deployed, results_dir / "adapters" / f"{cell.id}.inference.safetensors")
         curve_path = save_curves(results_dir / "curves" / f"{cell.id}.json", stats)
     samples_path = ""
     if results_dir is not None and task.kind == "generation":
@@ -177,6 +183,8 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         main_metric=task.main_metric, main_score=metrics.get(task.main_metric), metrics=metrics,
         collapsed=collapsed, trainable_params=trainable, total_params=total,
         adapter_bytes=adapter_bytes, adapter_path=adapter_path,
+        inference_params=sum(t.numel() for t in deployed.values()), inference_bytes=inference_bytes,
+        inference_path=inference_path,
         train_seconds=stats.seconds, eval_seconds=result.seconds, train_steps=len(stats.losses),
         train_tokens=stats.tokens, train_tokens_per_s=stats.tokens_per_s(),
         eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),
@@ -215,11 +223,22 @@ def save_curves(path: Path, stats: TrainStats) -> str:
 
 def save_adapter(adapter: nn.Module, path: Path) -> tuple[str, int]:
     """Trained state as safetensors (never pickle), written atomically."""
+    return save_state(adapter.trainable_state_dict(), path)
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
+    """Tensors as safetensors (never pickle), written atomically; returns (path, bytes)."""
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in adapter.trainable_state_dict().items()}
-    write_atomic(path, save(state))
+    write_atomic(path, save({k: v.detach().contiguous().cpu().clone() for k, v in state.items()}))
     return str(path), path.stat().st_size
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """True when two states hold the very same tensors (a method whose deployed state is its
+    trained state): then one file serves both, with no copy of e.g. a fully tuned model."""
+    return a.keys() == b.keys() and all(a[k].data_ptr() == b[k].data_ptr() and a[k].shape == b[k].shape
+                                        for k in a)
 
 
 def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:

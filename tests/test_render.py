@@ -88,7 +88,7 @@ def test_a_method_at_one_length_shows_no_spread_rather_than_nan():
 
 def test_pareto_frontier_by_hand():
     pts = pd.DataFrame({"method": list("abcd"), "prefix_length": [1, 1, 1, 1], "score": [0.9, 0.8, 0.85, 0.7],
-                        "trainable_params": [100.0, 10.0, 200.0, 10.0]})
+                        "inference_bytes": [100.0, 10.0, 200.0, 10.0]})
     front = pareto.frontier(pts, pareto.AXES[0])
     # a: best score; b: cheapest at 0.8 (d is as cheap but worse); c: dominated by a
     assert front.tolist() == [True, True, False, False]
