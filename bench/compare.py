@@ -110,6 +110,10 @@ def _load(folder: str) -> pd.DataFrame:
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     df = records_frame(records)
+    left_out = sum(df.attrs["left_out"].values())
+    if left_out:
+        print(f"warning: {folder}: left out {left_out} older row(s) at cells with newer rows of other "
+              "options, code or data (never averaged together)", file=sys.stderr)
     if df.empty:
         raise ConfigError(f"results folder {folder} holds no finished records (records.jsonl)")
     return df

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from bench.record_schema import SCHEMA_VERSION, upgrade
+
 RECORDS_FILE = "records.jsonl"
 
 
@@ -117,7 +118,8 @@ def append_record(results_dir: str | Path, record: ResultRecord) -> Path:
 
 
 def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]]:
-    """All well-formed records, and a description of each malformed line (torn or edited)."""
+    """All well-formed records (older schemas migrated), and a description of each malformed
+    line (torn or edited). A record of a newer schema raises ConfigError naming file:line."""
     path = Path(results_dir) / RECORDS_FILE
     if not path.is_file():
         return [], []
@@ -127,7 +129,7 @@ def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]
             if not line.strip():
                 continue
             try:
-                records.append(ResultRecord.from_dict(json.loads(line)))
+                records.append(ResultRecord.from_dict(upgrade(json.loads(line), f"{path}:{i}")))
             except (json.JSONDecodeError, TypeError) as err:
                 problems.append(f"{path}:{i}: unreadable line skipped ({err.__class__.__name__}: "
                                 f"{str(err)[:80]}); a crash may have torn it")

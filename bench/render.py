@@ -15,7 +15,9 @@ summary) and ``index.html`` (one static, sortable page with the plots embedded).
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from bench.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
 NO_PREFIX = "no prefix"
 NO_TEST = f"n<{MIN_PAIRS}, no test"
 COLLAPSE_NOTE = "† a run collapsed to predicting one class."
+OLDER_NOTE = ("{n} older row(s) left out: where a cell has runs of different options, code or data, "
+              "only the newest are averaged (`run` re-runs stale cells).")
 # Where the OS gives no per-cell CPU peak (bench/memory.py), the process's high-water mark
 # carries over from earlier cells: say so rather than print it as this method's own peak.
 PROCESS_PEAK = memory.PROCESS
@@ -37,14 +41,41 @@ MEMORY_NOTE = ("‡ peak RSS of the whole process so far, not reset per cell (re
                "includes earlier cells; `--executor subprocess` measures each cell alone.")
 
 
+def experiment_key(r: ResultRecord) -> str:
+    """What rows must share to be averaged as seeds of one experiment: the resolved config
+    less the seed (options and code identity) and the data it ran on."""
+    config = {k: v for k, v in r.config.items() if k != "seed"}
+    return json.dumps([config, r.data_fingerprint], sort_keys=True, default=str)
+
+
+def newest_experiments(records: list[ResultRecord]) -> tuple[list[ResultRecord], Counter[tuple[str, str]]]:
+    """The ok rows to aggregate: each cell's newest row, and per table cell (method, task,
+    backbone, prefix length) only those of the experiment appended last, so rows of
+    different options, code or data are never averaged. Also: how many older rows were
+    left out, per (task, backbone)."""
+    latest = latest_by_cell(records)
+    rows = [r for r in records if r.status == "ok" and latest[r.cell_id] is r]  # file order: oldest first
+    newest = {(r.method, r.task, r.backbone, r.prefix_length): experiment_key(r) for r in rows}
+    kept, left_out = [], Counter()
+    for r in rows:
+        if experiment_key(r) == newest[r.method, r.task, r.backbone, r.prefix_length]:
+            kept.append(r)
+        else:
+            left_out[r.task, r.backbone] += 1
+    return kept, left_out
+
+
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
-    rows = [r for r in latest_by_cell(records).values() if r.status == "ok"]
+    """One row per finished run to aggregate (``newest_experiments``); ``attrs["left_out"]``
+    counts the older rows left out per (task, backbone)."""
+    rows, left_out = newest_experiments(records)
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
             "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind"]
     df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
     for c in ("main_score", "inference_params", "inference_bytes"):  # None (unknown) -> NaN
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    df.attrs["left_out"] = dict(left_out)
     return df
 
 
@@ -154,6 +185,7 @@ class SliceView:
     pareto: pd.DataFrame
     collapsed: bool
     images: dict[str, Path] = field(default_factory=dict)
+    left_out: int = 0  # older rows not averaged in (newest_experiments)
 
     @property
     def stem(self) -> str:
@@ -166,13 +198,14 @@ class SliceView:
 
 def build_views(records: list[ResultRecord]) -> list[SliceView]:
     df = records_frame(records)
+    left_out = df.attrs["left_out"]
     views = []
     for (task, backbone), g in sorted(df.groupby(["task", "backbone"]), key=lambda kv: kv[0]):
         metric = g["main_metric"].iloc[0]
         hib = higher_is_better(task, metric)
         views.append(SliceView(task, backbone, metric, hib, leaderboard(g), score_table(g), paired_table(g),
                                sensitivity.curves(g), sensitivity.scores(g, hib), pareto.table(g, hib),
-                               bool(g["collapsed"].any())))
+                               bool(g["collapsed"].any()), left_out=left_out.get((task, backbone), 0)))
     return views
 
 
@@ -234,6 +267,8 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
         parts.append(COLLAPSE_NOTE)
     if v.board["peak memory"].str.endswith("‡").any():
         parts.append(MEMORY_NOTE)
+    if v.left_out:
+        parts.append(OLDER_NOTE.format(n=v.left_out))
     if len(v.paired):
         parts += ["### Paired comparisons (matched prefix length and seed; permutation p-value)",
                   _md(paired_display(v.paired))]

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import efficiency, flops, memory, provenance
+from bench import efficiency, flops, identity, memory, provenance, staleness
 from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, resolve_source
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
-from bench.records import ResultRecord, finished_ids, read_records, write_atomic
+from bench.records import ResultRecord, read_records, write_atomic
 from bench.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS, DataSettings
@@ -60,6 +60,13 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
             except (DataUnavailableError, OSError, ValueError, KeyError) as err:
                 raise ConfigError(f"{where}: task {cell.task!r} split {split!r}: cannot read its data: "
                                   f"{type(err).__name__}: {err}") from None
+
+
+def data_fingerprint(task_name: str, data: DataSettings) -> str:
+    """The task's data as a row records it ("train/eval" fingerprints); reads it if needed."""
+    task = TASKS.get(task_name)
+    return (f"{load_split(task_name, task.train_split, data).fingerprint}/"
+            f"{load_split(task_name, task.eval_split, data).fingerprint}")
 
 
 def load_split(task_name: str, split: str, data: DataSettings) -> Split:
@@ -105,10 +112,17 @@ def _subset(examples: list[Example], limit: int | None, seed: int | None) -> lis
 
 
 def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None) -> ResultRecord:
-    """Train and evaluate one cell; returns its record (status ok). Raises on failure."""
+    """Train and evaluate one cell; returns its record (status ok). Raises on failure, also
+    when the code is no longer what the cell was planned with (its row would claim an
+    identity it was not computed with: e.g. a queued Slurm job after an edit)."""
     started = provenance.now()
     task = TASKS.get(cell.task)
     method_cls = METHODS.get(cell.method)
+    now = identity.cell_identity(method_cls, task)
+    if cell.identity != now:
+        changed = ", ".join(identity.identity_changes(cell.identity, now))
+        raise RuntimeError(f"the code changed since this cell was planned ({changed}); "
+                           "run the suite again to plan it with the current code")
     backbone = BACKBONES.get(cell.backbone)
     cfg = cell.train_config
     form_cls = choose_formulation(cfg.formulation, task, backbone.causal)
@@ -197,7 +211,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
         device=provenance.device_name(device), backbone_source=loaded.source,
         data_source=f"train={train_split.source} eval={eval_split.source}",
-        data_fingerprint=f"{train_split.fingerprint}/{eval_split.fingerprint}", data_notes=notes,
+        data_fingerprint=data_fingerprint(cell.task, data), data_notes=notes,
         curve_path=curve_path, samples_path=samples_path, gen_tokens_per_s=formulation.gen_tokens_per_s(),
         started_at=started, finished_at=provenance.now(),
     )
@@ -264,15 +278,14 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     records, problems = read_records(results_dir)
     for p in problems:
         log(f"warning: {p}")
-    done = finished_ids(records)
-    if retry_failed:
-        failed = {r.cell_id for r in records if r.status == "failed"} - done
-        todo = [c for c in cells if c.id in failed]
-    else:
-        todo = [c for c in cells if c.id not in done]
-    todo.sort(key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
+    # validate_cells has read every task's data: its fingerprints cost nothing more
+    plan = staleness.plan(cells, records, {t: data_fingerprint(t, data) for t in {c.task for c in cells}},
+                          retry_failed)
+    todo = sorted(plan.todo, key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
     executor = executor or LocalExecutor()
+    if plan.stale:
+        log(plan.describe())
     log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
         f" ({executor.name} executor)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory

@@ -170,6 +170,9 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_prefix_length: ClassVar[bool] = True
     default_lr: ClassVar[float] = 1e-3
+    # Part of every cell id (bench/identity.py), beside a digest of the method's source:
+    # bump it to mark a change of behaviour the source digest cannot see (e.g. a dependency).
+    version: ClassVar[str] = "1"
     # True when attaching leaves the model's function unchanged (a zero-initialised update):
     # the contract test then requires the base logits from the freshly attached adapter
     identity_at_init: ClassVar[bool] = False

@@ -81,3 +81,13 @@ def test_one_seed_has_no_ci_to_print(tmp_path, capsys):
     assert main(["compare", one, one]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| lora/"))
     assert "— (n=1)" in row and "0.8490–0.8490" not in row
+
+
+def test_rows_of_an_older_identity_are_left_out_not_averaged(tmp_path, capsys):
+    recs = make_records(methods=("lora",), seeds=(0, 1))
+    newer = dataclasses.replace(recs[0], cell_id="lora-new", config={"method": "lora", "identity": "new"},
+                                main_score=0.5)
+    folder = write(tmp_path / "a", [*recs, newer])
+    assert main(["compare", folder, folder]) == 0
+    out = capsys.readouterr()
+    assert "left out 2 older row(s)" in out.err and "0.5000 (n=1)" in out.out
