@@ -97,9 +97,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _current_cells_only(records: list, args: argparse.Namespace) -> list:
-    """Keep the records of cells the suite still defines: a cell whose config changed has a
-    new id, and its old rows must not be averaged with the new ones. With --all-records (or
-    a suite that no longer exists) every record is rendered."""
+    """Keep the records of cells the suite defines with the current code: a cell whose
+    options or code (bench/identity.py) changed has a new id, and its old rows must not be
+    shown as the current result. With --all-records (or a suite that no longer exists, or
+    none of whose cells has a record) every record is rendered; even then a table cell
+    averages only its newest experiment's rows (render.newest_experiments)."""
     from bench.matrix import load_suite
 
     if getattr(args, "all_records", False):
@@ -110,10 +112,15 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
         return records
     kept = [r for r in records if r.cell_id in ids]
     stale = len({r.cell_id for r in records} - ids)
+    if not kept:
+        print(f"render: no record is of a cell suite {args.suite!r} defines with the current options and code "
+              f"(another suite's folder, or everything changed since it ran: `run` re-runs stale cells); "
+              f"rendering all {len(records)} record(s)", file=sys.stderr)
+        return records
     if stale:
-        print(f"render: left out {stale} cell(s) no longer in suite {args.suite!r} (--all-records keeps them)",
-              file=sys.stderr)
-    return kept or records
+        print(f"render: left out {stale} cell(s) no longer in suite {args.suite!r} as its options and code now "
+              "define it (stale: `run` re-runs them; --all-records keeps them)", file=sys.stderr)
+    return kept
 
 
 def cmd_list(args: argparse.Namespace) -> int:

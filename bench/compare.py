@@ -95,7 +95,8 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, th: Thresholds) -> tuple[pd
                 f"{name}: {'; '.join(bad)} ({ra['metric']} {ra['mean']:.4f} [CI {ra['ci_low']:.4f}–"
                 f"{ra['ci_high']:.4f}, n={ra['n']}] -> {rb['mean']:.4f} [n={rb['n']}])")
         rows.append({"cell": name, "metric": ra["metric"], "A": f"{ra['mean']:.4f} (n={ra['n']})",
-                     "A 95% CI": f"{ra['ci_low']:.4f}–{ra['ci_high']:.4f}", "B": f"{rb['mean']:.4f} (n={rb['n']})",
+                     "A 95% CI": f"{ra['ci_low']:.4f}–{ra['ci_high']:.4f}" if ra["n"] > 1 else "— (n=1)",
+                     "B": f"{rb['mean']:.4f} (n={rb['n']})",
                      "Δ": f"{delta:+.4f}", "tok/s B/A": f"{tok_ratio:.2f}", "memory B/A": f"{mem_ratio:.2f}",
                      "flags": ", ".join(flags) or "ok"})
     return pd.DataFrame(rows), regressions, missing
@@ -109,6 +110,10 @@ def _load(folder: str) -> pd.DataFrame:
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     df = records_frame(records)
+    left_out = sum(df.attrs["left_out"].values())
+    if left_out:
+        print(f"warning: {folder}: left out {left_out} older row(s) at cells with newer rows of other "
+              "options, code or data (never averaged together)", file=sys.stderr)
     if df.empty:
         raise ConfigError(f"results folder {folder} holds no finished records (records.jsonl)")
     return df

@@ -89,7 +89,7 @@ def _img(path) -> str:
 
 
 def slice_html(v: SliceView) -> str:
-    from bench.render import COLLAPSE_NOTE, paired_display, pareto_display, sensitivity_display
+    from bench.render import COLLAPSE_NOTE, OLDER_NOTE, paired_display, pareto_display, sensitivity_display
 
     direction = "higher" if v.higher_is_better else "lower"
     parts = [f'<section id="{html.escape(v.stem)}"><h2>{html.escape(v.title)}: {html.escape(v.metric)}</h2>',
@@ -97,6 +97,8 @@ def slice_html(v: SliceView) -> str:
              "Click a header to sort.</p>", table_html(v.board, f"board-{v.stem}")]
     if v.collapsed:
         parts.append(f'<p class="note">{html.escape(COLLAPSE_NOTE)}</p>')
+    if v.left_out:
+        parts.append(f'<p class="note">{html.escape(OLDER_NOTE.format(n=v.left_out))}</p>')
     if len(v.paired):
         parts += ["<h3>Paired comparisons</h3>", table_html(paired_display(v.paired), f"paired-{v.stem}")]
     if len(v.sens_scores):

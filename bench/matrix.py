@@ -24,7 +24,9 @@ Training options resolve in this order, later winning: [defaults], the suite's `
 ``backbone_overrides``, ``task_overrides``, ``overrides`` (per method).
 A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (with
 ``description`` and ``executor`` only); its cells are theirs, labelled with its name.
-``expand`` is a pure function: the same file gives the same cells with the same ids.
+``expand`` is a pure function: the same file and the same code give the same cells with
+the same ids. An id covers the resolved options and the code identity of the cell's method
+and task (``bench.identity``), so editing either makes new cells, never reuses old rows.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 
 from bench.backbones import BACKBONES
 from bench.config import ConfigError, TrainConfig, check_fields
+from bench.identity import cell_identity
 from methods import METHODS
 from tasks import TASKS
 
@@ -64,9 +67,11 @@ class Cell:
     train: dict[str, Any]
     method_args: dict[str, Any]
     backbone_source: str = "auto"
+    # method and task versions and source digests (bench/identity.py): a code change is a new cell
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """The config the id hashes (the suite's name is a label, not part of the id)."""
+        """What the id hashes (the suite's name is a label, not part of the id)."""
         d = dataclasses.asdict(self)
         d.pop("suite")
         return d
@@ -202,6 +207,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         if bad:
             raise ConfigError(f"{where}: exclude[{i}] has unknown key(s) {bad}; valid: {', '.join(EXCLUDE_KEYS)}")
 
+    identities: dict[tuple[str, str], dict[str, Any]] = {}
     cells: dict[str, Cell] = {}
     for method, task, backbone, length, seed in itertools.product(methods, tasks, backbones, lengths, seeds):
         method_cls = METHODS.get(method)
@@ -216,7 +222,10 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
             cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
         margs = method_cls.Config.from_dict(method_args.get(method, {}),
                                             f"{where}.method_args.{method}").to_dict()
-        cell = Cell(suite, method, task, backbone, plen, seed, dataclasses.asdict(cfg), margs, source_choice)
+        if (method, task) not in identities:
+            identities[method, task] = cell_identity(method_cls, TASKS.get(task))
+        cell = Cell(suite, method, task, backbone, plen, seed, dataclasses.asdict(cfg), margs, source_choice,
+                    identities[method, task])
         cells.setdefault(cell.id, cell)  # methods without a prefix collapse the length axis
     if not cells:
         raise ConfigError(f"{where}: the excludes remove every cell")

@@ -1,4 +1,4 @@
-"""Pareto views: main metric against a cost (trainable parameters, training throughput,
+"""Pareto views: main metric against a cost (deployed adapter size, training throughput,
 peak memory), with the non-dominated configurations marked.
 
 A point is one (method, prefix length) configuration of one (task, backbone), averaged
@@ -25,7 +25,9 @@ class Axis:
 
 
 AXES = (
-    Axis("trainable_params", "trainable parameters", higher_is_better=False, log=True),
+    # what one ships (the folded prefix, not the MLP that trains it): a size view must not
+    # charge prefix tuning for a network that is thrown away after training
+    Axis("inference_bytes", "deployed adapter size (KiB)", higher_is_better=False, log=True, scale=1024),
     Axis("train_tokens_per_s", "train tokens/s", higher_is_better=True, log=False),
     Axis("peak_memory_bytes", "peak memory (MiB)", higher_is_better=False, log=False, scale=1024**2),
 )
@@ -48,12 +50,13 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def frontier(pts: pd.DataFrame, axis: Axis, higher_is_better: bool = True) -> pd.Series:
-    """Boolean mask: True where no other point dominates on (score, axis)."""
+    """Boolean mask: True where no other point dominates on (score, axis). A point without a
+    score or without the cost (unknown, e.g. records older than the figure) is not on it."""
     score = pts["score"] if higher_is_better else -pts["score"]
     cost = pts[axis.column] if axis.higher_is_better else -pts[axis.column]
     mask = []
     for i in range(len(pts)):
-        if pd.isna(score.iloc[i]):
+        if pd.isna(score.iloc[i]) or pd.isna(cost.iloc[i]):
             mask.append(False)
             continue
         ge = (score >= score.iloc[i]) & (cost >= cost.iloc[i])

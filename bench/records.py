@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from bench.record_schema import SCHEMA_VERSION, upgrade
+
 RECORDS_FILE = "records.jsonl"
 
 
@@ -39,8 +40,13 @@ class ResultRecord:
     collapsed: bool = False  # every prediction is one class: flagged, not a number like others
     trainable_params: int = 0
     total_params: int = 0
-    adapter_bytes: int = 0
+    adapter_bytes: int = 0  # the trained state as saved (training time: e.g. a prefix's MLP included)
     adapter_path: str = ""
+    # what one deploys (the adapter's inference_state_dict: e.g. the folded prefix); None
+    # where unknown (records of schema 1 measured only the training-time adapter)
+    inference_params: int | None = None
+    inference_bytes: int | None = None
+    inference_path: str = ""  # the same file as adapter_path when nothing folds away
     curve_path: str = ""
     samples_path: str = ""  # generation tasks: a JSONL of generated texts beside the row
     train_seconds: float = 0.0
@@ -114,7 +120,8 @@ def append_record(results_dir: str | Path, record: ResultRecord) -> Path:
 
 
 def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]]:
-    """All well-formed records, and a description of each malformed line (torn or edited)."""
+    """All well-formed records (older schemas migrated), and a description of each malformed
+    line (torn or edited). A record of a newer schema raises ConfigError naming file:line."""
     path = Path(results_dir) / RECORDS_FILE
     if not path.is_file():
         return [], []
@@ -124,7 +131,7 @@ def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]
             if not line.strip():
                 continue
             try:
-                records.append(ResultRecord.from_dict(json.loads(line)))
+                records.append(ResultRecord.from_dict(upgrade(json.loads(line), f"{path}:{i}")))
             except (json.JSONDecodeError, TypeError) as err:
                 problems.append(f"{path}:{i}: unreadable line skipped ({err.__class__.__name__}: "
                                 f"{str(err)[:80]}); a crash may have torn it")

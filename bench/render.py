@@ -3,7 +3,7 @@
 Per (task, backbone) slice, under the tables folder:
 - ``STEM.md`` / ``STEM.csv``: rows are methods, columns prefix lengths, cells the main
   metric's mean ± std over seeds with n and a 95% bootstrap CI; then trainable parameters,
-  adapter size, throughput and peak memory; below it paired comparisons (p-values),
+  deployed adapter size (its inference state, e.g. the folded prefix), throughput and peak memory; below it paired comparisons (p-values),
   prefix-length sensitivity and Pareto tables with their plots.
 - ``STEM__scores.csv``, ``STEM__paired.csv``, ``STEM__sensitivity.csv``,
   ``STEM__sensitivity_curve.csv``, ``STEM__pareto.csv``: the numbers behind them.
@@ -15,7 +15,9 @@ summary) and ``index.html`` (one static, sortable page with the plots embedded).
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +26,13 @@ from tabulate import tabulate
 
 from bench import memory, pareto, sensitivity
 from bench.records import ResultRecord, latest_by_cell
-from bench.stats import Summary, compare_methods, fmt_p, summarize
+from bench.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
 
 NO_PREFIX = "no prefix"
+NO_TEST = f"n<{MIN_PAIRS}, no test"
 COLLAPSE_NOTE = "† a run collapsed to predicting one class."
+OLDER_NOTE = ("{n} older row(s) left out: where a cell has runs of different options, code or data, "
+              "only the newest are averaged (`run` re-runs stale cells).")
 # Where the OS gives no per-cell CPU peak (bench/memory.py), the process's high-water mark
 # carries over from earlier cells: say so rather than print it as this method's own peak.
 PROCESS_PEAK = memory.PROCESS
@@ -36,13 +41,41 @@ MEMORY_NOTE = ("‡ peak RSS of the whole process so far, not reset per cell (re
                "includes earlier cells; `--executor subprocess` measures each cell alone.")
 
 
+def experiment_key(r: ResultRecord) -> str:
+    """What rows must share to be averaged as seeds of one experiment: the resolved config
+    less the seed (options and code identity) and the data it ran on."""
+    config = {k: v for k, v in r.config.items() if k != "seed"}
+    return json.dumps([config, r.data_fingerprint], sort_keys=True, default=str)
+
+
+def newest_experiments(records: list[ResultRecord]) -> tuple[list[ResultRecord], Counter[tuple[str, str]]]:
+    """The ok rows to aggregate: each cell's newest row, and per table cell (method, task,
+    backbone, prefix length) only those of the experiment appended last, so rows of
+    different options, code or data are never averaged. Also: how many older rows were
+    left out, per (task, backbone)."""
+    latest = latest_by_cell(records)
+    rows = [r for r in records if r.status == "ok" and latest[r.cell_id] is r]  # file order: oldest first
+    newest = {(r.method, r.task, r.backbone, r.prefix_length): experiment_key(r) for r in rows}
+    kept, left_out = [], Counter()
+    for r in rows:
+        if experiment_key(r) == newest[r.method, r.task, r.backbone, r.prefix_length]:
+            kept.append(r)
+        else:
+            left_out[r.task, r.backbone] += 1
+    return kept, left_out
+
+
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
-    rows = [r for r in latest_by_cell(records).values() if r.status == "ok"]
+    """One row per finished run to aggregate (``newest_experiments``); ``attrs["left_out"]``
+    counts the older rows left out per (task, backbone)."""
+    rows, left_out = newest_experiments(records)
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
-            "trainable_params", "adapter_bytes", "train_tokens_per_s", "eval_tokens_per_s",
-            "peak_memory_bytes", "peak_memory_kind"]
+            "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
+            "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind"]
     df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
-    df["main_score"] = pd.to_numeric(df["main_score"], errors="coerce")
+    for c in ("main_score", "inference_params", "inference_bytes"):  # None (unknown) -> NaN
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df.attrs["left_out"] = dict(left_out)
     return df
 
 
@@ -62,11 +95,13 @@ def higher_is_better(task: str, metric: str) -> bool:
 
 
 def fmt_summary(s: Summary, collapsed: bool = False) -> str:
+    """Mean ± std (n, CI); one run is its value alone: it has no spread and no interval."""
     if s.n == 0:
         return "—"
     mark = "†" if collapsed else ""
-    ci = f", CI {s.ci_low:.3f}–{s.ci_high:.3f}" if s.n > 1 else ""
-    return f"{s.mean:.4f} ± {s.std:.4f} (n={s.n}{ci}){mark}"
+    if s.n == 1:
+        return f"{s.mean:.4f} (n=1){mark}"
+    return f"{s.mean:.4f} ± {s.std:.4f} (n={s.n}, CI {s.ci_low:.3f}–{s.ci_high:.3f}){mark}"
 
 
 def human_bytes(n: float) -> str:
@@ -111,13 +146,13 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
             sel = g[g["prefix_length"].isna()]
             row[NO_PREFIX] = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
         row["trainable params"] = f"{int(g['trainable_params'].median()):,}"
-        row["adapter size"] = human_bytes(g["adapter_bytes"].median())
+        row["deployed size"] = human_bytes(g["inference_bytes"].median())
         row["train tok/s"] = f"{g['train_tokens_per_s'].mean():.0f}"
         row["eval tok/s"] = f"{g['eval_tokens_per_s'].mean():.0f}"
         row["peak memory"] = human_bytes(g["peak_memory_bytes"].max()) + (
             "‡" if (g["peak_memory_kind"] == PROCESS_PEAK).any() else "")
         out.append(row)
-    return pd.DataFrame(out, columns=["method", *columns, "trainable params", "adapter size", "train tok/s",
+    return pd.DataFrame(out, columns=["method", *columns, "trainable params", "deployed size", "train tok/s",
                                       "eval tok/s", "peak memory"])
 
 
@@ -150,6 +185,7 @@ class SliceView:
     pareto: pd.DataFrame
     collapsed: bool
     images: dict[str, Path] = field(default_factory=dict)
+    left_out: int = 0  # older rows not averaged in (newest_experiments)
 
     @property
     def stem(self) -> str:
@@ -162,13 +198,14 @@ class SliceView:
 
 def build_views(records: list[ResultRecord]) -> list[SliceView]:
     df = records_frame(records)
+    left_out = df.attrs["left_out"]
     views = []
     for (task, backbone), g in sorted(df.groupby(["task", "backbone"]), key=lambda kv: kv[0]):
         metric = g["main_metric"].iloc[0]
         hib = higher_is_better(task, metric)
         views.append(SliceView(task, backbone, metric, hib, leaderboard(g), score_table(g), paired_table(g),
                                sensitivity.curves(g), sensitivity.scores(g, hib), pareto.table(g, hib),
-                               bool(g["collapsed"].any())))
+                               bool(g["collapsed"].any()), left_out=left_out.get((task, backbone), 0)))
     return views
 
 
@@ -178,11 +215,14 @@ def _md(frame: pd.DataFrame) -> str:
 
 
 def paired_display(p: pd.DataFrame) -> pd.DataFrame:
+    """One pair is a difference, not a test: its CI and p-value read "n<2, no test"."""
+    tested = [n >= MIN_PAIRS for n in p["pairs"]]
     return pd.DataFrame({
         "A": p["method_a"], "B": p["method_b"], "pairs": p["pairs"],
         "A − B": [f"{d:+.4f}" for d in p["mean_diff"]],
-        "95% CI": [f"{lo:+.4f} … {hi:+.4f}" for lo, hi in zip(p["ci_low"], p["ci_high"], strict=True)],
-        "p": [fmt_p(v) for v in p["p_value"]]})
+        "95% CI": [f"{lo:+.4f} … {hi:+.4f}" if ok else NO_TEST
+                   for lo, hi, ok in zip(p["ci_low"], p["ci_high"], tested, strict=True)],
+        "p": [fmt_p(v) if ok else NO_TEST for v, ok in zip(p["p_value"], tested, strict=True)]})
 
 
 def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:
@@ -211,8 +251,8 @@ def pareto_display(p: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "method": p["method"], "P": [NO_PREFIX if pd.isna(x) else str(int(x)) for x in p["prefix_length"]],
         "score": ["—" if n == 0 else f"{s:.4f} (n={n})" for s, n in zip(p["score"], p["n"], strict=True)],
-        "trainable params": p["trainable_params"].map(lambda v: f"{v:,.0f}"),
-        "frontier: params": p["pareto_trainable_params"].map(star),
+        "deployed size": p["inference_bytes"].map(human_bytes),
+        "frontier: size": p["pareto_inference_bytes"].map(star),
         "train tok/s": p["train_tokens_per_s"].map(lambda v: f"{v:.0f}"),
         "frontier: tok/s": p["pareto_train_tokens_per_s"].map(star),
         "peak memory": p["peak_memory_bytes"].map(human_bytes),
@@ -227,6 +267,8 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
         parts.append(COLLAPSE_NOTE)
     if v.board["peak memory"].str.endswith("‡").any():
         parts.append(MEMORY_NOTE)
+    if v.left_out:
+        parts.append(OLDER_NOTE.format(n=v.left_out))
     if len(v.paired):
         parts += ["### Paired comparisons (matched prefix length and seed; permutation p-value)",
                   _md(paired_display(v.paired))]

@@ -1,10 +1,11 @@
 """``prefix-bench reproduce CELL_ID``: re-run one recorded cell from the resolved config
 stored in its record and say whether the main metric comes back within tolerance.
 
-The stored config is the cell's whole identity (its id is a hash of it), so the re-run
-rebuilds exactly that cell; a config whose hash no longer matches the id (an edited
-file) is refused. Environment differences (git commit, package versions, device) are
-printed beside the verdict, because they are the usual reason a number moves.
+The stored config is the cell's whole identity (its id is a hash of it, code identity
+included), so the re-run rebuilds exactly that cell's options; a config whose hash no longer
+matches the id (an edited file) is refused. The re-run uses today's code: code changes since
+the record (bench/identity.py) and environment differences (git commit, package versions,
+device) are printed beside the verdict, because they are the usual reason a number moves.
 
 A row made in reproducible mode (bench/reproducible.py) is re-run in that mode, in a fresh
 process, so its bits can be compared on any x86 machine with AVX2. A CUDA row cannot be
@@ -15,6 +16,7 @@ that differ only in seed), not against a fixed tolerance.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ class Reproduction:
     record: ResultRecord
     rerun: ResultRecord
     tolerance: float
+    code_changes: tuple[str, ...] = ()  # identity parts that differ from the record's (bench/identity.py)
 
     @property
     def delta(self) -> float:
@@ -45,7 +48,7 @@ class Reproduction:
 
     def environment_changes(self) -> list[str]:
         a, b = self.record, self.rerun
-        out = []
+        out = [f"code: {change}" for change in self.code_changes]
         if a.git_sha != b.git_sha:
             out.append(f"git {a.git_sha[:10] or '?'} -> {b.git_sha[:10]}")
         if a.device != b.device:
@@ -133,9 +136,15 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
     """Re-run ``record``'s cell (nothing is appended to any records file), in reproducible
     mode when the record was made in it."""
     from bench import reproducible
+    from bench.identity import cell_identity, identity_changes
     from bench.matrix import Cell
     from bench.runner import run_cell, validate_cells
+    from methods import METHODS
+    from tasks import TASKS
 
+    if "identity" not in record.config:
+        raise ConfigError(f"cell {record.cell_id} was recorded before cell ids covered the code (schema 1): "
+                          "it cannot be rebuilt faithfully; run its suite again")
     try:
         cell = Cell.from_resolved(record.config, suite=record.suite)
     except TypeError as err:
@@ -144,12 +153,14 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
         raise ConfigError(f"cell {record.cell_id}: its stored config hashes to {cell.id}; the record was edited "
                           "or written by an incompatible version, so it cannot be reproduced faithfully")
     validate_cells([cell], data)
+    # the same options under today's code: a code change is reported, as the usual reason a number moves
+    now = dataclasses.replace(cell, identity=cell_identity(METHODS.get(cell.method), TASKS.get(cell.task)))
     if reproducible.is_pinned(record.kernels):
         threads = int(record.kernels.get("threads") or reproducible.DEFAULT_THREADS)
-        rerun = _run_pinned(cell, data, device, results_dir, threads)
+        rerun = _run_pinned(now, data, device, results_dir, threads)
     else:
-        rerun = run_cell(cell, data, device, results_dir)
-    return Reproduction(record, rerun, tolerance)
+        rerun = run_cell(now, data, device, results_dir)
+    return Reproduction(record, rerun, tolerance, tuple(identity_changes(cell.identity, now.identity)))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import efficiency, flops, memory, provenance, reproducible
+from bench import efficiency, flops, identity, memory, provenance, reproducible, staleness
 from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, resolve_source
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
-from bench.records import ResultRecord, finished_ids, read_records, write_atomic
+from bench.records import ResultRecord, read_records, write_atomic
 from bench.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS, DataSettings
@@ -60,6 +60,13 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
             except (DataUnavailableError, OSError, ValueError, KeyError) as err:
                 raise ConfigError(f"{where}: task {cell.task!r} split {split!r}: cannot read its data: "
                                   f"{type(err).__name__}: {err}") from None
+
+
+def data_fingerprint(task_name: str, data: DataSettings) -> str:
+    """The task's data as a row records it ("train/eval" fingerprints); reads it if needed."""
+    task = TASKS.get(task_name)
+    return (f"{load_split(task_name, task.train_split, data).fingerprint}/"
+            f"{load_split(task_name, task.eval_split, data).fingerprint}")
 
 
 def load_split(task_name: str, split: str, data: DataSettings) -> Split:
@@ -105,10 +112,17 @@ def _subset(examples: list[Example], limit: int | None, seed: int | None) -> lis
 
 
 def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None) -> ResultRecord:
-    """Train and evaluate one cell; returns its record (status ok). Raises on failure."""
+    """Train and evaluate one cell; returns its record (status ok). Raises on failure, also
+    when the code is no longer what the cell was planned with (its row would claim an
+    identity it was not computed with: e.g. a queued Slurm job after an edit)."""
     started = provenance.now()
     task = TASKS.get(cell.task)
     method_cls = METHODS.get(cell.method)
+    now = identity.cell_identity(method_cls, task)
+    if cell.identity != now:
+        changed = ", ".join(identity.identity_changes(cell.identity, now))
+        raise RuntimeError(f"the code changed since this cell was planned ({changed}); "
+                           "run the suite again to plan it with the current code")
     backbone = BACKBONES.get(cell.backbone)
     cfg = cell.train_config
     form_cls = choose_formulation(cfg.formulation, task, backbone.causal)
@@ -156,9 +170,15 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         result, metrics = EvalResult([], 0, time.perf_counter() - t_eval), own
     peak, peak_kind = memory.peak_bytes(device)
 
+    deployed = adapter.inference_state_dict()
     adapter_path, adapter_bytes, curve_path = "", 0, ""
+    inference_path, inference_bytes = "", None
     if results_dir is not None:
         adapter_path, adapter_bytes = save_adapter(adapter, results_dir / "adapters" / f"{cell.id}.safetensors")
+        inference_path, inference_bytes = adapter_path, adapter_bytes
+        if not same_tensors(deployed, adapter.trainable_state_dict()):
+            inference_path, inference_bytes = save_state(
+                deployed, results_dir / "adapters" / f"{cell.id}.inference.safetensors")
         curve_path = save_curves(results_dir / "curves" / f"{cell.id}.json", stats)
     samples_path = ""
     if results_dir is not None and task.kind == "generation":
@@ -177,6 +197,8 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         main_metric=task.main_metric, main_score=metrics.get(task.main_metric), metrics=metrics,
         collapsed=collapsed, trainable_params=trainable, total_params=total,
         adapter_bytes=adapter_bytes, adapter_path=adapter_path,
+        inference_params=sum(t.numel() for t in deployed.values()), inference_bytes=inference_bytes,
+        inference_path=inference_path,
         train_seconds=stats.seconds, eval_seconds=result.seconds, train_steps=len(stats.losses),
         train_tokens=stats.tokens, train_tokens_per_s=stats.tokens_per_s(),
         eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),
@@ -190,7 +212,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         device=provenance.device_name(device), kernels=reproducible.kernel_provenance(),
         backbone_source=loaded.source,
         data_source=f"train={train_split.source} eval={eval_split.source}",
-        data_fingerprint=f"{train_split.fingerprint}/{eval_split.fingerprint}", data_notes=notes,
+        data_fingerprint=data_fingerprint(cell.task, data), data_notes=notes,
         curve_path=curve_path, samples_path=samples_path, gen_tokens_per_s=formulation.gen_tokens_per_s(),
         started_at=started, finished_at=provenance.now(),
     )
@@ -216,11 +238,22 @@ def save_curves(path: Path, stats: TrainStats) -> str:
 
 def save_adapter(adapter: nn.Module, path: Path) -> tuple[str, int]:
     """Trained state as safetensors (never pickle), written atomically."""
+    return save_state(adapter.trainable_state_dict(), path)
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
+    """Tensors as safetensors (never pickle), written atomically; returns (path, bytes)."""
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in adapter.trainable_state_dict().items()}
-    write_atomic(path, save(state))
+    write_atomic(path, save({k: v.detach().contiguous().cpu().clone() for k, v in state.items()}))
     return str(path), path.stat().st_size
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """True when two states hold the very same tensors (a method whose deployed state is its
+    trained state): then one file serves both, with no copy of e.g. a fully tuned model."""
+    return a.keys() == b.keys() and all(a[k].data_ptr() == b[k].data_ptr() and a[k].shape == b[k].shape
+                                        for k in a)
 
 
 def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:
@@ -246,15 +279,14 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     records, problems = read_records(results_dir)
     for p in problems:
         log(f"warning: {p}")
-    done = finished_ids(records)
-    if retry_failed:
-        failed = {r.cell_id for r in records if r.status == "failed"} - done
-        todo = [c for c in cells if c.id in failed]
-    else:
-        todo = [c for c in cells if c.id not in done]
-    todo.sort(key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
+    # validate_cells has read every task's data: its fingerprints cost nothing more
+    plan = staleness.plan(cells, records, {t: data_fingerprint(t, data) for t in {c.task for c in cells}},
+                          retry_failed)
+    todo = sorted(plan.todo, key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
     executor = executor or LocalExecutor()
+    if plan.stale:
+        log(plan.describe())
     log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
         f" ({executor.name} executor)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory

@@ -23,6 +23,10 @@ N_RESAMPLES = 9999
 SEED = 0
 # the keys on which two methods' runs are paired: same task, backbone, length and seed
 PAIR_KEYS = ("task", "backbone", "prefix_length", "seed")
+# Fewer pairs than this give no interval and no p-value: one difference has no spread, and
+# flipping its sign is as extreme as itself, so a test of it would print p = 1.000 whatever
+# the difference was.
+MIN_PAIRS = 2
 
 
 @dataclass(frozen=True)
@@ -42,13 +46,18 @@ class Summary:
 @dataclass(frozen=True)
 class PairedResult:
     """A - B over matched pairs: mean difference, its bootstrap CI, and a two-sided
-    sign-flip permutation p-value (H0: the differences are symmetric around 0)."""
+    sign-flip permutation p-value (H0: the differences are symmetric around 0). With fewer
+    than ``MIN_PAIRS`` pairs the CI and p-value are NaN: there is no test (``tested``)."""
 
     n: int
     mean_diff: float
     ci_low: float
     ci_high: float
     p_value: float
+
+    @property
+    def tested(self) -> bool:
+        return self.n >= MIN_PAIRS
 
 
 def _clean(values: Iterable[float | None]) -> np.ndarray:
@@ -85,7 +94,8 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = N_RES
     """Compare matched samples ``a[i]`` vs ``b[i]`` (same cell, two methods).
 
     The p-value is a paired permutation test (each pair's labels swapped at random),
-    exact when 2**n <= n_resamples. Identical samples give p = 1.
+    exact when 2**n <= n_resamples. Identical samples give p = 1. Fewer than ``MIN_PAIRS``
+    pairs: the mean difference only, CI and p-value NaN (no test).
     """
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if xa.shape != xb.shape:
@@ -96,8 +106,10 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = N_RES
     if n == 0:
         return PairedResult(0, math.nan, math.nan, math.nan, math.nan)
     d = xa - xb
+    if n < MIN_PAIRS:
+        return PairedResult(n, float(d.mean()), math.nan, math.nan, math.nan)
     lo, hi = bootstrap_ci(d, n_resamples=n_resamples, seed=seed)
-    if np.all(d == 0) or n == 1:  # one pair: flipping its sign is as extreme, so p = 1 exactly
+    if np.all(d == 0):
         p = 1.0
     else:
         with warnings.catch_warnings():

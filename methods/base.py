@@ -140,6 +140,17 @@ class Adapter(nn.Module):
                 params[name].copy_(value)
         self.unfold()  # a folded prefix would be stale
 
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors one deploys: what inference needs once training-only parts (e.g. a
+        reparameterisation MLP) are folded away. Its size is the adapter's deployed size.
+        Default: the trained state itself."""
+        return self.trainable_state_dict()
+
+    def load_inference_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a saved ``inference_state_dict`` in; the adapter then serves inference (it
+        need not be able to train again). Default: the trained state."""
+        self.load_trainable_state_dict(state)
+
     def fold(self) -> None:
         """Prepare for inference (e.g. compute a reparameterised prefix once). Default: none."""
 
@@ -159,6 +170,9 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_prefix_length: ClassVar[bool] = True
     default_lr: ClassVar[float] = 1e-3
+    # Part of every cell id (bench/identity.py), beside a digest of the method's source:
+    # bump it to mark a change of behaviour the source digest cannot see (e.g. a dependency).
+    version: ClassVar[str] = "1"
     # True when attaching leaves the model's function unchanged (a zero-initialised update):
     # the contract test then requires the base logits from the freshly attached adapter
     identity_at_init: ClassVar[bool] = False
@@ -199,6 +213,15 @@ def load_adapter(adapter: Adapter, path: str | Path) -> None:
 
     device = next(adapter.parameters()).device
     adapter.load_trainable_state_dict(load_file(str(path), device=str(device)))
+
+
+def load_inference_adapter(adapter: Adapter, path: str | Path) -> None:
+    """Load a deployed state written by ``bench.runner.save_state`` from
+    ``inference_state_dict`` (safetensors) into an adapter attached the same way."""
+    from safetensors.torch import load_file
+
+    device = next(adapter.parameters()).device
+    adapter.load_inference_state_dict(load_file(str(path), device=str(device)))
 
 
 def field_help(cls: type) -> dict[str, str]:

@@ -97,6 +97,12 @@ class KVPrefixAdapter(Adapter):
     position embeddings, GPT-2 and BERT, would otherwise move by P).
     """
 
+    # What one deploys is the prefix itself, never the generator that produced it while
+    # training (Li & Liang's MLP is 28x the folded prefix on MiniLM-L6 at P=20).
+    PREFIX_KEY = "prefix_kv"
+    # the adapter's own parameters that inference still reads (e.g. residual_prefix's gates)
+    inference_parameters: tuple[str, ...] = ()
+
     def __init__(self, model: nn.Module, anatomy: Anatomy, prefix_length: int,
                  shift_positions: bool = True) -> None:
         super().__init__(model)
@@ -104,6 +110,7 @@ class KVPrefixAdapter(Adapter):
         self.prefix_length = prefix_length
         self.shift_positions = shift_positions
         self._folded: torch.Tensor | None = None
+        self._deployed = False  # loaded from an inference state: the folded prefix is all there is
 
     def prefix_kv(self) -> torch.Tensor:
         """(L, 2, H_kv, P, d_h) for the current parameters."""
@@ -186,7 +193,44 @@ class KVPrefixAdapter(Adapter):
 
     @torch.no_grad()
     def fold(self) -> None:
-        self._folded = self.prefix_kv().detach().clone()
+        if not self._deployed:  # a deployed prefix has no generator to recompute it from
+            self._folded = self.prefix_kv().detach().clone()
 
     def unfold(self) -> None:
+        if self._deployed:
+            raise RuntimeError("this prefix was loaded from its inference state (the folded prefix): "
+                               "it cannot train; load the trainable state to continue training")
         self._folded = None
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The folded prefix (L, 2, H_kv, P, d_h), the parameters named in
+        ``inference_parameters`` and whatever trains inside the backbone (a task head)."""
+        own = dict(self.named_parameters())
+        state = {n: t for n, t in self.trainable_state_dict().items() if n.startswith("model.")}
+        state.update({n: own[n].detach() for n in self.inference_parameters})
+        with torch.no_grad():
+            state[self.PREFIX_KEY] = self._kv().detach()
+        return state
+
+    def load_inference_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.inference_state_dict()
+        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+        if missing or unexpected:
+            raise KeyError(f"inference state does not match: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+        for name, value in state.items():
+            if expected[name].shape != value.shape:
+                raise ValueError(f"inference tensor {name!r} has shape {tuple(value.shape)}, "
+                                 f"expected {tuple(expected[name].shape)}")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                if name != self.PREFIX_KEY:
+                    params[name].copy_(value)
+        kv = expected[self.PREFIX_KEY]
+        self._folded = state[self.PREFIX_KEY].to(device=kv.device, dtype=kv.dtype).clone()
+        self._deployed = True
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._deployed = False  # the generator is back: fold recomputes the prefix from it
+        super().load_trainable_state_dict(state)

@@ -114,6 +114,8 @@ class ResidualPrefixConfig(PrefixTuningConfig):
 
 
 class ResidualPrefixAdapter(PrefixTuningAdapter):
+    inference_parameters = ("gate_logit",)  # the gates act at inference too; the residual block folds
+
     def __init__(self, model: nn.Module, ctx: AttachContext, P: int, config: ResidualPrefixConfig) -> None:
         super().__init__(model, ctx, P, config)
         D = ctx.anatomy.num_layers * 2 * ctx.anatomy.kv_dim

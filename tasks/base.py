@@ -106,6 +106,12 @@ class Task(ABC):
     def compute_metrics(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
         """Score predictions (class ids, floats or texts) against the examples."""
 
+    def depends_on(self) -> tuple[Any, ...]:
+        """What besides this task's own module and declaration decides its results: other
+        tasks (their identity counts) and files (their bytes count). Part of every cell id
+        (``bench.identity``). Default: nothing."""
+        return ()
+
     def preload(self) -> None:
         """Import what ``compute_metrics`` needs. The runner calls it before a cell's clock
         starts, so a once-per-process import is not charged to the first cell as harness

@@ -121,6 +121,13 @@ class LmEvalTask(Task):
     def majority_baseline_applies(self) -> bool:
         return False  # the evaluation set is the harness's, not the source's
 
+    def depends_on(self) -> tuple[Any, ...]:
+        # trained through the source task; a local task's prompt and rows are files of its own
+        if not self.local:
+            return (self.source,)
+        stem = self.harness_task.removesuffix("_local")
+        return (self.source, LOCAL_DIR / f"{self.harness_task}.yaml", *sorted(LOCAL_DIR.glob(f"{stem}_*.jsonl")))
+
     def describe(self) -> str:
         where = "local files" if self.local else "needs the hub"
         return (f"lm-eval task {self.harness_task} ({where}), trained on {self.train_source}; "

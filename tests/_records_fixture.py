@@ -32,11 +32,15 @@ def record(method: str, length: int | None, seed: int, task: str = "glue/sst2", 
            **overrides) -> ResultRecord:
     params = {"prefix_tuning": 12_000, "prefix_tuning_plus": 15_000, "residual_prefix": 12_100, "lora": 74_000}
     p = length or 0
+    trainable = params[method] * max(p, 1) // (20 if p else 1)
+    # prefix methods deploy the folded prefix, smaller than what trained it
+    deployed = trainable // 4 if method in ("prefix_tuning", "residual_prefix") else trainable
     fields = dict(
         cell_id=f"{method}-{task.replace('/', '_')}-{backbone}-{length}-{seed}", suite="fixture", method=method,
         task=task, backbone=backbone, prefix_length=length, seed=seed, status="ok", main_metric="accuracy",
         main_score=score(method, length, seed), metrics={"accuracy": score(method, length, seed)},
-        trainable_params=params[method] * max(p, 1) // (20 if p else 1), adapter_bytes=params[method] * 4,
+        trainable_params=trainable, adapter_bytes=params[method] * 4, inference_params=deployed,
+        inference_bytes=deployed * 4,
         train_tokens_per_s=5000.0 - 10 * p - 200 * (method == "lora"), eval_tokens_per_s=20000.0 - 30 * p,
         peak_memory_bytes=(300 + p) * 1024**2, config={"method": method})
     fields.update(overrides)

@@ -74,3 +74,20 @@ def test_missing_cells_and_bad_input(tmp_path, base, capsys):
     assert main(["compare", a, str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["compare", a, a, "--memory-ratio", "0.5"]) == 2
+
+
+def test_one_seed_has_no_ci_to_print(tmp_path, capsys):
+    one = write(tmp_path / "a", make_records(methods=("lora",), seeds=(0,)))
+    assert main(["compare", one, one]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| lora/"))
+    assert "— (n=1)" in row and "0.8490–0.8490" not in row
+
+
+def test_rows_of_an_older_identity_are_left_out_not_averaged(tmp_path, capsys):
+    recs = make_records(methods=("lora",), seeds=(0, 1))
+    newer = dataclasses.replace(recs[0], cell_id="lora-new", config={"method": "lora", "identity": "new"},
+                                main_score=0.5)
+    folder = write(tmp_path / "a", [*recs, newer])
+    assert main(["compare", folder, folder]) == 0
+    out = capsys.readouterr()
+    assert "left out 2 older row(s)" in out.err and "0.5000 (n=1)" in out.out

@@ -151,3 +151,31 @@ def test_generate(name: str, backbone: str, head: str) -> None:
         assert sorted(beams[0].sequences[rows].tolist()) == sorted(beams[1].sequences[rows].tolist())
         torch.testing.assert_close(beams[0].sequences_scores[rows].sort().values,
                                    beams[1].sequences_scores[rows].sort().values, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,backbone,head", CASES)
+def test_inference_state_alone_reproduces_the_logits(name: str, backbone: str, head: str, tmp_path) -> None:
+    """What a method deploys (``inference_state_dict``, e.g. the folded prefix) loaded into a
+    fresh adapter gives the trained adapter's logits, with the task head trained as the
+    runner trains it."""
+    from bench.runner import head_parameters, save_state
+    from methods.base import load_inference_adapter
+
+    def attach_like_runner(seed: int):
+        _, model, adapter, _ = attach(name, backbone, head, seed=seed)
+        for p in (head_parameters(model) if head == "seq_cls" else []):
+            p.requires_grad_(True)
+        return adapter
+
+    trained = attach_like_runner(0)
+    train_steps(trained, head, steps=2)
+    trained.fold()
+    path, size = save_state(trained.inference_state_dict(), tmp_path / "deployed.safetensors")
+    fresh = attach_like_runner(1)  # different init: loading must matter
+    load_inference_adapter(fresh, path)
+    fresh.eval()
+    fresh.fold()  # as the evaluator does: must keep the loaded state
+    with torch.no_grad():
+        a, b = trained(**inputs(head)).logits, fresh(**inputs(head)).logits
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    assert size <= save_adapter(trained, tmp_path / "trained.safetensors")[1] + 1024

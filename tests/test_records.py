@@ -1,3 +1,8 @@
+import json
+
+import pytest
+
+from bench.config import ConfigError
 from bench.records import ResultRecord, append_record, finished_ids, read_records
 
 
@@ -32,3 +37,26 @@ def test_latest_record_wins_for_retried_cells(tmp_path):
     append_record(tmp_path, _rec("a", "ok"))
     back, _ = read_records(tmp_path)
     assert finished_ids(back) == {"a"}
+
+
+def test_schema_1_records_are_migrated(tmp_path):
+    """Schema 1 measured only the training-time adapter: the deployed figures are unknown,
+    not copied from it; a line without schema_version is read as schema 1."""
+    old = {k: v for k, v in json.loads(_rec("a").to_json()).items() if not k.startswith("inference_")}
+    lines = [dict(old, schema_version=1, adapter_bytes=9_800_000), {k: v for k, v in old.items() if k != "schema_version"}]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    back, problems = read_records(tmp_path)
+    assert not problems and len(back) == 2
+    for r in back:
+        assert r.schema_version == 2 and r.inference_bytes is None and r.inference_params is None
+    assert back[0].adapter_bytes == 9_800_000
+
+
+@pytest.mark.parametrize("version", [3, "2", 0])
+def test_records_of_an_unknown_schema_are_refused_naming_file_and_line(tmp_path, version):
+    append_record(tmp_path, _rec("a"))
+    newer = dict(json.loads(_rec("b").to_json()), schema_version=version, field_of_the_future=1)
+    with open(tmp_path / "records.jsonl", "a") as f:
+        f.write(json.dumps(newer) + "\n")
+    with pytest.raises(ConfigError, match=rf"records.jsonl:2: .*schema_version {version!r}"):
+        read_records(tmp_path)

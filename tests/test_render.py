@@ -88,7 +88,7 @@ def test_a_method_at_one_length_shows_no_spread_rather_than_nan():
 
 def test_pareto_frontier_by_hand():
     pts = pd.DataFrame({"method": list("abcd"), "prefix_length": [1, 1, 1, 1], "score": [0.9, 0.8, 0.85, 0.7],
-                        "trainable_params": [100.0, 10.0, 200.0, 10.0]})
+                        "inference_bytes": [100.0, 10.0, 200.0, 10.0]})
     front = pareto.frontier(pts, pareto.AXES[0])
     # a: best score; b: cheapest at 0.8 (d is as cheap but worse); c: dominated by a
     assert front.tolist() == [True, True, False, False]
@@ -170,5 +170,46 @@ def test_runs_without_scores_or_costs_render_without_crashing(tmp_path):
             record("prefix_tuning", 5, 1, main_score=None, train_tokens_per_s=0.0, peak_memory_bytes=0)]
     render(recs, tmp_path)
     text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
-    assert "0.8490 ± 0.0000 (n=1)" in text and "| prefix_tuning | 5         | —  " in text
+    assert "| 0.8490 (n=1) " in text and "± 0.0000" not in text and "| prefix_tuning | 5         | —  " in text
     assert not (tmp_path / "glue_sst2__minilm-l6__sensitivity.png").exists()
+
+
+def test_one_seed_shows_the_value_alone_and_one_pair_is_no_test(tmp_path):
+    """n=1 has no spread and no CI to print; one matched pair has no p-value (a sign flip of
+    one difference is as extreme as itself, which used to print p = 1.000 with a CI)."""
+    recs = make_records(methods=("prefix_tuning", "prefix_tuning_plus"), seeds=(0,), lengths=(5,))
+    render(recs, tmp_path, plots=False)
+    text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
+    assert "0.7840 (n=1)" in text and "0.8120 (n=1)" in text
+    assert "±" not in text.split("###")[0].split("\n", 1)[1] and "CI 0." not in text
+    paired = text.split("### Paired comparisons")[1].split("###")[0]
+    row = next(line for line in paired.splitlines() if line.startswith("| prefix_tuning "))
+    assert row.count("n<2, no test") == 2 and "1.000" not in row and "-0.0280" in row
+    csv = pd.read_csv(tmp_path / "glue_sst2__minilm-l6__paired.csv")
+    assert csv["p_value"].isna().all() and csv["ci_low"].isna().all()
+
+
+def test_rows_of_different_identities_are_never_averaged_in_one_cell(tmp_path):
+    """Seeds 0 and 1 ran with one code identity, seed 0 again after a code change (a new
+    cell id): the table shows the newest experiment alone and says what it left out."""
+    old = {"method": "prefix_tuning", "identity": {"method": {"version": "1", "source": "a"}}}
+    new = {"method": "prefix_tuning", "identity": {"method": {"version": "1", "source": "b"}}}
+    recs = [record("prefix_tuning", 5, 0, config={**old, "seed": 0}, main_score=0.5),
+            record("prefix_tuning", 5, 1, config={**old, "seed": 1}, main_score=0.6),
+            record("prefix_tuning", 5, 0, config={**new, "seed": 0}, main_score=0.9, cell_id="new-0"),
+            record("prefix_tuning", 20, 0, config={**old, "seed": 0})]  # alone at its cell: kept
+    df = records_frame(recs)
+    assert sorted(df["main_score"]) == [0.844, 0.9] and df.attrs["left_out"] == {("glue/sst2", "minilm-l6"): 2}
+    render(recs, tmp_path, plots=False)
+    text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
+    assert "| 0.9000 (n=1) " in text and "2 older row(s) left out" in text
+    assert "2 older row(s) left out" in (tmp_path / "index.html").read_text()
+
+
+def test_render_refuses_records_of_a_newer_schema(tmp_path, capsys):
+    from bench.cli import main
+    from bench.records import append_record
+
+    append_record(tmp_path, record("lora", None, 0, schema_version=3))
+    assert main(["render", "--results", str(tmp_path), "--tables", str(tmp_path / "t"), "--quiet"]) == 2
+    assert f"{tmp_path / 'records.jsonl'}:1: record schema_version 3" in capsys.readouterr().err

@@ -55,3 +55,17 @@ def test_unknown_or_tampered_cells_are_refused(recorded, tmp_path, capsys):
     (tmp_path / "records.jsonl").write_text(json.dumps(edited) + "\n")
     assert main(["reproduce", record.cell_id, "--results", str(tmp_path), "--device", "cpu"]) == 2
     assert "hashes to" in capsys.readouterr().err
+
+
+def test_code_changes_are_reported_and_schema_1_records_refused(recorded, tmp_path, capsys, monkeypatch):
+    from methods import METHODS
+
+    results, record = recorded
+    monkeypatch.setattr(METHODS.get("prompt_tuning"), "version", "2")
+    main(["reproduce", record.cell_id, "--results", str(results), "--device", "cpu"])
+    assert "environment: code: method version 1 -> 2" in capsys.readouterr().out
+    old = json.loads((results / "records.jsonl").read_text().splitlines()[0])
+    old["config"].pop("identity")
+    (tmp_path / "records.jsonl").write_text(json.dumps(dict(old, schema_version=1)) + "\n")
+    assert main(["reproduce", record.cell_id, "--results", str(tmp_path), "--device", "cpu"]) == 2
+    assert "recorded before cell ids covered the code (schema 1)" in capsys.readouterr().err

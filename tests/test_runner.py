@@ -36,7 +36,7 @@ def test_matrix_runs_records_and_resumes(tmp_path, data):
     assert not problems and len(records) == 3
     for r in records:
         assert r.status == "ok", r.error
-        assert r.schema_version == 1 and r.cell_id in {c.id for c in cells}
+        assert r.schema_version == 2 and r.cell_id in {c.id for c in cells}
         assert 0.0 <= r.main_score <= 1.0 and r.metrics["accuracy"] == r.main_score
         assert r.trainable_params > 0 and r.total_params > r.trainable_params
         assert r.adapter_bytes > 0 and r.train_tokens_per_s > 0 and r.eval_tokens_per_s > 0
@@ -117,7 +117,8 @@ def test_minilm_sst2_learns(tmp_path, data):
 
 
 def test_render_leaves_out_cells_the_suite_no_longer_defines(tmp_path, data, capsys):
-    """Changing a suite's config gives new cell ids; the old rows must not be averaged in."""
+    """Changing a suite's config gives new cell ids; the old rows must not be averaged in,
+    not even with --all-records (which keeps cells the suite no longer has)."""
     from bench import cli
 
     toml = tmp_path / "s.toml"
@@ -134,6 +135,7 @@ def test_render_leaves_out_cells_the_suite_no_longer_defines(tmp_path, data, cap
     assert cli.main(["render", *args]) == 0
     assert "left out 1 cell(s) no longer in suite 'x'" in capsys.readouterr().err
     table = (tmp_path / "t" / "glue_sst2__tiny-llama.csv").read_text()
-    assert "n=1" in table and "n=2" not in table
+    assert "(n=1)" in table and "n=2" not in table
     assert cli.main(["render", "--all-records", *args]) == 0
-    assert "n=2" in (tmp_path / "t" / "glue_sst2__tiny-llama.csv").read_text()
+    assert "n=2" not in (tmp_path / "t" / "glue_sst2__tiny-llama.csv").read_text()
+    assert "1 older row(s) left out" in (tmp_path / "t" / "glue_sst2__tiny-llama.md").read_text()

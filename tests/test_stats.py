@@ -70,3 +70,11 @@ def test_matched_pairs_join_on_cell_and_keep_no_prefix_apart():
     pairs = matched_pairs(df, "a", "b")
     assert len(pairs) == 1 and pairs.iloc[0]["a"] == 0.9 and pairs.iloc[0]["b"] == 0.8
     assert compare_methods(df, "a", "b").n == 1
+
+
+def test_one_pair_is_a_difference_not_a_test():
+    one = paired_test([0.9], [0.8])
+    assert math.isnan(one.p_value) and math.isnan(one.ci_low) and math.isnan(one.ci_high)
+    assert one.n == 1 and one.mean_diff == pytest.approx(0.1) and not one.tested
+    two = paired_test([0.9, 0.7], [0.8, 0.6])
+    assert two.tested and two.p_value == pytest.approx(0.5) and two.ci_low == pytest.approx(0.1)
