@@ -52,6 +52,7 @@ COMPOSITE_KEYS = ("description", "include", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
 DEFAULT_SUITES = Path(__file__).with_name("suites.toml")
+CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score as the papers do
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,10 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         train = {**defaults, **suite_train, **per_backbone.get(backbone, {}),
                  **per_task.get(task, {}), **per_method.get(method, {})}
         cfg = check_fields(TrainConfig, train, f"{where} cell {method}/{task}/{backbone}")
+        if suite.startswith(CLAIMS_PREFIX) and TASKS.get(task).corpus_metrics and cfg.eval_limit is not None:
+            raise ConfigError(f"{where}: a claims suite evaluates task {task!r} on its full evaluation split: its "
+                              f"metrics are corpus statistics, so eval_limit = {cfg.eval_limit} would make "
+                              "its scores comparable to nothing; remove eval_limit")
         if cfg.lr is None:
             cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
         margs = method_cls.Config.from_dict(method_args.get(method, {}),

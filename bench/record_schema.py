@@ -10,6 +10,7 @@ Versions:
 2. ``inference_params``, ``inference_bytes``, ``inference_path``: what the adapter deploys
    (e.g. the folded prefix), beside the training-time ``trainable_params``/``adapter_bytes``;
    the ``config`` holds the cell's code ``identity`` (bench/identity.py) and the id covers it;
+   ``eval_examples``/``eval_split_size``: how much of the evaluation split a row scored;
    ``kernels``: the CPU model, instruction sets and kernel libraries in use (bench/reproducible.py).
 """
 
@@ -27,7 +28,8 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
     # Schema 1 measured only the training-time adapter: for a prefix trained through an MLP
     # that is not what deploys, so the deployed figures are unknown, not copied over. Its
     # config has no code identity; its cell id matches no current cell, so `run` re-runs it.
-    return {**d, "inference_params": None, "inference_bytes": None, "inference_path": "", "schema_version": 2}
+    return {**d, "inference_params": None, "inference_bytes": None, "inference_path": "",
+            "eval_examples": None, "eval_split_size": None, "schema_version": 2}
 
 
 # MIGRATIONS[v] turns a version-v record into a version v+1 one.

@@ -46,6 +46,10 @@ class ResultRecord:
     # where unknown (records of schema 1 measured only the training-time adapter)
     inference_params: int | None = None
     inference_bytes: int | None = None
+    # examples evaluated and the evaluation split's size: a subset of a task with corpus-level
+    # metrics (E2E's CIDEr and NIST weights) is comparable to nothing (tables mark it)
+    eval_examples: int | None = None
+    eval_split_size: int | None = None
     inference_path: str = ""  # the same file as adapter_path when nothing folds away
     curve_path: str = ""
     samples_path: str = ""  # generation tasks: a JSONL of generated texts beside the row

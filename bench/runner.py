@@ -199,6 +199,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         adapter_bytes=adapter_bytes, adapter_path=adapter_path,
         inference_params=sum(t.numel() for t in deployed.values()), inference_bytes=inference_bytes,
         inference_path=inference_path,
+        eval_examples=len(eval_examples), eval_split_size=len(eval_split.examples),
         train_seconds=stats.seconds, eval_seconds=result.seconds, train_steps=len(stats.losses),
         train_tokens=stats.tokens, train_tokens_per_s=stats.tokens_per_s(),
         eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),

@@ -79,6 +79,9 @@ class Task(ABC):
     eval_split: str = "validation"
     version: str = "1"
     citation: str = ""
+    # metrics computed from statistics of the evaluated corpus (IDF, n-gram information):
+    # a subset's score is comparable to nothing, so claims suites must evaluate the full split
+    corpus_metrics: bool = False
 
     @property
     def num_labels(self) -> int:

@@ -46,7 +46,7 @@ OFFLINE_SUBSTITUTION = ("offline E2E: trained on devset.csv (the official train 
 class DecodeSettings:
     """Decoding for evaluation (task-level defaults; Li & Liang decode E2E with beam 5)."""
 
-    num_beams: int = 4
+    num_beams: int = 5
     max_new_tokens: int = 64
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
@@ -60,9 +60,12 @@ class E2ETask(Task):
     main_metric = "bleu"
     train_split = "train"
     eval_split = "test"
-    version = "1"
+    version = "2"  # 2: beam 5, as Li & Liang decode
     citation = "Novikova, Dušek and Rieser, 2017, The E2E Dataset: New Challenges For End-to-End Generation"
     decode = DecodeSettings()
+    # CIDEr's IDF and NIST's information weights are statistics of the evaluated corpus: the
+    # same outputs score CIDEr 2.32 on 20 MRs and 2.84 inside the 630-MR test set
+    corpus_metrics = True
 
     _OFFLINE_FILES = {"train": "devset.csv", "validation": "devset.csv", "test": "testset_w_refs.csv"}
 
