@@ -8,16 +8,19 @@ import sys
 from pathlib import Path
 
 from bench.config import ConfigError
+from bench.safe_names import check_name
 
 RESULTS_ROOT = Path("results")
 
 
 def _results_dir(args: argparse.Namespace) -> Path:
-    return Path(args.results) if args.results else RESULTS_ROOT / "runs" / args.suite
+    suite = check_name("suite", args.suite, "--suite")  # a folder name: '../x' would escape results/
+    return Path(args.results) if args.results else RESULTS_ROOT / "runs" / suite
 
 
 def _tables_dir(args: argparse.Namespace) -> Path:
-    return Path(args.tables) if args.tables else RESULTS_ROOT / "tables" / args.suite
+    suite = check_name("suite", args.suite, "--suite")
+    return Path(args.tables) if args.tables else RESULTS_ROOT / "tables" / suite
 
 
 def cmd_run(args: argparse.Namespace) -> int:

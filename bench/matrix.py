@@ -43,6 +43,7 @@ from typing import Any
 from bench.backbones import BACKBONES
 from bench.config import ConfigError, TrainConfig, check_fields
 from bench.identity import cell_identity
+from bench.safe_names import check_name
 from methods import METHODS
 from tasks import TASKS
 
@@ -158,6 +159,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     suites = doc.get("suites", {})
     if not isinstance(suites, dict):
         raise ConfigError(f"{source}: 'suites' must be a table of [suites.NAME] tables, got {suites!r:.200}")
+    check_name("suite", suite, source)  # it names results/runs/<suite> and results/tables/<suite>
     if suite not in suites:
         raise ConfigError(f"{source}: unknown suite {suite!r}; valid suites: {', '.join(sorted(suites)) or '(none)'}")
     where = f"{source} [suites.{suite}]"

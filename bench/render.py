@@ -26,6 +26,7 @@ from tabulate import tabulate
 
 from bench import memory, pareto, sensitivity
 from bench.records import ResultRecord, latest_by_cell
+from bench.safe_names import inside, unique_stems
 from bench.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
 
 NO_PREFIX = "no prefix"
@@ -186,10 +187,12 @@ class SliceView:
     collapsed: bool
     images: dict[str, Path] = field(default_factory=dict)
     left_out: int = 0  # older rows not averaged in (newest_experiments)
+    file_stem: str = ""  # set by build_views: distinct per slice, safe as a file name
 
     @property
     def stem(self) -> str:
-        return f"{self.task.replace('/', '_')}__{self.backbone}"
+        # task and backbone come from records, which are untrusted: never a path as they are
+        return self.file_stem or unique_stems([(self.task, self.backbone)])[(self.task, self.backbone)]
 
     @property
     def title(self) -> str:
@@ -206,6 +209,9 @@ def build_views(records: list[ResultRecord]) -> list[SliceView]:
         views.append(SliceView(task, backbone, metric, hib, leaderboard(g), score_table(g), paired_table(g),
                                sensitivity.curves(g), sensitivity.scores(g, hib), pareto.table(g, hib),
                                bool(g["collapsed"].any()), left_out=left_out.get((task, backbone), 0)))
+    stems = unique_stems((v.task, v.backbone) for v in views)
+    for v in views:
+        v.file_stem = stems[(v.task, v.backbone)]
     return views
 
 
@@ -291,6 +297,10 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
     out_dir.mkdir(parents=True, exist_ok=True)
     views = build_views(records)
     written: list[Path] = []
+
+    def out(name: str) -> Path:  # every write goes through this guard (bench/safe_names.py)
+        return inside(out_dir, name)
+
     for v in views:
         if plots:
             from bench import plots as plotting
@@ -298,33 +308,33 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
             title = f"{v.title}: {v.metric}"
             if v.sens_curve["mean"].notna().any():
                 v.images["sensitivity"] = plotting.sensitivity_plot(
-                    v.sens_curve, flat, title, v.metric, out_dir / f"{v.stem}__sensitivity.png")
+                    v.sens_curve, flat, title, v.metric, out(f"{v.stem}__sensitivity.png"))
             if v.pareto["score"].notna().any():
-                v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out_dir / f"{v.stem}__pareto.png")
-        md = out_dir / f"{v.stem}.md"
+                v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out(f"{v.stem}__pareto.png"))
+        md = out(f"{v.stem}.md")
         md.write_text(slice_markdown(v), encoding="utf-8")
         tables = {"": v.board, "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
                   "__sensitivity_curve": v.sens_curve, "__pareto": v.pareto}
         csvs = []
         for suffix, frame in tables.items():
-            path = out_dir / f"{v.stem}{suffix}.csv"
+            path = out(f"{v.stem}{suffix}.csv")
             frame.to_csv(path, index=False)
             csvs.append(path)
-        tex = out_dir / f"{v.stem}.tex"
+        tex = out(f"{v.stem}.tex")
         tex.write_text(latex.slice_latex(v), encoding="utf-8")
         written += [md, *csvs, tex, *v.images.values()]
     glue = glue_average_table(records)
     glue_md = ""
     if len(glue):
         glue_md = ("## GLUE average (tasks run so far; per-task scores are seed means)\n\n" + _md(glue) + "\n")
-        (out_dir / "glue_average.md").write_text(glue_md, encoding="utf-8")
-        glue.to_csv(out_dir / "glue_average.csv", index=False)
-        written += [out_dir / "glue_average.md", out_dir / "glue_average.csv"]
+        out("glue_average.md").write_text(glue_md, encoding="utf-8")
+        glue.to_csv(out("glue_average.csv"), index=False)
+        written += [out("glue_average.md"), out("glue_average.csv")]
     if views:
-        board = out_dir / "leaderboard.md"
+        board = out("leaderboard.md")
         board.write_text("\n".join([slice_markdown(v, images=False) for v in views] + [glue_md] * bool(glue_md)),
                          encoding="utf-8")
-        page = out_dir / "index.html"
+        page = out("index.html")
         page.write_text(html_page.page(views), encoding="utf-8")
         written += [board, page]
     return written

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.config import ConfigError
 from bench.records import ResultRecord, latest_by_cell, read_records
+from bench.safe_names import check_name
 
 DEFAULT_TOLERANCE = 1e-6  # CPU runs are deterministic on one machine (and across machines when pinned)
 SPREAD_FACTOR = 2.0  # a CUDA re-run may move by this many standard deviations of its seeds
@@ -169,7 +170,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise ConfigError(f"--tolerance must be >= 0, got {args.tolerance}")
-    results = Path(args.results) if args.results else Path("results") / "runs" / args.suite
+    results = Path(args.results) if args.results else Path("results") / "runs" / check_name("suite", args.suite,
+                                                                                          "--suite")
     record = find_record(results, args.cell_id)
     tolerance = args.tolerance
     if tolerance is None and record.device.startswith("cuda"):
