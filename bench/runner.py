@@ -56,10 +56,14 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
         # error before any model loads, not a failed cell after one did.
         for split in (task.train_split, task.eval_split):
             try:
-                load_split(cell.task, split, data)
+                loaded = load_split(cell.task, split, data)
             except (DataUnavailableError, OSError, ValueError, KeyError) as err:
                 raise ConfigError(f"{where}: task {cell.task!r} split {split!r}: cannot read its data: "
                                   f"{type(err).__name__}: {err}") from None
+            if not loaded.examples:  # the sampler would wait forever for a first batch
+                raise ConfigError(f"{where}: task {cell.task!r} split {split!r} has no examples "
+                                  f"({loaded.source.removeprefix('local:')}: a header and no rows?); a cell "
+                                  "needs at least one example to train on and one to evaluate")
 
 
 def data_fingerprint(task_name: str, data: DataSettings) -> str:

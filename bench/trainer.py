@@ -56,7 +56,11 @@ class TrainStats:
 
 def batches_for_training(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """Index lists for ``steps`` batches: epochs of seeded permutations, no example repeated
-    within an epoch."""
+    within an epoch. A split smaller than a batch is cycled (a batch then holds an example
+    more than once); an empty one is a ValueError, since no number of epochs fills a batch."""
+    if n_examples < 1 or batch_size < 1 or steps < 0:
+        raise ValueError(f"cannot plan {steps} batches of {batch_size} from {n_examples} examples: "
+                         "need at least one example and a batch size >= 1")
     g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     need = steps * batch_size
