@@ -82,12 +82,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from bench.record_check import problem_summary
     from bench.records import read_records
     from bench.render import render
 
     records, problems = read_records(_results_dir(args))
-    for p in problems:
-        print(f"warning: {p}", file=sys.stderr)
+    if problems:
+        print(problem_summary(problems), file=sys.stderr)
     if not records:
         print(f"no records in {_results_dir(args)}", file=sys.stderr)
         return 1

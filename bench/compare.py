@@ -22,6 +22,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.config import ConfigError
+from bench.record_check import problem_summary
 from bench.records import read_records
 from bench.render import higher_is_better, records_frame
 from bench.stats import summarize
@@ -107,8 +108,8 @@ def _load(folder: str) -> pd.DataFrame:
     if not path.is_dir():
         raise ConfigError(f"results folder {folder} does not exist")
     records, problems = read_records(path)
-    for p in problems:
-        print(f"warning: {p}", file=sys.stderr)
+    if problems:
+        print(problem_summary(problems), file=sys.stderr)
     df = records_frame(records)
     left_out = sum(df.attrs["left_out"].values())
     if left_out:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.record_schema import SCHEMA_VERSION, upgrade
+from bench.record_schema import SCHEMA_VERSION
 
 RECORDS_FILE = "records.jsonl"
 
@@ -124,8 +124,11 @@ def append_record(results_dir: str | Path, record: ResultRecord) -> Path:
 
 
 def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]]:
-    """All well-formed records (older schemas migrated), and a description of each malformed
-    line (torn or edited). A record of a newer schema raises ConfigError naming file:line."""
+    """All records that fit the schema (older schemas migrated), and a "PATH:LINE: reason"
+    for every other line (torn by a crash, edited, or from a hostile file: bench/record_check.py
+    checks every field). A record of a newer schema raises ConfigError naming file:line."""
+    from bench.record_check import RecordError, parse_row  # it imports this module
+
     path = Path(results_dir) / RECORDS_FILE
     if not path.is_file():
         return [], []
@@ -135,10 +138,15 @@ def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]
             if not line.strip():
                 continue
             try:
-                records.append(ResultRecord.from_dict(upgrade(json.loads(line), f"{path}:{i}")))
-            except (json.JSONDecodeError, TypeError) as err:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as err:  # JSONDecodeError; a 5000-digit int; [[[...]]]
                 problems.append(f"{path}:{i}: unreadable line skipped ({err.__class__.__name__}: "
                                 f"{str(err)[:80]}); a crash may have torn it")
+                continue
+            try:
+                records.append(parse_row(row, f"{path}:{i}"))
+            except RecordError as err:
+                problems.append(f"{path}:{i}: row does not fit the record schema: {err}")
     return records, problems
 
 

@@ -21,10 +21,15 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.config import ConfigError
+from bench.record_check import problem_summary
 from bench.records import ResultRecord, latest_by_cell, read_records
 from bench.safe_names import check_name
+
+if TYPE_CHECKING:
+    from bench.matrix import Cell
 
 DEFAULT_TOLERANCE = 1e-6  # CPU runs are deterministic on one machine (and across machines when pinned)
 SPREAD_FACTOR = 2.0  # a CUDA re-run may move by this many standard deviations of its seeds
@@ -65,7 +70,9 @@ class Reproduction:
 
 def find_record(results_dir: Path, cell_id: str) -> ResultRecord:
     """The newest finished record whose id starts with ``cell_id`` (a unique prefix will do)."""
-    records, _ = read_records(results_dir)
+    records, problems = read_records(results_dir)
+    if problems:
+        print(problem_summary(problems), file=sys.stderr)
     if not records:
         raise ConfigError(f"no records in {results_dir}")
     cells = latest_by_cell(records)
@@ -132,13 +139,25 @@ def _run_pinned(cell, data, device, results_dir, threads: int) -> ResultRecord:
     return out
 
 
+def stored_cell(record: ResultRecord) -> Cell:
+    """The cell a record's stored config describes. The record is untrusted: every key,
+    type and bound is checked as a suite file's would be (ConfigError naming the field),
+    so a hostile row cannot reach the trainer with, say, a list for its training options."""
+    from bench.config import TrainConfig, check_fields
+    from bench.matrix import Cell
+
+    where = f"cell {record.cell_id}: stored config"
+    cell = check_fields(Cell, {**record.config, "suite": record.suite}, where)
+    check_fields(TrainConfig, cell.train, f"{where} train")
+    return cell
+
+
 def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOLERANCE,
               results_dir: Path | None = None) -> Reproduction:
     """Re-run ``record``'s cell (nothing is appended to any records file), in reproducible
     mode when the record was made in it."""
     from bench import reproducible
     from bench.identity import cell_identity, identity_changes
-    from bench.matrix import Cell
     from bench.runner import run_cell, validate_cells
     from methods import METHODS
     from tasks import TASKS
@@ -146,10 +165,7 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
     if "identity" not in record.config:
         raise ConfigError(f"cell {record.cell_id} was recorded before cell ids covered the code (schema 1): "
                           "it cannot be rebuilt faithfully; run its suite again")
-    try:
-        cell = Cell.from_resolved(record.config, suite=record.suite)
-    except TypeError as err:
-        raise ConfigError(f"cell {record.cell_id}: stored config does not build a cell ({err})") from None
+    cell = stored_cell(record)
     if cell.id != record.cell_id:
         raise ConfigError(f"cell {record.cell_id}: its stored config hashes to {cell.id}; the record was edited "
                           "or written by an incompatible version, so it cannot be reproduced faithfully")

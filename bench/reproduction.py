@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from bench.record_check import problem_summary
 from bench.records import ResultRecord, read_records
 from bench.render import records_frame
 from bench.sensitivity import per_seed_spread
@@ -177,8 +178,8 @@ def cmd_reproduction_report(args: argparse.Namespace) -> int:
     records: list[ResultRecord] = []
     for s in sources:
         recs, problems = read_records(s)
-        for p in problems:
-            print(f"warning: {p}", file=sys.stderr)
+        if problems:
+            print(problem_summary(problems), file=sys.stderr)
         records += recs
     doc = load_toml(args.config or DEFAULT_SUITES)
     suites = {name: spec.get("description", "") for name, spec in doc.get("suites", {}).items()}

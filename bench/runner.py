@@ -22,6 +22,7 @@ from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, 
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
+from bench.record_check import problem_summary
 from bench.records import ResultRecord, read_records, write_atomic
 from bench.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, Anatomy, AttachContext
@@ -282,8 +283,8 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
 
     validate_cells(cells, data)
     records, problems = read_records(results_dir)
-    for p in problems:
-        log(f"warning: {p}")
+    if problems:
+        log(problem_summary(problems))
     # validate_cells has read every task's data: its fingerprints cost nothing more
     plan = staleness.plan(cells, records, {t: data_fingerprint(t, data) for t in {c.task for c in cells}},
                           retry_failed)

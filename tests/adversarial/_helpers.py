@@ -35,7 +35,7 @@ def tree(root: Path) -> set[str]:
 
 def row(**fields: Any) -> dict[str, Any]:
     """A valid record row as a dict (a LoRA row of the render fixture), ``fields`` replaced."""
-    return {**dataclasses.asdict(record("lora", None, fields.get("seed", 0))), **fields}
+    return {**dataclasses.asdict(record("lora", None, 0)), **fields}
 
 
 def write_rows(folder: Path, rows: list[Any]) -> Path:
