@@ -24,6 +24,7 @@ from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
 from bench.record_check import problem_summary
 from bench.records import ResultRecord, read_records, write_atomic
+from bench.torn_tail import set_aside_torn_tail
 from bench.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS, DataSettings
@@ -282,6 +283,9 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     from bench.executors import CellJob, LocalExecutor
 
     validate_cells(cells, data)
+    repaired = set_aside_torn_tail(results_dir)  # a crash may have torn the last row
+    if repaired:
+        log(repaired)
     records, problems = read_records(results_dir)
     if problems:
         log(problem_summary(problems))
