@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.config import ConfigError
+from bench.config import LIMITS, ConfigError
 from bench.safe_names import check_name
 
 RESULTS_ROOT = Path("results")
@@ -168,6 +168,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_THREADS = LIMITS["threads"][0]
+
+
+def _threads(text: str) -> int:
+    """--threads as argparse checks it (a bad value: exit 2 with argparse's message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..{MAX_THREADS} (0: torch's default)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prefix-bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -184,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None,
                      help="folder with offline data (glue/, e2e/); default $PREFIX_BENCH_DATA_DIR, else the hub")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    run.add_argument("--threads", type=_threads, default=0,
+                     help=f"torch CPU threads, 0 to {MAX_THREADS} (0: torch's default)")
     run.add_argument("--deterministic", action="store_true",
                      help="reproducible mode: AVX2-pinned CPU kernels (ATen, MKL, oneDNN), deterministic "
                           "algorithms, fixed threads (--threads, else 2), each cell in a fresh process; "

@@ -37,6 +37,9 @@ class Thresholds:
     memory_ratio: float = 1.2
 
     def __post_init__(self) -> None:
+        for name in ("min_delta", "throughput_ratio", "memory_ratio"):
+            if not math.isfinite(getattr(self, name)):  # nan compares false: it would flag nothing
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.min_delta < 0:
             raise ConfigError(f"--min-delta must be >= 0, got {self.min_delta}")
         if not 0 < self.throughput_ratio <= 1:

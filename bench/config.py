@@ -82,6 +82,38 @@ def positive(name: str, value: float | int | None, *, allow_zero: bool = False) 
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
 
 
+def finite(name: str, value: float | int | None) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+
+
+# Upper bounds, from what a run survives. Past them a cell does not fail as a row: it takes
+# the process down (the kernel's OOM killer ends the whole matrix under the local executor)
+# or cannot finish. Each bound says why in its error message.
+LIMITS: dict[str, tuple[int, str]] = {
+    "prefix_length": (4096, "the prefix occupies positions of the backbone's context, and 4096 is half the "
+                            "longest context here (SmolLM2-135M: 8192); memory grows with P, and at P = 10^8 "
+                            "the kernel kills the run"),
+    "seed": (2**32 - 1, "numpy and torch seeds are unsigned 32-bit numbers"),
+    "train_steps": (1_000_000, "a million steps is weeks at the fastest step measured here"),
+    "batch_size": (4096, "every example of a batch is in memory at once, activations included"),
+    "eval_batch_size": (4096, "every example of a batch is in memory at once, activations included"),
+    "max_length": (8192, "the longest context of any registered backbone (SmolLM2-135M: 8192 positions)"),
+    "threads": (1024, "far above any machine's cores; torch starts one OS thread per thread"),
+}
+# The sampler plans every step's example indices before the first step (bench/trainer.py):
+# train_steps x batch_size Python ints, about 0.4 GB at this bound.
+MAX_PLANNED_EXAMPLES = 10_000_000
+
+
+def at_most(name: str, value: int | None, where: str = "") -> None:
+    """ConfigError if ``value`` is above ``LIMITS[name]``, saying what the bound protects."""
+    high, why = LIMITS[name]
+    if value is not None and value > high:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}{name} {value!r} is above {high}, the largest allowed: {why}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training and evaluation settings shared by every method (one trainer for all)."""
@@ -107,9 +139,17 @@ class TrainConfig:
                 "generation (causal-LM text targets)"})
 
     def __post_init__(self) -> None:
+        for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            finite(name, getattr(self, name))
         positive("lr", self.lr)
         for name in ("train_steps", "batch_size", "eval_batch_size", "max_length", "log_every"):
             positive(name, getattr(self, name))
+        for name in ("train_steps", "batch_size", "eval_batch_size", "max_length"):
+            at_most(name, getattr(self, name))
+        if self.train_steps * self.batch_size > MAX_PLANNED_EXAMPLES:
+            raise ConfigError(f"train_steps x batch_size = {self.train_steps * self.batch_size} is above "
+                              f"{MAX_PLANNED_EXAMPLES}, the largest allowed: the sampler plans every step's "
+                              "examples before the first step")
         positive("train_limit", self.train_limit)
         positive("eval_limit", self.eval_limit)
         positive("eval_every", self.eval_every, allow_zero=True)

@@ -35,6 +35,7 @@ from bench.registry import Registry
 from tasks import DataSettings
 
 Log = Callable[[str], None]
+MAX_WORKERS = 256  # child processes at once: far above any machine this runs on
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,9 @@ class LocalExecutor(Executor):
 
         def __post_init__(self) -> None:
             positive("workers", self.workers)
+            if self.workers > MAX_WORKERS:  # each child loads its own backbone
+                raise ConfigError(f"workers {self.workers} is above {MAX_WORKERS}, the largest allowed: every "
+                                  "child process loads its own copy of the backbone")
             if self.workers > 1 and not self.isolate:
                 raise ConfigError("workers > 1 needs isolate = true (one process runs one cell at a time)")
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backbones import BACKBONES
-from bench.config import ConfigError, TrainConfig, check_fields
+from bench.config import LIMITS, ConfigError, TrainConfig, at_most, check_fields
 from bench.identity import cell_identity
 from bench.safe_names import check_name
 from methods import METHODS
@@ -99,8 +99,14 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"suite file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"suite file {path} is a folder; --config takes a TOML file") from None
+    except UnicodeDecodeError as err:  # TOML is UTF-8 by definition
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except OSError as err:  # unreadable: permissions, a device, an I/O error
+        raise ConfigError(f"suite file {path} cannot be read: {err.strerror or err}") from None
 
 
 def suite_names(doc: dict[str, Any]) -> list[str]:
@@ -184,8 +190,9 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     _check_names(where, "tasks", tasks, TASKS)
     _check_names(where, "backbones", backbones, BACKBONES)
     for p in lengths:
-        if p < 1:
-            raise ConfigError(f"{where}: prefix_lengths holds {p}, prefix lengths must be >= 1")
+        check_point(where, p, None)
+    for s in seeds:
+        check_point(where, None, s)
     executor = spec.get("executor", {})
     if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
         raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
@@ -237,6 +244,17 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     if not cells:
         raise ConfigError(f"{where}: the excludes remove every cell")
     return list(cells.values())
+
+
+def check_point(where: str, prefix_length: int | None, seed: int | None) -> None:
+    """The numeric axes' bounds: 1 <= prefix_length <= LIMITS, 0 <= seed < 2**32."""
+    if prefix_length is not None:
+        if prefix_length < 1:
+            raise ConfigError(f"{where}: prefix_lengths holds {prefix_length}, prefix lengths must be >= 1")
+        at_most("prefix_length", prefix_length, f"{where}: prefix_lengths")
+    if seed is not None and not 0 <= seed <= LIMITS["seed"][0]:
+        raise ConfigError(f"{where}: seeds holds {seed}, seeds must be in [0, {LIMITS['seed'][0]}]: "
+                          f"{LIMITS['seed'][1]}")
 
 
 def _keyed_tables(where: str, key: str, spec: dict, allowed: list[str], train: bool = True) -> dict[str, dict]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,12 +145,24 @@ def stored_cell(record: ResultRecord) -> Cell:
     type and bound is checked as a suite file's would be (ConfigError naming the field),
     so a hostile row cannot reach the trainer with, say, a list for its training options."""
     from bench.config import TrainConfig, check_fields
-    from bench.matrix import Cell
+    from bench.matrix import Cell, check_point
 
     where = f"cell {record.cell_id}: stored config"
     cell = check_fields(Cell, {**record.config, "suite": record.suite}, where)
     check_fields(TrainConfig, cell.train, f"{where} train")
+    check_point(where, cell.prefix_length, cell.seed)
     return cell
+
+
+def _recorded_threads(record: ResultRecord, default: int) -> int:
+    """The thread count a pinned row ran with, checked: the row is untrusted input."""
+    from bench.config import LIMITS
+
+    raw = record.kernels.get("threads") or str(default)
+    if not re.fullmatch(r"[0-9]{1,6}", raw) or not 1 <= int(raw) <= LIMITS["threads"][0]:
+        raise ConfigError(f"cell {record.cell_id}: its kernels record threads = {raw!r}, not a thread count "
+                          f"in 1..{LIMITS['threads'][0]}")
+    return int(raw)
 
 
 def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOLERANCE,
@@ -173,7 +186,7 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
     # the same options under today's code: a code change is reported, as the usual reason a number moves
     now = dataclasses.replace(cell, identity=cell_identity(METHODS.get(cell.method), TASKS.get(cell.task)))
     if reproducible.is_pinned(record.kernels):
-        threads = int(record.kernels.get("threads") or reproducible.DEFAULT_THREADS)
+        threads = _recorded_threads(record, reproducible.DEFAULT_THREADS)
         rerun = _run_pinned(now, data, device, results_dir, threads)
     else:
         rerun = run_cell(now, data, device, results_dir)
@@ -184,8 +197,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from bench.provenance import pick_device
     from tasks import DataSettings
 
-    if args.tolerance is not None and not args.tolerance >= 0:
-        raise ConfigError(f"--tolerance must be >= 0, got {args.tolerance}")
+    if args.tolerance is not None and not 0 <= args.tolerance < math.inf:  # nan: nothing would reproduce
+        raise ConfigError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     results = Path(args.results) if args.results else Path("results") / "runs" / check_name("suite", args.suite,
                                                                                           "--suite")
     record = find_record(results, args.cell_id)

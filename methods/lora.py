@@ -12,6 +12,9 @@ from bench.config import ConfigError
 from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 
 
+MAX_RANK = 4096  # above every registered backbone's hidden size (SmolLM2-135M: 576)
+
+
 @dataclass(frozen=True)
 class LoraConfig(MethodConfig):
     r: int = field(default=8, metadata={"help": "rank of the update"})
@@ -23,6 +26,10 @@ class LoraConfig(MethodConfig):
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ConfigError(f"r must be >= 1, got {self.r}")
+        if self.r > MAX_RANK:
+            raise ConfigError(f"r {self.r} is above {MAX_RANK}, the largest allowed: A and B grow with r "
+                              "(r x width per adapted matrix), and past the widest hidden size here the update "
+                              "is not low-rank")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -29,6 +29,9 @@ from methods.kv_prefix import (
 INITS = ("vocab", "text", "random")
 
 
+MAX_WIDTH = 65536  # 128x the default; the MLP's parameters grow linearly with it
+
+
 @dataclass(frozen=True)
 class PrefixTuningConfig(MethodConfig):
     projection: bool = field(default=True, metadata={
@@ -47,8 +50,9 @@ class PrefixTuningConfig(MethodConfig):
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ConfigError(f"init {self.init!r} is not one of {', '.join(INITS)}")
-        if self.mid_dim < 1:
-            raise ConfigError(f"mid_dim must be >= 1, got {self.mid_dim}")
+        if not 1 <= self.mid_dim <= MAX_WIDTH:
+            raise ConfigError(f"mid_dim must be in [1, {MAX_WIDTH}], got {self.mid_dim}: the MLP's output "
+                              "matrix alone is mid_dim x 2 x layers x width numbers")
         if self.init_std <= 0:
             raise ConfigError(f"init_std must be > 0, got {self.init_std}")
 

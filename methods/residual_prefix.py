@@ -34,7 +34,7 @@ from torch import nn
 
 from bench.config import ConfigError
 from methods.base import Anatomy, AttachContext, register_method
-from methods.prefix_tuning import PrefixTuning, PrefixTuningAdapter, PrefixTuningConfig
+from methods.prefix_tuning import MAX_WIDTH, PrefixTuning, PrefixTuningAdapter, PrefixTuningConfig
 
 GATED_ATTENTION = "prefix_bench_gated_sdpa"
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -105,8 +105,9 @@ class ResidualPrefixConfig(PrefixTuningConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bottleneck < 1:
-            raise ConfigError(f"bottleneck must be >= 1, got {self.bottleneck}")
+        if not 1 <= self.bottleneck <= MAX_WIDTH:
+            raise ConfigError(f"bottleneck must be in [1, {MAX_WIDTH}], got {self.bottleneck}: "
+                              "W_down and W_up grow with it")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if not 0 < self.gate_init < 1:
