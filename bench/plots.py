@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +16,16 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 from bench import pareto  # noqa: E402
 
 
+def _plain_text(draw: Callable[..., Path]) -> Callable[..., Path]:
+    """Draw with mathtext off: method, task and metric names come from records (untrusted),
+    and a name holding '$...$' would be parsed as TeX, which raises on a bad one."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs) -> Path:
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return wrapper
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # fixed metadata: the same data renders to the same bytes (no timestamp in the PNG)
@@ -22,6 +34,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+@_plain_text
 def sensitivity_plot(curves: pd.DataFrame, flat: pd.DataFrame, title: str, metric: str, path: Path) -> Path:
     """Metric vs prefix length per method, 95% CI as error bars; ``flat`` (method, mean)
     rows (methods with no prefix axis) drawn as dashed horizontal references."""
@@ -47,6 +60,7 @@ def sensitivity_plot(curves: pd.DataFrame, flat: pd.DataFrame, title: str, metri
     return _save(fig, path)
 
 
+@_plain_text
 def pareto_plot(table: pd.DataFrame, title: str, metric: str, path: Path) -> Path:
     """One panel per cost axis; frontier points filled and joined, the rest hollow."""
     table = table[table["score"].notna()]  # runs without a score have no place on these axes
