@@ -15,12 +15,19 @@ RESULTS_ROOT = Path("results")
 
 def _results_dir(args: argparse.Namespace) -> Path:
     suite = check_name("suite", args.suite, "--suite")  # a folder name: '../x' would escape results/
-    return Path(args.results) if args.results else RESULTS_ROOT / "runs" / suite
+    return _folder("--results", Path(args.results) if args.results else RESULTS_ROOT / "runs" / suite)
 
 
 def _tables_dir(args: argparse.Namespace) -> Path:
     suite = check_name("suite", args.suite, "--suite")
-    return Path(args.tables) if args.tables else RESULTS_ROOT / "tables" / suite
+    return _folder("--tables", Path(args.tables) if args.tables else RESULTS_ROOT / "tables" / suite)
+
+
+def _folder(option: str, path: Path) -> Path:
+    """``path`` unless it exists as something other than a folder (it is created later)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is not a folder")
+    return path
 
 
 def cmd_run(args: argparse.Namespace) -> int:

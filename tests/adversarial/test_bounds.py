@@ -8,7 +8,7 @@ import pytest
 from bench.cli import main
 from bench.config import LIMITS, MAX_PLANNED_EXAMPLES, ConfigError, TrainConfig
 
-from ._helpers import TINY_SUITE, row
+from ._helpers import TINY_SUITE, row, write_rows
 
 SUITE = TINY_SUITE.format(task="glue/sst2").replace('methods = ["lora"]', 'methods = ["lora", "prefix_tuning"]')
 
@@ -126,8 +126,6 @@ def test_non_finite_thresholds_exit_2(tmp_path, capsys, argv, needle):
 def test_reproduce_refuses_a_forged_prefix_length_before_any_model(tmp_path, capsys, no_model):
     from bench.matrix import Cell, load_suite
 
-    from ._helpers import write_rows
-
     cell = load_suite(None, "tiny")[0]
     resolved = {**cell.resolved(), "prefix_length": 100_000_000}
     forged = Cell.from_resolved(resolved, suite=cell.suite)
@@ -145,3 +143,13 @@ def test_a_recorded_thread_count_is_checked_before_a_pinned_rerun():
             _recorded_threads(ResultRecord(**row(kernels={"threads": bad})), 2)
     assert _recorded_threads(ResultRecord(**row(kernels={"threads": "4"})), 2) == 4
     assert _recorded_threads(ResultRecord(**row(kernels={})), 2) == 2
+
+
+def test_results_or_tables_that_are_files_exit_2(tmp_path, capsys, no_model, data_dir):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, err = _run(tmp_path, capsys, SUITE, "--data-dir", str(data_dir), "--results", str(a_file))
+    assert code == 2 and f"--results {a_file} is not a folder" in err
+    write_rows(tmp_path / "runs2", [row()])
+    assert main(["render", "--results", str(tmp_path / "runs2"), "--tables", str(a_file), "--all-records"]) == 2
+    assert f"--tables {a_file} is not a folder" in capsys.readouterr().err
