@@ -10,13 +10,14 @@ import re
 from pathlib import Path
 
 import pytest
-from ._helpers import row, tree, write_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
 from bench.config import ConfigError
 from bench.safe_names import SEPARATOR, UnsafePathError, check_name, inside, slug, unique_stems
+
+from ._helpers import row, tree, write_rows
 
 ESCAPES = ["../../x", "../../../x", "/tmp/abs"]  # each slice draws a plot (~1 s): a few suffice here
 MORE = ["..", ".", "", "a/../../b", "~", "-rf", "a__b", "x" * 300, "é/ü", "nul\x00byte", "new\nline", "C:\\win",

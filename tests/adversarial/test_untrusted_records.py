@@ -66,7 +66,7 @@ def test_each_bad_row_is_skipped_with_its_line_and_reason(tmp_path):
     records, problems = read_records(tmp_path)
     assert [r.cell_id for r in records] == [g["cell_id"] for g in good]
     assert len(problems) == len(BAD)
-    for (content, needle), line, problem in zip(BAD, bad_lines, problems, strict=True):
+    for (_, needle), line, problem in zip(BAD, bad_lines, problems, strict=True):
         assert f"records.jsonl:{line}: " in problem and needle in problem, (line, problem)
 
 
