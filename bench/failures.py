@@ -1,10 +1,5 @@
-"""Which runs count as failed, and how tables show them.
-
-A run is failed when its record says so (any status other than ``ok``), and also when it
-says ok but its main score is NaN, infinite or not a number at all: old records and edited
-files can hold such rows, and a NaN dropped as "no value" by the statistics would make
-the run vanish as silently as a failed row once did. A run without a main score (None) is
-not failed: it has no number to show ("—") but its costs still count.
+"""How tables show failed runs (which runs failed: ``bench/outcome.py``; a failed row,
+or an ok row whose main score is NaN or infinite).
 
 Tables never leave a failed run out: a cell whose runs all failed reads ``failed §k``, a
 cell with some failed seeds shows the statistic of the ok ones and ``k of n failed §k``,
@@ -13,39 +8,18 @@ and note ``§k`` below the table gives the seeds and their errors.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.outcome import FAILED, NON_FINITE, failure
 from bench.records import ResultRecord
 
+__all__ = ["FAILED", "MARK", "NON_FINITE", "Note", "failure", "failures_frame", "length_key", "notes"]
+
 MARK = "§"
-FAILED = "failed"
-NON_FINITE = "non-finite"  # kind of a run recorded ok whose main score is not a finite number
 ERROR_CHARS = 200  # per error in a note: the first line of a traceback, not the whole of it
 COLUMNS = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "kind", "error"]
-
-
-def score_problem(metric: str, score: object) -> str:
-    """Why ``score`` is no usable main score ('' when it is a finite number or None)."""
-    if score is None:
-        return ""
-    try:
-        value = float(score)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return f"main score {metric or '?'} = {str(score)[:40]!r} is not a number"
-    if isinstance(score, bool) or not math.isfinite(value):
-        return f"main score {metric or '?'} = {score} is not a finite number"
-    return ""
-
-
-def failure(r: ResultRecord) -> tuple[str, str] | None:
-    """None for a usable run; else (kind, error) with kind ``failed`` or ``non-finite``."""
-    if r.status != "ok":
-        return FAILED, str(r.error or f"status {str(r.status)[:40]!r}")
-    problem = score_problem(r.main_metric, r.main_score)
-    return (NON_FINITE, f"recorded ok, but its {problem}") if problem else None
 
 
 def failures_frame(records: list[ResultRecord]) -> pd.DataFrame:

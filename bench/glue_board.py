@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import pandas as pd
 
-from bench.failures import FAILED, failure
+from bench.outcome import FAILED, failure
 from bench.records import ResultRecord, latest_by_cell
 from tasks.glue import GLUE_SCORE_TASKS, glue_average, glue_task_score
 
