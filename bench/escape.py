@@ -16,11 +16,12 @@ import html
 import re
 import unicodedata
 from collections.abc import Callable
+from urllib.parse import quote
 
 import pandas as pd
 
 __all__ = ["csv_cell", "flatten", "html_text", "latex_label", "latex_text", "map_text", "markdown",
-           "plot_label"]
+           "plot_label", "url_path"]
 
 
 def flatten(text: object) -> str:
@@ -58,13 +59,22 @@ def latex_label(key: str) -> str:
 
 # GitHub-flavoured markdown. "|" splits table cells even inside code spans unless escaped,
 # and "\" is escaped first so a name ending in "\" cannot escape the cell's closing pipe.
-# "<" and "&" would start raw HTML or an entity; brackets would start a link or image.
-_MARKDOWN = {"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+# "<" and "&" would start raw HTML or an entity; brackets would start a link or image;
+# GitHub renders "$...$" as math. Emphasis characters (* _ ~) are left: they restyle a name
+# at worst, and escaping them would clutter every "prefix_tuning".
+_MARKDOWN = {"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "<": "&lt;", ">": "&gt;", "&": "&amp;",
+             "$": "\\$"}
 
 
 def markdown(text: object) -> str:
     """Text for a markdown table cell, heading or list item."""
     return "".join(_MARKDOWN.get(ch, ch) for ch in flatten(text))
+
+
+def url_path(name: str) -> str:
+    """A relative file name as a link target (markdown ``![](...)``): percent-encoded, so a
+    space, parenthesis or ``<`` cannot end the link; the reader decodes it back."""
+    return quote(name, safe="")
 
 
 # A spreadsheet reads a cell starting with one of these as a formula (OWASP "CSV

@@ -25,7 +25,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench import failures, memory, pareto, sensitivity
-from bench.escape import csv_cell, map_text, markdown
+from bench.escape import csv_cell, map_text, markdown, url_path
 from bench.failures import Note, length_key
 from bench.records import ResultRecord, latest_by_cell
 from bench.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
@@ -362,11 +362,11 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
     if len(v.sens_scores):
         parts += ["### Prefix-length sensitivity (lower spread = more stable)", _md(sensitivity_display(v.sens_scores))]
         if images and "sensitivity" in v.images:
-            parts.append(f"![{markdown(v.metric)} vs prefix length]({v.images['sensitivity'].name})")
+            parts.append(f"![{markdown(v.metric)} vs prefix length]({url_path(v.images['sensitivity'].name)})")
     if len(v.pareto) or v.notes:
         parts += ["### Pareto views (★ = on the frontier)", _md(pareto_display(v.pareto, v.notes))]
         if images and "pareto" in v.images:
-            parts.append(f"![Pareto views]({v.images['pareto'].name})")
+            parts.append(f"![Pareto views]({url_path(v.images['pareto'].name)})")
     return "\n\n".join(parts) + "\n"
 
 
