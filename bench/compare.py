@@ -26,9 +26,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.config import ConfigError
-from bench.records import read_records
 from bench.escape import map_text, markdown
 from bench.outcome import NON_FINITE
+from bench.records import read_records
 from bench.render import failed_frame, higher_is_better, records_frame
 from bench.stats import summarize
 
