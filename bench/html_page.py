@@ -115,9 +115,9 @@ def slice_html(v: SliceView) -> str:
         parts.append(f'<p class="note">{html_text(OLDER_NOTE.format(n=v.left_out))}</p>')
     if len(v.paired):
         parts += ["<h3>Paired comparisons</h3>", table_html(paired_display(v.paired), f"paired-{v.stem}")]
-    if len(v.sens_scores):
+    if len(v.sens_scores) or any(p is not None for _, p in v.notes):
         parts += ["<h3>Prefix-length sensitivity</h3>",
-                  table_html(sensitivity_display(v.sens_scores), f"sensitivity-{v.stem}")]
+                  table_html(sensitivity_display(v.sens_scores, v.notes), f"sensitivity-{v.stem}", notes)]
     if "sensitivity" in v.images:
         parts.append(_img(v.images["sensitivity"]))
     if len(v.pareto) or v.notes:

@@ -297,8 +297,10 @@ def paired_display(p: pd.DataFrame) -> pd.DataFrame:
         "p": [fmt_p(v) if ok else NO_TEST for v, ok in zip(p["p_value"], tested, strict=True)]})
 
 
-def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:
-    """A method run at one length has no spread: shown as "—", not nan."""
+def sensitivity_display(s: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | None = None) -> pd.DataFrame:
+    """A method run at one length has no spread: shown as "—", not nan. With ``notes``, a
+    method with failed runs at some prefix length says so beside its count of lengths, and
+    one whose prefix runs all failed gets a row of its own."""
     def num(v: float) -> str:
         return "—" if pd.isna(v) else f"{v:.4f}"
 
@@ -310,12 +312,24 @@ def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:
             return f"{row['seed_spread_mean']:.4f} (n={n})"
         return (f"{row['seed_spread_mean']:.4f} (n={n}, CI "
                 f"{row['seed_spread_ci_low']:.3f}–{row['seed_spread_ci_high']:.3f})")
-    return pd.DataFrame({
-        "method": s["method"], "lengths": s["lengths"], "best P": s["best_length"],
-        "best": s["best_mean"].map(num), "worst": s["worst_mean"].map(num),
+    marks: dict[str, list[str]] = {}
+    for (method, length), note in sorted((notes or {}).items(), key=lambda kv: kv[1].number):
+        if length is not None:
+            marks.setdefault(method, []).append(note.mark)
+
+    def lengths(method: str, n: int) -> str:
+        return f"{n}; failed {', '.join(marks[method])}" if method in marks else str(n)
+    shown = pd.DataFrame({
+        "method": s["method"], "lengths": [lengths(m, n) for m, n in zip(s["method"], s["lengths"], strict=True)],
+        "best P": s["best_length"], "best": s["best_mean"].map(num), "worst": s["worst_mean"].map(num),
         "spread (max−min)": s["spread"].map(num),
         "std across lengths": s["std_across_lengths"].map(num),
         "per-seed spread": [ci(r) for _, r in s.iterrows()]})
+    lost = [m for m in marks if m not in set(s["method"])]
+    if not lost:
+        return shown
+    rows = pd.DataFrame([dict.fromkeys(shown.columns, "—") | {"method": m, "lengths": lengths(m, 0)} for m in lost])
+    return pd.concat([shown, rows], ignore_index=True)
 
 
 def pareto_display(p: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | None = None) -> pd.DataFrame:
@@ -359,8 +373,9 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
     if len(v.paired):
         parts += ["### Paired comparisons (matched prefix length and seed; permutation p-value)",
                   _md(paired_display(v.paired))]
-    if len(v.sens_scores):
-        parts += ["### Prefix-length sensitivity (lower spread = more stable)", _md(sensitivity_display(v.sens_scores))]
+    if len(v.sens_scores) or any(p is not None for _, p in v.notes):
+        parts += ["### Prefix-length sensitivity (lower spread = more stable)",
+                  _md(sensitivity_display(v.sens_scores, v.notes))]
         if images and "sensitivity" in v.images:
             parts.append(f"![{markdown(v.metric)} vs prefix length]({url_path(v.images['sensitivity'].name)})")
     if len(v.pareto) or v.notes:

@@ -87,9 +87,12 @@ def test_markdown_marks_failed_and_partly_failed_cells(tables):
     # every mark in the table has its note
     marks = set(re.findall(r"§\d+", text.split("Failed runs")[0]))
     assert marks == {n.split()[0] for n in notes}
-    # the Pareto view keeps the failed configurations too
+    # the Pareto view keeps the failed configurations too, and sensitivity the failed lengths
     pareto = text.split("### Pareto views")[1]
     assert pareto.count("| prompt_tuning ") == 2 and "failed §" in pareto
+    sens = text.split("### Prefix-length sensitivity")[1].split("###")[0]
+    assert re.search(r"\| prompt_tuning +\| 0; failed §\d+, §\d+ ", sens)
+    assert re.search(r"\| prefix_tuning +\| 2; failed §\d+, §\d+ ", sens)
 
 
 def test_leaderboard_md_carries_the_marks(tables):
