@@ -11,6 +11,7 @@ import csv
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -314,3 +315,11 @@ def test_escape_functions_on_every_special():
     assert escape.flatten("a\r\nb\x00c\u2028d\u200be") == "a  b c d e"
     for plain in ("prefix_tuning", "glue/sst2", "minilm-l6", "P=20"):
         assert escape.markdown(plain) == plain and escape.plot_label(plain) == plain
+
+
+def test_the_escaping_and_failure_modules_do_not_import_torch():
+    """Rendering never imports torch (house style); these modules are what this change added."""
+    code = ("import sys; import bench.escape, bench.failures, bench.outcome, bench.latex, bench.html_page, "
+            "bench.plots; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
