@@ -59,16 +59,20 @@ def latex_label(key: str) -> str:
 
 # GitHub-flavoured markdown. "|" splits table cells even inside code spans unless escaped,
 # and "\" is escaped first so a name ending in "\" cannot escape the cell's closing pipe.
-# "<" and "&" would start raw HTML or an entity; brackets would start a link or image;
-# GitHub renders "$...$" as math. Emphasis characters (* _ ~) are left: they restyle a name
-# at worst, and escaping them would clutter every "prefix_tuning".
-_MARKDOWN = {"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "<": "&lt;", ">": "&gt;", "&": "&amp;",
-             "$": "\\$"}
+# Brackets would start a link or image; GitHub renders "$...$" as math. "<" starts raw HTML
+# only before a letter, "/", "!" or "?", and "&" an entity only before "name;" or "#123;":
+# just those are escaped, so "n<2" stays readable in the raw file. Emphasis characters
+# (* _ ~) are left: they restyle a name at worst, and escaping them would clutter every
+# "prefix_tuning".
+_MARKDOWN = {"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "$": "\\$"}
+_HTML_TAG = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
 
 
 def markdown(text: object) -> str:
     """Text for a markdown table cell, heading or list item."""
-    return "".join(_MARKDOWN.get(ch, ch) for ch in flatten(text))
+    out = "".join(_MARKDOWN.get(ch, ch) for ch in flatten(text))
+    return _HTML_TAG.sub("&lt;", _ENTITY.sub("&amp;", out))
 
 
 def url_path(name: str) -> str:

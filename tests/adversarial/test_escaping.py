@@ -310,7 +310,8 @@ def test_plots_with_hostile_names_are_written(outputs):
 def test_escape_functions_on_every_special():
     assert escape.latex_text("a_b&c%d$e#f{g}h~i^j\\k[l]") == (
         "a\\_b\\&c\\%d\\$e\\#f\\{g\\}h\\textasciitilde{}i\\textasciicircum{}j\\textbackslash{}k{[}l{]}")
-    assert escape.markdown("a|b\\|c\nd<e>[f]$") == "a\\|b\\\\\\|c d&lt;e&gt;\\[f\\]\\$"
+    assert escape.markdown("a|b\\|c\nd<e>[f]$") == "a\\|b\\\\\\|c d&lt;e>\\[f\\]\\$"
+    assert escape.markdown("n<2, a & b, &amp; </x> <!--") == "n<2, a & b, &amp;amp; &lt;/x> &lt;!--"
     assert escape.html_text('<a href="x">&') == "&lt;a href=&quot;x&quot;&gt;&amp;"
     assert escape.flatten("a\r\nb\x00c\u2028d\u200be") == "a  b c d e"
     for plain in ("prefix_tuning", "glue/sst2", "minilm-l6", "P=20"):

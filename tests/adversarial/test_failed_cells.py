@@ -255,3 +255,17 @@ def test_compare_table_escapes_names(tmp_path, capsys):
     assert main(["compare", a, a]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len(table) == 3 and "a\\|b c" in table[2]
+
+
+def test_a_failure_superseded_by_a_newer_experiment_is_stale_but_a_newer_failure_shows():
+    """A seed that failed under old options, re-run ok under new ones (a new cell id): the
+    old failure is stale, like the old ok rows. A failure appended after the ok rows is
+    the newest word on its cell and is shown."""
+    old, new = {"method": "lora", "lr": 1.0}, {"method": "lora", "lr": 0.1}
+    stale = dataclasses.replace(failed("lora", None, 0), cell_id="old-0", config={**old, "seed": 0})
+    oks = [dataclasses.replace(rec("lora", None, s, 0.8), cell_id=f"new-{s}", config={**new, "seed": s})
+           for s in (0, 1)]
+    assert build_views([stale, *oks])[0].notes == {}
+    later = dataclasses.replace(failed("lora", None, 2), cell_id="new-2", config={**old, "seed": 2})
+    note = build_views([stale, *oks, later])[0].notes[("lora", None)]
+    assert (note.failed, note.runs) == (1, 3) and "seed 2" in note.errors and "seed 0" not in note.errors
