@@ -5,9 +5,13 @@ bootstrap CI, n). B is judged against A (the baseline):
 - metric regression: B's mean falls outside A's CI in the worse direction and moves more
   than ``--min-delta``;
 - throughput regression: B's train tokens/s below ``--throughput-ratio`` x A's;
-- memory regression: B's peak memory above ``--memory-ratio`` x A's.
-Cells only in one folder are listed; ``--fail-on-missing`` makes a cell missing from B an
-error. Exit status 1 names every regressed cell; 0 otherwise.
+- memory regression: B's peak memory above ``--memory-ratio`` x A's;
+- a run of the cell failed in B, or recorded a NaN/inf main score (``bench/failures.py``);
+  the ok seeds, if any, are still compared;
+- the cell is missing from B: A has a run of it (ok or failed), B has none (``--allow-missing``
+  lists such cells without failing, for a B that ran part of A's matrix on purpose).
+Cells only in B are listed, not flagged (unless they failed). Exit status 1 names every
+regressed cell with its reason; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.config import ConfigError
+from bench.escape import map_text, markdown
+from bench.outcome import NON_FINITE
 from bench.record_check import problem_summary
 from bench.records import read_records
-from bench.render import higher_is_better, records_frame
+from bench.render import failed_frame, higher_is_better, records_frame
 from bench.stats import summarize
 
 KEY = ["method", "task", "backbone", "prefix_length"]
+TABLE_COLUMNS = ["cell", "metric", "A", "A 95% CI", "B", "Δ", "tok/s B/A", "memory B/A", "flags"]
 
 
 @dataclass(frozen=True)
@@ -69,17 +76,60 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame, th: Thresholds) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Per-cell comparison rows, the regressions (messages naming cells), and cells missing
-    from either side."""
+def failed_by_cell(failed: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """A ``failed_frame`` split by cell name."""
+    if failed is None or failed.empty:
+        return {}
+    names = [cell_name(r) for _, r in failed.iterrows()]
+    return {n: failed[[x == n for x in names]] for n in sorted(set(names))}
+
+
+def failure_reasons(name: str, bad: pd.DataFrame, ok_runs: int) -> list[str]:
+    """One regression message per kind of failure of cell ``name`` in B."""
+    out = []
+    runs = ok_runs + len(bad)
+    for kind, g in bad.groupby("kind", sort=True):
+        errors = "; ".join(f"seed {s}: {' '.join(str(e).split())[:200]}" for s, e in zip(g["seed"], g["error"],
+                                                                                         strict=True))
+        what = "main score became NaN/inf in B" if kind == NON_FINITE else "failed in B"
+        out.append(f"{name}: {what} ({len(g)} of {runs} run(s)): {errors}")
+    return out
+
+
+def _shown(r: pd.Series | None, failed: int) -> str:
+    text = "—" if r is None else f"{r['mean']:.4f} (n={r['n']})"
+    return f"{text}; {failed} failed" if failed else text
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, th: Thresholds, a_failed: pd.DataFrame | None = None,
+                   b_failed: pd.DataFrame | None = None, allow_missing: bool = False
+                   ) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Per-cell comparison rows, the regressions (messages naming cells and the reason),
+    and cells only in A (regressions too, unless ``allow_missing``) or only in B.
+    ``a_failed`` and ``b_failed`` are the folders' ``failed_frame``s."""
     aa, bb = aggregate(a), aggregate(b)
     index_a = {cell_name(r): r for _, r in aa.iterrows()}
     index_b = {cell_name(r): r for _, r in bb.iterrows()}
+    fail_a, fail_b = failed_by_cell(a_failed), failed_by_cell(b_failed)
+    cells_a, cells_b = set(index_a) | set(fail_a), set(index_b) | set(fail_b)
     rows, regressions = [], []
-    missing = [f"{n}: only in A" for n in sorted(set(index_a) - set(index_b))] + \
-              [f"{n}: only in B" for n in sorted(set(index_b) - set(index_a))]
-    for name in sorted(set(index_a) & set(index_b)):
-        ra, rb = index_a[name], index_b[name]
+    only_a, only_b = sorted(cells_a - cells_b), sorted(cells_b - cells_a)
+    missing = [f"{n}: only in A" for n in only_a] + [f"{n}: only in B" for n in only_b]
+    if not allow_missing:
+        regressions += [f"{n}: missing in B (A has a run of it, B has none)" for n in only_a]
+    for name in sorted(cells_b):
+        bad = fail_b.get(name)
+        if bad is not None:
+            regressions += failure_reasons(name, bad, int(index_b[name]["n"]) if name in index_b else 0)
+    for name in sorted(cells_a & cells_b):
+        ra, rb = index_a.get(name), index_b.get(name)
+        na, nb = len(fail_a.get(name, ())), len(fail_b.get(name, ()))
+        if ra is None or rb is None:  # every run failed on one side: no numbers to compare
+            metric = next((r["metric"] for r in (ra, rb) if r is not None), "")
+            rows.append(dict.fromkeys(TABLE_COLUMNS, "") | {
+                "cell": name, "metric": metric, "A": _shown(ra, na), "B": _shown(rb, nb),
+                "flags": "failed in B" if rb is None else "failed in A, ok in B"})
+            continue
         hib = higher_is_better(ra["task"], ra["metric"])
         delta = rb["mean"] - ra["mean"]
         worse = -delta if hib else delta
@@ -93,51 +143,53 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, th: Thresholds) -> tuple[pd
             flags.append(f"throughput x{tok_ratio:.2f}")
         if mem_ratio > th.memory_ratio:
             flags.append(f"memory x{mem_ratio:.2f}")
-        bad = [f for f in flags if f != "metric better"]
+        if nb:
+            flags.append("failed in B" if not na else "failed in A and B")
+        bad = [f for f in flags if f not in ("metric better", "failed in B", "failed in A and B")]
         if bad:
             regressions.append(
                 f"{name}: {'; '.join(bad)} ({ra['metric']} {ra['mean']:.4f} [CI {ra['ci_low']:.4f}–"
                 f"{ra['ci_high']:.4f}, n={ra['n']}] -> {rb['mean']:.4f} [n={rb['n']}])")
-        rows.append({"cell": name, "metric": ra["metric"], "A": f"{ra['mean']:.4f} (n={ra['n']})",
+        rows.append({"cell": name, "metric": ra["metric"], "A": _shown(ra, na),
                      "A 95% CI": f"{ra['ci_low']:.4f}–{ra['ci_high']:.4f}" if ra["n"] > 1 else "— (n=1)",
-                     "B": f"{rb['mean']:.4f} (n={rb['n']})",
+                     "B": _shown(rb, nb),
                      "Δ": f"{delta:+.4f}", "tok/s B/A": f"{tok_ratio:.2f}", "memory B/A": f"{mem_ratio:.2f}",
                      "flags": ", ".join(flags) or "ok"})
-    return pd.DataFrame(rows), regressions, missing
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), regressions, missing
 
 
-def _load(folder: str) -> pd.DataFrame:
+def _load(folder: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The folder's usable runs and its failed runs."""
     path = Path(folder)
     if not path.is_dir():
         raise ConfigError(f"results folder {folder} does not exist")
     records, problems = read_records(path)
     if problems:
         print(problem_summary(problems), file=sys.stderr)
-    df = records_frame(records)
+    df, failed = records_frame(records), failed_frame(records)
     left_out = sum(df.attrs["left_out"].values())
     if left_out:
         print(f"warning: {folder}: left out {left_out} older row(s) at cells with newer rows of other "
               "options, code or data (never averaged together)", file=sys.stderr)
-    if df.empty:
-        raise ConfigError(f"results folder {folder} holds no finished records (records.jsonl)")
-    return df
+    if df.empty and failed.empty:
+        raise ConfigError(f"results folder {folder} holds no records (records.jsonl)")
+    return df, failed
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     th = Thresholds(args.min_delta, args.throughput_ratio, args.memory_ratio)
-    table, regressions, missing = compare_frames(_load(args.a), _load(args.b), th)
+    (a, a_failed), (b, b_failed) = _load(args.a), _load(args.b)
+    table, regressions, missing = compare_frames(a, b, th, a_failed, b_failed, args.allow_missing)
     if len(table):
-        print(tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True))
+        # names come from records: escaped so a "|" or newline cannot break the table
+        print(tabulate(map_text(table, markdown), headers="keys", tablefmt="github", showindex=False,
+                       disable_numparse=True))
     for m in missing:
         print(f"missing: {m}")
     for r in regressions:
         print(f"REGRESSION {r}", file=sys.stderr)
-    missing_b = [m for m in missing if m.endswith("only in A")]
-    if args.fail_on_missing and missing_b:
-        print(f"{len(missing_b)} cell(s) of A missing from B (--fail-on-missing)", file=sys.stderr)
-        return 1
     if regressions:
-        print(f"{len(regressions)} regressed cell(s)", file=sys.stderr)
+        print(f"{len(regressions)} regression(s)", file=sys.stderr)
         return 1
     print(f"no regression in {len(table)} shared cell(s)")
     return 0
@@ -154,5 +206,8 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
                    help="flag B's train tokens/s below this fraction of A's (default 0.8)")
     p.add_argument("--memory-ratio", type=float, default=1.2,
                    help="flag B's peak memory above this multiple of A's (default 1.2)")
-    p.add_argument("--fail-on-missing", action="store_true", help="exit 1 if a cell of A is missing from B")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="list cells of A missing from B without failing (B ran part of the matrix on purpose)")
+    p.add_argument("--fail-on-missing", action="store_true",
+                   help="the default now (a cell of A missing from B is a regression); kept for old scripts")
     p.set_defaults(func=cmd_compare)

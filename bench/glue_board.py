@@ -4,6 +4,8 @@ Each task's metrics are averaged over seeds, then scored as GLUE does
 (``tasks.glue.glue_average``: a task's score is the mean of its official metrics; MNLI
 counts once). The average covers only the tasks that were run, so the table says how
 many and which are missing: an average over fewer tasks is not the GLUE benchmark's number.
+Failed runs (``bench/failures.py``) are left out of the means and shown: a task whose runs
+all failed reads "failed" (and counts as missing), one with some failed seeds says how many.
 """
 
 from __future__ import annotations
@@ -12,27 +14,42 @@ from collections import defaultdict
 
 import pandas as pd
 
+from bench.outcome import FAILED, failure
 from bench.records import ResultRecord, latest_by_cell
 from tasks.glue import GLUE_SCORE_TASKS, glue_average, glue_task_score
+
+
+def _task_cell(score: float | None, ok: int, failed: int) -> str:
+    text = "" if score is None else f"{score:.4f}"
+    if not failed:
+        return text
+    return FAILED if not ok else f"{text}; {failed} of {ok + failed} failed"
 
 
 def glue_average_table(records: list[ResultRecord]) -> pd.DataFrame:
     """Rows (backbone, method, P): each GLUE task's seed-mean score, the average, what is missing."""
     # (backbone, method, P) -> task -> metric -> values over seeds
     runs: dict[tuple, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    # (backbone, method, P) -> task -> [ok runs, failed runs]
+    counts: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for r in latest_by_cell(records).values():
-        if r.status == "ok" and r.task in GLUE_SCORE_TASKS:
-            plen = "—" if r.prefix_length is None else str(r.prefix_length)
+        if r.task not in GLUE_SCORE_TASKS:
+            continue
+        key = (r.backbone, r.method, "—" if r.prefix_length is None else str(r.prefix_length))
+        failed = failure(r) is not None
+        counts[key][r.task][failed] += 1
+        if not failed:
             for name, value in r.metrics.items():
-                runs[(r.backbone, r.method, plen)][r.task][name].append(value)
+                runs[key][r.task][name].append(value)
     rows = []
-    for (backbone, method, plen), tasks in sorted(runs.items()):
-        metrics = {t: {m: sum(v) / len(v) for m, v in ms.items()} for t, ms in tasks.items()}
+    for key, by_task in sorted(counts.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        backbone, method, plen = key
+        metrics = {t: {m: sum(v) / len(v) for m, v in ms.items()} for t, ms in runs[key].items()}
         avg, missing = glue_average(metrics)
-        scores = {t.removeprefix("glue/"): glue_task_score(t, m) for t, m in metrics.items()}
+        shown = {t.removeprefix("glue/"): _task_cell(glue_task_score(t, metrics[t]) if t in metrics else None, ok, bad)
+                 for t, (ok, bad) in by_task.items()}
         rows.append({"backbone": backbone, "method": method, "P": plen,
-                     **{t.removeprefix("glue/"): "" for t in GLUE_SCORE_TASKS},
-                     **{t: "" if s is None else f"{s:.4f}" for t, s in scores.items()},
+                     **{t.removeprefix("glue/"): "" for t in GLUE_SCORE_TASKS}, **shown,
                      "GLUE average": "—" if avg is None else f"{avg:.4f}",
                      "tasks": len(metrics), "missing": ", ".join(m.removeprefix("glue/") for m in missing)})
     frame = pd.DataFrame(rows)

@@ -9,18 +9,21 @@ Hand-written rather than pandas ``to_html`` because each cell needs a ``data-sor
 from __future__ import annotations
 
 import base64
-import html
 import math
 import re
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from bench.escape import html_text
+from bench.failures import MARK
+
 if TYPE_CHECKING:
     from bench.render import SliceView
 
 _NUMBER = re.compile(r"^[+−-]?[\d,]*\.?\d+(?:[eE][+-]?\d+)?")
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_NOTE_MARK = re.compile(re.escape(MARK) + r"(\d+)")
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -33,6 +36,7 @@ table.board tr:nth-child(even) td { background: #f6f6f6; }
 th.asc::after { content: " ▲"; } th.desc::after { content: " ▼"; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 .note { color: #666; font-size: 13px; }
+td.failed { color: #a00; cursor: help; }
 """
 
 # Click a header: sort rows by that column's data-sort (numbers) or text; click again to flip.
@@ -68,8 +72,11 @@ def sort_value(text: str) -> float | None:
     return value * _UNITS.get(unit[0], 1) if unit else value
 
 
-def table_html(frame: pd.DataFrame, table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+def table_html(frame: pd.DataFrame, table_id: str, notes: dict[int, str] | None = None) -> str:
+    """A sortable table; a cell marked with a failure note (``§k``) shows the note's text
+    (the failed seeds and their errors) on hover."""
+    notes = notes or {}
+    head = "".join(f"<th>{html_text(c)}</th>" for c in frame.columns)
     rows = []
     for _, row in frame.iterrows():
         cells = []
@@ -77,45 +84,52 @@ def table_html(frame: pd.DataFrame, table_id: str) -> str:
             text = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
             num = sort_value(text)
             attr = f' data-sort="{num!r}"' if num is not None else ""
-            cells.append(f"<td{attr}>{html.escape(text)}</td>")
+            hover = [notes[int(k)] for k in _NOTE_MARK.findall(text) if int(k) in notes]
+            if hover:
+                attr += f' class="failed" title="{html_text(" / ".join(hover))}"'
+            cells.append(f"<td{attr}>{html_text(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="board" id="{html.escape(table_id)}"><thead><tr>{head}</tr></thead>'
+    return (f'<table class="board" id="{html_text(table_id)}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _img(path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html_text(path.stem)}" src="data:image/png;base64,{data}">'
 
 
 def slice_html(v: SliceView) -> str:
     from bench.render import COLLAPSE_NOTE, OLDER_NOTE, paired_display, pareto_display, sensitivity_display
 
     direction = "higher" if v.higher_is_better else "lower"
-    parts = [f'<section id="{html.escape(v.stem)}"><h2>{html.escape(v.title)}: {html.escape(v.metric)}</h2>',
+    notes = {n.number: n.text for n in v.notes.values()}
+    parts = [f'<section id="{html_text(v.stem)}"><h2>{html_text(v.title)}: {html_text(v.metric)}</h2>',
              f'<p class="note">mean ± std over seeds, n and 95% bootstrap CI; {direction} is better. '
-             "Click a header to sort.</p>", table_html(v.board, f"board-{v.stem}")]
+             "Click a header to sort.</p>", table_html(v.board, f"board-{v.stem}", notes)]
+    if notes:
+        parts.append('<p class="note">Failed runs (left out of every statistic):</p><ul class="note">'
+                     + "".join(f"<li>{html_text(notes[k])}</li>" for k in sorted(notes)) + "</ul>")
     if v.collapsed:
-        parts.append(f'<p class="note">{html.escape(COLLAPSE_NOTE)}</p>')
+        parts.append(f'<p class="note">{html_text(COLLAPSE_NOTE)}</p>')
     if v.left_out:
-        parts.append(f'<p class="note">{html.escape(OLDER_NOTE.format(n=v.left_out))}</p>')
+        parts.append(f'<p class="note">{html_text(OLDER_NOTE.format(n=v.left_out))}</p>')
     if len(v.paired):
         parts += ["<h3>Paired comparisons</h3>", table_html(paired_display(v.paired), f"paired-{v.stem}")]
-    if len(v.sens_scores):
+    if len(v.sens_scores) or any(p is not None for _, p in v.notes):
         parts += ["<h3>Prefix-length sensitivity</h3>",
-                  table_html(sensitivity_display(v.sens_scores), f"sensitivity-{v.stem}")]
+                  table_html(sensitivity_display(v.sens_scores, v.notes), f"sensitivity-{v.stem}", notes)]
     if "sensitivity" in v.images:
         parts.append(_img(v.images["sensitivity"]))
-    if len(v.pareto):
-        parts += ["<h3>Pareto views (★ on the frontier)</h3>", table_html(pareto_display(v.pareto), f"pareto-{v.stem}")]
+    if len(v.pareto) or v.notes:
+        parts += ["<h3>Pareto views (★ on the frontier)</h3>", table_html(pareto_display(v.pareto, v.notes), f"pareto-{v.stem}", notes)]
     if "pareto" in v.images:
         parts.append(_img(v.images["pareto"]))
     return "\n".join(parts) + "</section>"
 
 
 def page(views: list[SliceView], title: str = "prefix-bench leaderboard") -> str:
-    toc = "".join(f'<li><a href="#{html.escape(v.stem)}">{html.escape(v.title)}</a></li>' for v in views)
+    toc = "".join(f'<li><a href="#{html_text(v.stem)}">{html_text(v.title)}</a></li>' for v in views)
     body = "\n".join(slice_html(v) for v in views)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>{toc}</ul>\n{body}\n"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html_text(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html_text(title)}</h1><ul>{toc}</ul>\n{body}\n"
             f"<script>{SCRIPT}</script></body></html>\n")

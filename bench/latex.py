@@ -1,36 +1,45 @@
 """LaTeX tables (booktabs) for papers: the leaderboard of one slice as a ``table`` float.
 
-tabulate's ``latex_booktabs`` does the escaping (``_``, ``%``, ``&`` ...); the ± and †
-in cells are left as Unicode, which LaTeX's default UTF-8 input (2018+) maps to
-\\textpm and \\textdagger. Needs ``\\usepackage{booktabs}``.
+Every cell, header and caption goes through ``escape.latex_text`` and the label through
+``escape.latex_label``: names come from records, which are untrusted, and a single ``}``
+or ``$`` in a method name would otherwise break the document. The ± and † in cells are left
+as Unicode, which LaTeX's default UTF-8 input (2018+) maps to \\textpm and \\textdagger.
+Needs ``\\usepackage{booktabs}``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tabulate import tabulate
+import pandas as pd
+
+from bench.escape import latex_label, latex_text
 
 if TYPE_CHECKING:
     from bench.render import SliceView
 
 
-_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+def booktabs(frame: pd.DataFrame) -> str:
+    """``frame`` as a booktabs ``tabular``, every cell escaped (missing values empty)."""
+    def row(values) -> str:
+        return " & ".join("" if v is None or (isinstance(v, float) and v != v) else latex_text(v)
+                          for v in values) + r" \\"
 
-
-def _escape(text: str) -> str:
-    """For the caption, which tabulate does not see; one pass so no escape is re-escaped."""
-    return "".join(_SPECIAL.get(ch, ch) for ch in text)
+    lines = [f"\\begin{{tabular}}{{{'l' * len(frame.columns)}}}", r"\toprule", row(frame.columns), r"\midrule",
+             *(row(r) for r in frame.itertuples(index=False)), r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
 
 
 def slice_latex(v: SliceView) -> str:
-    body = tabulate(v.board, headers="keys", tablefmt="latex_booktabs", showindex=False, disable_numparse=True)
     direction = "higher" if v.higher_is_better else "lower"
-    caption = (f"{_escape(v.title)}: {_escape(v.metric)}, mean ± std over seeds with n and a 95\\% bootstrap "
+    caption = (f"{latex_text(v.title)}: {latex_text(v.metric)}, mean ± std over seeds with n and a 95\\% bootstrap "
                f"CI ({direction} is better).")
     if v.collapsed:
         caption += " † a run collapsed to predicting one class."
-    label = "tab:" + v.stem.replace("_", "-")
-    return ("\\begin{table}[t]\n\\centering\n\\scriptsize\n" + body + "\n"
+    # failed runs: one line each below the table, so the caption stays short
+    notes = "".join(f"\\par {latex_text(n.text)}\n" for n in sorted(v.notes.values(), key=lambda n: n.number))
+    if notes:
+        notes = "\\smallskip{\\footnotesize\n" + notes + "\\par}\n"
+    label = latex_label("tab:" + v.stem)
+    return ("\\begin{table}[t]\n\\centering\n\\scriptsize\n" + booktabs(v.board) + "\n" + notes +
             f"\\caption{{{caption}}}\n\\label{{{label}}}\n\\end{{table}}\n")

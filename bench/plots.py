@@ -1,4 +1,8 @@
-"""PNG plots with matplotlib's Agg backend (no display; safe in CI and on servers)."""
+"""PNG plots with matplotlib's Agg backend (no display; safe in CI and on servers).
+
+Every text drawn from a record (method, task, backbone, metric) goes through
+``escape.plot_label``, so a name holding ``$...$`` is drawn as written, not parsed as
+mathtext (where a stray ``}`` or ``\\`` raises while saving)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from bench import pareto  # noqa: E402
+from bench.escape import plot_label  # noqa: E402
 
 
 def _plain_text(draw: Callable[..., Path]) -> Callable[..., Path]:
@@ -42,18 +47,18 @@ def sensitivity_plot(curves: pd.DataFrame, flat: pd.DataFrame, title: str, metri
     for method, g in curves.groupby("method", sort=True):
         g = g.sort_values("prefix_length")
         err = [(g["mean"] - g["ci_low"]).clip(lower=0), (g["ci_high"] - g["mean"]).clip(lower=0)]
-        ax.errorbar(g["prefix_length"], g["mean"], yerr=err, marker="o", capsize=3, label=method)
+        ax.errorbar(g["prefix_length"], g["mean"], yerr=err, marker="o", capsize=3, label=plot_label(method))
     for _, row in flat.iterrows():
         ax.axhline(row["mean"], linestyle="--", linewidth=1, color="grey")
-        ax.annotate(f"{row['method']} (no prefix)", (1.0, row["mean"]), xycoords=("axes fraction", "data"),
+        ax.annotate(plot_label(f"{row['method']} (no prefix)"), (1.0, row["mean"]), xycoords=("axes fraction", "data"),
                     ha="right", va="bottom", fontsize=8, color="grey")
     lengths = sorted(curves["prefix_length"].unique())
     if len(lengths) and lengths[-1] / max(lengths[0], 1) >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(x) for x in lengths])
     ax.set_xlabel("prefix length")
-    ax.set_ylabel(f"{metric} (mean, 95% CI over seeds)")
-    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(plot_label(f"{metric} (mean, 95% CI over seeds)"))
+    ax.set_title(plot_label(title), fontsize=10)
     if len(curves):
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -69,7 +74,7 @@ def pareto_plot(table: pd.DataFrame, title: str, metric: str, path: Path) -> Pat
         on = table[f"pareto_{axis.column}"]
         for i, (method, g) in enumerate(table.groupby("method", sort=True)):
             color = f"C{i % 10}"
-            ax.scatter(g[axis.column] / axis.scale, g["score"], facecolors="none", edgecolors=color, label=method)
+            ax.scatter(g[axis.column] / axis.scale, g["score"], facecolors="none", edgecolors=color, label=plot_label(method))
             front = g[on[g.index]]
             ax.scatter(front[axis.column] / axis.scale, front["score"], color=color)
             for _, r in g.iterrows():
@@ -82,9 +87,9 @@ def pareto_plot(table: pd.DataFrame, title: str, metric: str, path: Path) -> Pat
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap at 2-3 decades
         ax.set_xlabel(axis.label + (" (higher is better)" if axis.higher_is_better else " (lower is better)"))
-        ax.set_ylabel(metric)
+        ax.set_ylabel(plot_label(metric))
         ax.grid(alpha=0.3)
     if len(table):
         axes[0].legend(fontsize=8)
-    fig.suptitle(title + " — filled: Pareto frontier", fontsize=10)
+    fig.suptitle(plot_label(title) + " — filled: Pareto frontier", fontsize=10)
     return _save(fig, path)

@@ -24,13 +24,16 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench import memory, pareto, sensitivity
+from bench import failures, memory, pareto, sensitivity
+from bench.escape import csv_cell, map_text, markdown, url_path
+from bench.failures import Note, length_key
 from bench.records import ResultRecord, latest_by_cell
 from bench.safe_names import inside, unique_stems
 from bench.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
 
 NO_PREFIX = "no prefix"
 NO_TEST = f"n<{MIN_PAIRS}, no test"
+COST_COLUMNS = ["trainable params", "deployed size", "train tok/s", "eval tok/s", "peak memory"]
 COLLAPSE_NOTE = "† a run collapsed to predicting one class."
 OLDER_NOTE = ("{n} older row(s) left out: where a cell has runs of different options, code or data, "
               "only the newest are averaged (`run` re-runs stale cells).")
@@ -55,7 +58,8 @@ def newest_experiments(records: list[ResultRecord]) -> tuple[list[ResultRecord],
     different options, code or data are never averaged. Also: how many older rows were
     left out, per (task, backbone)."""
     latest = latest_by_cell(records)
-    rows = [r for r in records if r.status == "ok" and latest[r.cell_id] is r]  # file order: oldest first
+    # usable: ok with a finite main score (bench/outcome.py); file order: oldest first
+    rows = [r for r in records if failures.failure(r) is None and latest[r.cell_id] is r]
     newest = {(r.method, r.task, r.backbone, r.prefix_length): experiment_key(r) for r in rows}
     kept, left_out = [], Counter()
     for r in rows:
@@ -67,8 +71,8 @@ def newest_experiments(records: list[ResultRecord]) -> tuple[list[ResultRecord],
 
 
 def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
-    """One row per finished run to aggregate (``newest_experiments``); ``attrs["left_out"]``
-    counts the older rows left out per (task, backbone)."""
+    """One row per usable run to aggregate (``newest_experiments``); ``attrs["left_out"]``
+    counts the older rows left out per (task, backbone). Failed runs are in ``failed_frame``."""
     rows, left_out = newest_experiments(records)
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
@@ -78,6 +82,31 @@ def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df.attrs["left_out"] = dict(left_out)
     return df
+
+
+def failed_frame(records: list[ResultRecord]) -> pd.DataFrame:
+    """The failed runs (``bench/failures.py``) among each cell's newest row, less those a
+    newer experiment of their table cell superseded: a failure of options or code since
+    changed is stale, like the older ok rows ``newest_experiments`` leaves out. Matched on
+    the config less the seed (a failed row has no data fingerprint)."""
+    def config_key(r: ResultRecord) -> str:
+        return json.dumps({k: v for k, v in r.config.items() if k != "seed"}, sort_keys=True, default=str)
+
+    def table_cell(r: ResultRecord) -> tuple:
+        return r.method, r.task, r.backbone, r.prefix_length
+
+    order = {id(r): i for i, r in enumerate(records)}
+    newest: dict[tuple, tuple[int, str]] = {}  # table cell -> (file position, config) of its newest usable row
+    for r in newest_experiments(records)[0]:
+        newest[table_cell(r)] = (order[id(r)], config_key(r))
+    kept = []
+    for r in latest_by_cell(records).values():
+        if failures.failure(r) is None:
+            continue
+        position, config = newest.get(table_cell(r), (-1, config_key(r)))
+        if order[id(r)] > position or config_key(r) == config:
+            kept.append(r)
+    return failures.failures_frame(kept)
 
 
 def higher_is_better(task: str, metric: str) -> bool:
@@ -115,37 +144,56 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _length_columns(df: pd.DataFrame) -> tuple[list[int], bool]:
-    return sorted({int(p) for p in df["prefix_length"].dropna()}), bool(df["prefix_length"].isna().any())
+def _length_columns(df: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | None = None
+                    ) -> tuple[list[int], bool]:
+    noted = [p for _, p in notes or {}]
+    lengths = {int(p) for p in df["prefix_length"].dropna()} | {p for p in noted if p is not None}
+    return sorted(lengths), bool(df["prefix_length"].isna().any()) or None in noted
 
 
-def score_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Numbers behind the leaderboard: one row per (method, prefix length or none)."""
+def score_table(df: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | None = None) -> pd.DataFrame:
+    """Numbers behind the leaderboard: one row per (method, prefix length or none), also
+    for cells whose runs all failed (n = 0); ``failed_runs`` and ``errors`` say which failed."""
+    notes = notes or {}
     rows = []
     key = df["prefix_length"].astype(object).where(df["prefix_length"].notna(), None)
     for (method, length), g in df.groupby([df["method"], key], dropna=False):
         s = summarize(g["main_score"])
-        rows.append({"method": method, "prefix_length": None if pd.isna(length) else int(length),
+        rows.append({"method": method, "prefix_length": length_key(length),
                      "mean": s.mean, "std": s.std, "n": s.n, "ci_low": s.ci_low, "ci_high": s.ci_high,
                      "collapsed_runs": int(g["collapsed"].sum())})
+    seen = {(r["method"], r["prefix_length"]) for r in rows}
+    rows += [{"method": m, "prefix_length": p, "n": 0, "collapsed_runs": 0} for m, p in notes if (m, p) not in seen]
+    for r in rows:
+        note = notes.get((r["method"], r["prefix_length"]))
+        r["failed_runs"], r["errors"] = (note.failed, note.errors) if note else (0, "")
     out = pd.DataFrame(rows, columns=["method", "prefix_length", "mean", "std", "n", "ci_low", "ci_high",
-                                      "collapsed_runs"])
+                                      "collapsed_runs", "failed_runs", "errors"])
     return out.sort_values(["method", "prefix_length"], na_position="last", ignore_index=True)
 
 
-def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    """One task/backbone's records -> the leaderboard frame (strings, ready to print)."""
-    lengths, has_none = _length_columns(df)
+def leaderboard(df: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | None = None) -> pd.DataFrame:
+    """One task/backbone's records -> the leaderboard frame (strings, ready to print).
+    ``notes`` (``failures.notes``) mark the cells with failed runs; a method whose runs all
+    failed still gets its row."""
+    notes = notes or {}
+    lengths, has_none = _length_columns(df, notes)
     columns = [f"P={p}" for p in lengths] + ([NO_PREFIX] if has_none else [])
     out = []
-    for method, g in sorted(df.groupby("method"), key=lambda kv: kv[0]):
+    for method in sorted(set(df["method"]) | {m for m, _ in notes}):
+        g = df[df["method"] == method]
         row = {"method": method}
         for p in lengths:
             sel = g[g["prefix_length"] == p]
-            row[f"P={p}"] = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
+            shown = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
+            row[f"P={p}"] = notes[(method, p)].cell(shown) if (method, p) in notes else shown
         if has_none:
             sel = g[g["prefix_length"].isna()]
-            row[NO_PREFIX] = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
+            shown = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
+            row[NO_PREFIX] = notes[(method, None)].cell(shown) if (method, None) in notes else shown
+        if g.empty:  # every run failed: no cost was measured
+            out.append(row | dict.fromkeys(COST_COLUMNS, "—"))
+            continue
         row["trainable params"] = f"{int(g['trainable_params'].median()):,}"
         row["deployed size"] = human_bytes(g["inference_bytes"].median())
         row["train tok/s"] = f"{g['train_tokens_per_s'].mean():.0f}"
@@ -153,8 +201,7 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         row["peak memory"] = human_bytes(g["peak_memory_bytes"].max()) + (
             "‡" if (g["peak_memory_kind"] == PROCESS_PEAK).any() else "")
         out.append(row)
-    return pd.DataFrame(out, columns=["method", *columns, "trainable params", "deployed size", "train tok/s",
-                                      "eval tok/s", "peak memory"])
+    return pd.DataFrame(out, columns=["method", *columns, *COST_COLUMNS])
 
 
 def paired_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -188,6 +235,7 @@ class SliceView:
     images: dict[str, Path] = field(default_factory=dict)
     left_out: int = 0  # older rows not averaged in (newest_experiments)
     file_stem: str = ""  # set by build_views: distinct per slice, safe as a file name
+    notes: dict[tuple[str, int | None], Note] = field(default_factory=dict)  # cells with failed runs
 
     @property
     def stem(self) -> str:
@@ -200,15 +248,24 @@ class SliceView:
 
 
 def build_views(records: list[ResultRecord]) -> list[SliceView]:
-    df = records_frame(records)
+    """One view per (task, backbone) with a run, ok or failed: a slice whose runs all
+    failed still gets its table, every cell marked failed."""
+    df, bad = records_frame(records), failed_frame(records)
     left_out = df.attrs["left_out"]
+    slices = sorted(set(zip(df["task"], df["backbone"], strict=True)) |
+                    set(zip(bad["task"], bad["backbone"], strict=True)), key=lambda tb: (str(tb[0]), str(tb[1])))
     views = []
-    for (task, backbone), g in sorted(df.groupby(["task", "backbone"]), key=lambda kv: kv[0]):
-        metric = g["main_metric"].iloc[0]
+    for task, backbone in slices:
+        g = df[(df["task"] == task) & (df["backbone"] == backbone)]
+        f = bad[(bad["task"] == task) & (bad["backbone"] == backbone)]
+        # failed_record leaves main_metric empty; a NaN row or an ok row names it
+        metric = next((m for m in (*g["main_metric"], *f["main_metric"]) if m), "main metric")
         hib = higher_is_better(task, metric)
-        views.append(SliceView(task, backbone, metric, hib, leaderboard(g), score_table(g), paired_table(g),
-                               sensitivity.curves(g), sensitivity.scores(g, hib), pareto.table(g, hib),
-                               bool(g["collapsed"].any()), left_out=left_out.get((task, backbone), 0)))
+        notes = failures.notes(g, f)
+        views.append(SliceView(task, backbone, metric, hib, leaderboard(g, notes), score_table(g, notes),
+                               paired_table(g), sensitivity.curves(g), sensitivity.scores(g, hib),
+                               pareto.table(g, hib), bool(g["collapsed"].any()),
+                               left_out=left_out.get((task, backbone), 0), notes=notes))
     stems = unique_stems((v.task, v.backbone) for v in views)
     for v in views:
         v.file_stem = stems[(v.task, v.backbone)]
@@ -217,7 +274,22 @@ def build_views(records: list[ResultRecord]) -> list[SliceView]:
 
 def _md(frame: pd.DataFrame) -> str:
     # numbers arrive formatted as the reader should see them; tabulate must not re-parse them
-    return tabulate(frame, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    return tabulate(map_text(frame, markdown), headers="keys", tablefmt="github", showindex=False,
+                    disable_numparse=True)
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> Path:
+    map_text(frame, csv_cell).to_csv(path, index=False)
+    return path
+
+
+def board_csv(v: SliceView) -> pd.DataFrame:
+    """The leaderboard as CSV: the displayed cells plus a ``failures`` column holding the
+    row's notes, since a CSV has no place below the table for them."""
+    by_method: dict[str, list[str]] = {}
+    for (method, _), note in sorted(v.notes.items(), key=lambda kv: kv[1].number):
+        by_method.setdefault(method, []).append(note.text)
+    return v.board.assign(failures=[" | ".join(by_method.get(m, [])) for m in v.board["method"]])
 
 
 def paired_display(p: pd.DataFrame) -> pd.DataFrame:
@@ -231,8 +303,10 @@ def paired_display(p: pd.DataFrame) -> pd.DataFrame:
         "p": [fmt_p(v) if ok else NO_TEST for v, ok in zip(p["p_value"], tested, strict=True)]})
 
 
-def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:
-    """A method run at one length has no spread: shown as "—", not nan."""
+def sensitivity_display(s: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | None = None) -> pd.DataFrame:
+    """A method run at one length has no spread: shown as "—", not nan. With ``notes``, a
+    method with failed runs at some prefix length says so beside its count of lengths, and
+    one whose prefix runs all failed gets a row of its own."""
     def num(v: float) -> str:
         return "—" if pd.isna(v) else f"{v:.4f}"
 
@@ -244,31 +318,58 @@ def sensitivity_display(s: pd.DataFrame) -> pd.DataFrame:
             return f"{row['seed_spread_mean']:.4f} (n={n})"
         return (f"{row['seed_spread_mean']:.4f} (n={n}, CI "
                 f"{row['seed_spread_ci_low']:.3f}–{row['seed_spread_ci_high']:.3f})")
-    return pd.DataFrame({
-        "method": s["method"], "lengths": s["lengths"], "best P": s["best_length"],
-        "best": s["best_mean"].map(num), "worst": s["worst_mean"].map(num),
+    marks: dict[str, list[str]] = {}
+    for (method, length), note in sorted((notes or {}).items(), key=lambda kv: kv[1].number):
+        if length is not None:
+            marks.setdefault(method, []).append(note.mark)
+
+    def lengths(method: str, n: int) -> str:
+        return f"{n}; failed {', '.join(marks[method])}" if method in marks else str(n)
+    shown = pd.DataFrame({
+        "method": s["method"], "lengths": [lengths(m, n) for m, n in zip(s["method"], s["lengths"], strict=True)],
+        "best P": s["best_length"], "best": s["best_mean"].map(num), "worst": s["worst_mean"].map(num),
         "spread (max−min)": s["spread"].map(num),
         "std across lengths": s["std_across_lengths"].map(num),
         "per-seed spread": [ci(r) for _, r in s.iterrows()]})
+    lost = [m for m in marks if m not in set(s["method"])]
+    if not lost:
+        return shown
+    rows = pd.DataFrame([dict.fromkeys(shown.columns, "—") | {"method": m, "lengths": lengths(m, 0)} for m in lost])
+    return pd.concat([shown, rows], ignore_index=True)
 
 
-def pareto_display(p: pd.DataFrame) -> pd.DataFrame:
+def pareto_display(p: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | None = None) -> pd.DataFrame:
+    """The Pareto points; with ``notes``, a configuration with failed runs is marked and
+    one whose runs all failed gets a row of its own (it has no point on the frontier)."""
+    notes = notes or {}
     star = {True: "★", False: ""}
-    return pd.DataFrame({
-        "method": p["method"], "P": [NO_PREFIX if pd.isna(x) else str(int(x)) for x in p["prefix_length"]],
-        "score": ["—" if n == 0 else f"{s:.4f} (n={n})" for s, n in zip(p["score"], p["n"], strict=True)],
+    keys = [(m, length_key(x)) for m, x in zip(p["method"], p["prefix_length"], strict=True)]
+    scores = ["—" if n == 0 else f"{s:.4f} (n={n})" for s, n in zip(p["score"], p["n"], strict=True)]
+    shown = pd.DataFrame({
+        "method": p["method"], "P": [NO_PREFIX if x is None else str(x) for _, x in keys],
+        "score": [notes[k].cell(s) if k in notes else s for k, s in zip(keys, scores, strict=True)],
         "deployed size": p["inference_bytes"].map(human_bytes),
         "frontier: size": p["pareto_inference_bytes"].map(star),
         "train tok/s": p["train_tokens_per_s"].map(lambda v: f"{v:.0f}"),
         "frontier: tok/s": p["pareto_train_tokens_per_s"].map(star),
         "peak memory": p["peak_memory_bytes"].map(human_bytes),
         "frontier: memory": p["pareto_peak_memory_bytes"].map(star)})
+    lost = [n for k, n in sorted(notes.items(), key=lambda kv: kv[1].number) if k not in keys]
+    if not lost:
+        return shown
+    rows = pd.DataFrame([{c: "—" for c in shown.columns} | {
+        "method": n.method, "P": NO_PREFIX if n.prefix_length is None else str(n.prefix_length), "score": n.cell(""),
+        "frontier: size": "", "frontier: tok/s": "", "frontier: memory": ""} for n in lost])
+    return pd.concat([shown, rows], ignore_index=True)
 
 
 def slice_markdown(v: SliceView, images: bool = True) -> str:
     direction = "higher" if v.higher_is_better else "lower"
-    parts = [f"## {v.title}: {v.metric} (mean ± std over seeds, 95% bootstrap CI; {direction} is better)",
-             _md(v.board)]
+    parts = [f"## {markdown(v.title)}: {markdown(v.metric)} (mean ± std over seeds, 95% bootstrap CI; "
+             f"{direction} is better)", _md(v.board)]
+    if v.notes:
+        parts.append("Failed runs (left out of every statistic):\n\n" + "\n".join(
+            f"- {markdown(n.text)}" for n in sorted(v.notes.values(), key=lambda n: n.number)))
     if v.collapsed:
         parts.append(COLLAPSE_NOTE)
     if v.board["peak memory"].str.endswith("‡").any():
@@ -278,14 +379,15 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
     if len(v.paired):
         parts += ["### Paired comparisons (matched prefix length and seed; permutation p-value)",
                   _md(paired_display(v.paired))]
-    if len(v.sens_scores):
-        parts += ["### Prefix-length sensitivity (lower spread = more stable)", _md(sensitivity_display(v.sens_scores))]
+    if len(v.sens_scores) or any(p is not None for _, p in v.notes):
+        parts += ["### Prefix-length sensitivity (lower spread = more stable)",
+                  _md(sensitivity_display(v.sens_scores, v.notes))]
         if images and "sensitivity" in v.images:
-            parts.append(f"![{v.metric} vs prefix length]({v.images['sensitivity'].name})")
-    if len(v.pareto):
-        parts += ["### Pareto views (★ = on the frontier)", _md(pareto_display(v.pareto))]
+            parts.append(f"![{markdown(v.metric)} vs prefix length]({url_path(v.images['sensitivity'].name)})")
+    if len(v.pareto) or v.notes:
+        parts += ["### Pareto views (★ = on the frontier)", _md(pareto_display(v.pareto, v.notes))]
         if images and "pareto" in v.images:
-            parts.append(f"![Pareto views]({v.images['pareto'].name})")
+            parts.append(f"![Pareto views]({url_path(v.images['pareto'].name)})")
     return "\n\n".join(parts) + "\n"
 
 
@@ -304,7 +406,7 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
     for v in views:
         if plots:
             from bench import plots as plotting
-            flat = v.scores[v.scores["prefix_length"].isna()][["method", "mean"]]
+            flat = v.scores[v.scores["prefix_length"].isna() & v.scores["mean"].notna()][["method", "mean"]]
             title = f"{v.title}: {v.metric}"
             if v.sens_curve["mean"].notna().any():
                 v.images["sensitivity"] = plotting.sensitivity_plot(
@@ -313,13 +415,9 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
                 v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out(f"{v.stem}__pareto.png"))
         md = out(f"{v.stem}.md")
         md.write_text(slice_markdown(v), encoding="utf-8")
-        tables = {"": v.board, "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
+        tables = {"": board_csv(v), "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
                   "__sensitivity_curve": v.sens_curve, "__pareto": v.pareto}
-        csvs = []
-        for suffix, frame in tables.items():
-            path = out(f"{v.stem}{suffix}.csv")
-            frame.to_csv(path, index=False)
-            csvs.append(path)
+        csvs = [_csv(frame, out(f"{v.stem}{suffix}.csv")) for suffix, frame in tables.items()]
         tex = out(f"{v.stem}.tex")
         tex.write_text(latex.slice_latex(v), encoding="utf-8")
         written += [md, *csvs, tex, *v.images.values()]
@@ -328,7 +426,7 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
     if len(glue):
         glue_md = ("## GLUE average (tasks run so far; per-task scores are seed means)\n\n" + _md(glue) + "\n")
         out("glue_average.md").write_text(glue_md, encoding="utf-8")
-        glue.to_csv(out("glue_average.csv"), index=False)
+        _csv(glue, out("glue_average.csv"))
         written += [out("glue_average.md"), out("glue_average.csv")]
     if views:
         board = out("leaderboard.md")

@@ -5,6 +5,7 @@ so no cell can change the weights another cell sees."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import time
@@ -22,6 +23,7 @@ from bench.backbones import BACKBONES, BackboneUnavailableError, load_backbone, 
 from bench.config import ConfigError
 from bench.formulations import Formulation, choose_formulation
 from bench.matrix import Cell
+from bench.outcome import score_problem
 from bench.record_check import problem_summary
 from bench.records import ResultRecord, read_records, write_atomic
 from bench.torn_tail import set_aside_torn_tail
@@ -118,9 +120,10 @@ def _subset(examples: list[Example], limit: int | None, seed: int | None) -> lis
 
 
 def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None) -> ResultRecord:
-    """Train and evaluate one cell; returns its record (status ok). Raises on failure, also
-    when the code is no longer what the cell was planned with (its row would claim an
-    identity it was not computed with: e.g. a queued Slurm job after an edit)."""
+    """Train and evaluate one cell; returns its record: ok, or failed when its main score is
+    missing, NaN or infinite (``checked_score``). Raises on any other failure, also when the
+    code is no longer what the cell was planned with (its row would claim an identity it
+    was not computed with: e.g. a queued Slurm job after an edit)."""
     started = provenance.now()
     task = TASKS.get(cell.task)
     method_cls = METHODS.get(cell.method)
@@ -197,7 +200,7 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
     notes = "; ".join(n for n in (train_split.notes, eval_split.notes) if n)
-    return ResultRecord(
+    return checked_score(ResultRecord(
         cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
         prefix_length=cell.prefix_length, seed=cell.seed, status="ok",
         main_metric=task.main_metric, main_score=metrics.get(task.main_metric), metrics=metrics,
@@ -222,7 +225,19 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
         data_fingerprint=data_fingerprint(cell.task, data), data_notes=notes,
         curve_path=curve_path, samples_path=samples_path, gen_tokens_per_s=formulation.gen_tokens_per_s(),
         started_at=started, finished_at=provenance.now(),
-    )
+    ))
+
+
+def checked_score(record: ResultRecord) -> ResultRecord:
+    """``record``, failed instead of ok when its main score is missing, NaN or infinite: a
+    run without a usable number must not count as finished (tables would average it away and
+    ``run`` would never retry it). Its metrics and costs are kept for diagnosis."""
+    problem = score_problem(record.main_metric, record.main_score)
+    if record.main_score is None:
+        problem = f"the task's metrics {sorted(record.metrics)} hold no main metric {record.main_metric!r}"
+    if not problem:
+        return record
+    return dataclasses.replace(record, status="failed", error=f"{problem}; the run is recorded as failed")
 
 
 def save_samples(path: Path, examples: list[Example], predictions: list, limit: int = 100) -> str:

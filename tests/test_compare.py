@@ -1,5 +1,5 @@
-"""prefix-bench compare: same results -> exit 0; a metric lowered past its CI, or a
-throughput/memory regression -> exit 1 naming the cell."""
+"""prefix-bench compare: same results -> exit 0; a metric lowered past its CI, a
+throughput/memory regression or a cell missing from B -> exit 1 naming the cell."""
 
 from __future__ import annotations
 
@@ -68,9 +68,13 @@ def test_throughput_and_memory_regressions(tmp_path, base, capsys):
 def test_missing_cells_and_bad_input(tmp_path, base, capsys):
     a = write(tmp_path / "a", base)
     b = write(tmp_path / "b", [r for r in base if r.method != "lora"])
-    assert main(["compare", a, b]) == 0
-    assert "lora/glue/sst2/minilm-l6/P=none: only in A" in capsys.readouterr().out
+    assert main(["compare", a, b]) == 1
+    captured = capsys.readouterr()
+    assert "lora/glue/sst2/minilm-l6/P=none: only in A" in captured.out
+    assert "REGRESSION lora/glue/sst2/minilm-l6/P=none: missing in B" in captured.err
     assert main(["compare", a, b, "--fail-on-missing"]) == 1
+    assert main(["compare", a, b, "--allow-missing"]) == 0
+    assert main(["compare", b, a]) == 0  # a cell only in B is new, not a regression
     assert main(["compare", a, str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["compare", a, a, "--memory-ratio", "0.5"]) == 2

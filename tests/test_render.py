@@ -23,7 +23,8 @@ GOLDEN = Path(__file__).parent / "golden" / "render_glue_sst2__minilm-l6.md"
 def rendered(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tables")
     recs = make_records()
-    # a failed cell and a superseded retry must not reach the tables
+    # a failed seed is marked in the tables but kept out of the statistics; a superseded
+    # retry is ignored
     recs.append(ResultRecord(cell_id="broken", suite="fixture", method="lora", task="glue/sst2",
                              backbone="minilm-l6", prefix_length=None, seed=7, status="failed", error="boom"))
     recs.insert(0, record("lora", None, 0, main_score=0.1))  # older record of a cell retried later
@@ -52,6 +53,7 @@ def test_scores_csv_has_n_and_ci_and_ignores_failed_and_superseded(rendered):
     scores = pd.read_csv(rendered / "glue_sst2__minilm-l6__scores.csv")
     lora = scores[scores["method"] == "lora"].iloc[0]
     assert lora["n"] == 3  # seed 7 failed; the 0.1 record was superseded
+    assert lora["failed_runs"] == 1 and lora["errors"] == "seed 7: boom"
     assert lora["mean"] == pytest.approx((0.849 + 0.842 + 0.846) / 3)
     assert (scores["ci_low"] <= scores["mean"]).all() and (scores["mean"] <= scores["ci_high"]).all()
     assert set(scores.columns) >= {"mean", "std", "n", "ci_low", "ci_high"}
