@@ -20,7 +20,7 @@ three things besides the residual block and the gates: no position shift (prefix
 shifts the inputs' positions by P, as Li & Liang's GPT-2 ``past`` and PEFT do), the prefix
 trained directly (prefix_tuning: through the MLP) and lr 1e-2 (1e-3). We keep them as
 defaults because the shift would cost a property: with ``shift_positions = True`` and every
-gate closed, a rotary backbone (LLaMA) is still exactly the frozen one -- rotary scores
+gate closed, a rotary backbone (LLaMA) is still the frozen one (up to float rounding) -- rotary scores
 depend only on position differences -- but an absolute-position one (BERT/MiniLM, GPT-2)
 sees every input position moved by P, so "gates closed = frozen backbone" would fail on
 exactly the encoder the claims run on. A comparison must instead set both methods alike:
