@@ -47,6 +47,7 @@ name through a small per-architecture table (LLaMA-family, GPT-2, BERT).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,11 @@ class PrefixTuningPlusConfig(MethodConfig):
 class PrefixTuningPlusLowRankConfig(PrefixTuningPlusConfig):
     init_std: float = field(default=-1.0, metadata={
         "help": "std of the feature keys A (B starts at zero); <= 0: 1/sqrt(d_phi)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not math.isfinite(self.init_std):
+            raise ConfigError(f"init_std must be a finite number, got {self.init_std!r}")
 
 
 def feature_map(name: str, x: torch.Tensor) -> torch.Tensor:

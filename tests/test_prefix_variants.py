@@ -106,6 +106,9 @@ def test_p_tuning_v2_defaults_to_direct_prefixes() -> None:
     ("residual_prefix", {"activation": "swish"}, "relu, gelu, tanh"),
     ("residual_prefix", {"bottleneck": 0}, "bottleneck"),
     ("prefix_tuning_plus", {"feature_map": "relu"}, "elu, gelu"),
+    ("prefix_tuning_plus_lowrank", {"feature_map": "relu"}, "elu, gelu"),
+    ("prefix_tuning_plus_lowrank", {"init_std": float("nan")}, "init_std"),
+    ("prefix_tuning_plus", {"init_std": 0.1}, "init_std"),  # the free M has no random init
     ("p_tuning_v2", {"init": "zeros"}, "vocab, text, random"),
 ])
 def test_bad_config_names_the_value(name: str, values: dict, match: str) -> None:
