@@ -17,7 +17,8 @@ are not. One multiply-add = 2 FLOPs. With B rows of S positions entering the bod
   add P cached keys per layer; no causal halving: kernels and FlopCounterMode count the
   full S x K score matrix).
 * forward: ``2 * N_body * T`` for the body's matmul weights (every Linear/Conv1D inside
-  the L transformer layers, LoRA's A and B included), ``4 * L * H * d_h * T * K`` for
+  the L transformer layers, LoRA's A and B included, and the matmuls an adapter reports
+  through ``body_matmuls()``: Prefix-Tuning+'s phi(q)^T M in every layer), ``4 * L * H * d_h * T * K`` for
   scores and weighted values (H query heads: grouped K/V are repeated to H), ``2 * n * R``
   for each head matrix outside the layers (the output layer over R logit rows: one per
   example with the verbalizer's ``logits_to_keep=1``, times ``head_share``, the fraction
@@ -36,8 +37,10 @@ are not. One multiply-add = 2 FLOPs. With B rows of S positions entering the bod
     (weight and input gradients);
   - the output layer's input gradient ``2 * n * R``.
 
-Assumption (true for every method here): something trainable acts at or before layer 0's
-attention, so gradients flow through every layer. tests/test_flops.py checks the count
+Assumption (true for every method here): something trainable acts in layer 0, at or before
+its attention or (Prefix-Tuning+) on its attention output, so gradients flow through every
+layer's MLP and output projection (layer 0's attention backward is then left out by the
+q/k/v flags above). tests/test_flops.py checks the count
 against ``torch.utils.flop_counter.FlopCounterMode`` (eager attention) for several methods.
 """
 
@@ -118,6 +121,10 @@ class StepFlops:
         in_backbone = {id(m) for m in model.modules()}
         reparam = sum(w.numel() for m in adapter.modules() if id(m) not in in_backbone
                       and (w := _matmul_weight(m)) is not None)
+        # matmuls an adapter adds inside the layers, on every position (Prefix-Tuning+'s memory):
+        # all trainable; ``extra_l0`` of them read only frozen layer-0 tensors (no input gradient)
+        extra, extra_l0 = adapter.body_matmuls() if hasattr(adapter, "body_matmuls") else (0, 0)
+        body, body_tr = body + extra, body_tr + extra
         prompt = int(adapter.prompt.shape[0]) if isinstance(adapter, SoftPromptAdapter) else 0
         kv_prefix = int(adapter.prefix_length) if isinstance(adapter, KVPrefixAdapter) else 0
         emb_trainable = any(p.requires_grad for p in model.get_input_embeddings().parameters())
@@ -135,7 +142,7 @@ class StepFlops:
             if any(p.requires_grad for p in m.parameters(recurse=False)):
                 for c in proj:
                     trainable[c] = True
-        return cls(a.num_layers, a.num_heads, a.head_dim, body, body_tr, l0_in, head, head_tr, reparam,
+        return cls(a.num_layers, a.num_heads, a.head_dim, body, body_tr, l0_in + extra_l0, head, head_tr, reparam,
                    prompt, kv_prefix, kv_prefix, input_grad,
                    input_grad or trainable["q"],
                    input_grad or trainable["k"] or kv_prefix > 0,

@@ -1,5 +1,6 @@
 """Prefix-Tuning+ (PrefixMemory-Tuning): Wang et al., "Prefix-Tuning+: Modernizing
-Prefix-Tuning by Decoupling the Prefix from Attention", arXiv 2506.13674 (v3: ICLR 2026).
+Prefix-Tuning by Decoupling the Prefix from Attention", arXiv 2506.13674 (v3, 19 Apr 2026:
+"PrefixMemory-Tuning", ICLR 2026; authors' code: github.com/haonan3/PrefixMemory-Tuning).
 
 Per layer, the frozen attention runs untouched and a trainable memory term is added to its
 output (before the output projection):
@@ -8,17 +9,37 @@ output (before the output projection):
 
 q_i is the layer's query projection (before rotary embedding: M carries no positions).
 No prefix keys or values are injected. The paper's derivation: the prefix part of
-attention, sum_p sim(q, k_p) v_p, kernelised as phi(q)^T sum_p phi(k_p) v_p^T, collapses
-into one matrix M; the paper then frees M.
+attention, sum_p sim(q, k_p) v_p with sim(q, k) ~ phi(q)^T phi(k), collapses into the
+query-independent matrix sum_p phi(k_p) v_p^T, which the paper then replaces by a free
+trainable matrix M.
 
-How the benchmark's ``prefix_length`` axis maps here: it is the number r of memory slots,
-the rank of M. We store M = A^T B with A: (r, d_phi) and B: (r, d_v): exactly the form
-sum_p phi(k_p) v_p^T of r prefix tokens, with the feature keys A and values B trained
-freely instead of being produced by attention. B starts at zero, so at the start the
-model *is* the frozen backbone (tested bit for bit). ``per_head = False`` (default, the
-paper's per-layer form): phi acts on the whole query (d_phi = d_v = H*d_h); True: one
-memory per query head (d_phi = d_v = d_h). Trainable parameters: L * r * 2 * H * d_h
-either way.
+Two registered forms, because the benchmark's prefix-length axis means something for one
+and nothing for the other, and ``Method.uses_prefix_length`` is a class-level fact that
+bench/matrix.py reads before any config exists (a config option could not switch it):
+
+* ``prefix_tuning_plus`` -- the published form. M is free, one (d_phi, d_v) matrix per
+  layer (``per_head``: one (d_h, d_h) per query head), zero at the start, so the attached
+  model *is* the frozen backbone (tested bit for bit). phi acts elementwise on the query,
+  so d_phi = d_v = H*d_h (per head: d_h): no prefix length appears anywhere, and the
+  method has no prefix-length axis (``uses_prefix_length = False``: one cell per seed
+  with ``prefix_length = null``, as LoRA). Giving it P cells would train the same model P
+  times and show a flat, meaningless "sensitivity to P". Trainable: L*(H*d_h)^2, per head
+  L*H*d_h^2.
+* ``prefix_tuning_plus_lowrank`` -- our earlier variant, kept for comparison: M = A^T B
+  with A: (r, d_phi), B: (r, d_v) and r = the prefix length, i.e. exactly
+  sum_p phi(k_p) v_p^T over r trained "memory slots" (feature keys A, values B). B starts
+  at zero (identity at init); A is random (std ``init_std``). Trainable: L*r*2*H*d_h.
+  Not in the paper.
+
+What we could check against the paper (v1-v3 front matter, abstract, two third-party
+summaries; the method section itself was not available to us): the construction above --
+the prefix moved out of the softmax, a kernel feature map phi, a trainable memory matrix
+M, a query-dependent term added to the attention output. What we could *not* check and
+take from /work/shared/docs/methods.md: that phi defaults to elu (we use elu(x) + 1, the
+positive linear-attention feature map of Katharopoulos et al. 2020 -- the doc says "elu";
+the +1 keeps phi(q)^T phi(k) a positive similarity, as a kernel of softmax attention must
+be, and is our reading), the gelu alternative, the exact shape of M (we take d_phi = d_v =
+the layer's query/output width), and that the term enters before the output projection.
 
 The memory is added by hooks on the attention's query and output projections, found by
 name through a small per-architecture table (LLaMA-family, GPT-2, BERT).
@@ -26,6 +47,7 @@ name through a small per-architecture table (LLaMA-family, GPT-2, BERT).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,16 +93,37 @@ class PrefixTuningPlusConfig(MethodConfig):
     feature_map: str = field(default="elu", metadata={"help": "phi: elu (elu(x)+1, the paper's default) or gelu"})
     per_head: bool = field(default=False, metadata={
         "help": "one memory per query head instead of one per layer over the whole query"})
-    init_std: float = field(default=-1.0, metadata={
-        "help": "std of the feature keys A (B starts at zero); <= 0: 1/sqrt(d_phi)"})
 
     def __post_init__(self) -> None:
         if self.feature_map not in FEATURE_MAPS:
             raise ConfigError(f"feature_map {self.feature_map!r} is not one of {', '.join(FEATURE_MAPS)}")
 
 
+@dataclass(frozen=True)
+class PrefixTuningPlusLowRankConfig(PrefixTuningPlusConfig):
+    init_std: float = field(default=-1.0, metadata={
+        "help": "std of the feature keys A (B starts at zero); <= 0: 1/sqrt(d_phi)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not math.isfinite(self.init_std):
+            raise ConfigError(f"init_std must be a finite number, got {self.init_std!r}")
+
+
+def feature_map(name: str, x: torch.Tensor) -> torch.Tensor:
+    """phi: elu(x) + 1 (positive, the linear-attention kernel) or gelu(x)."""
+    if name == "elu":
+        return nn.functional.elu(x) + 1
+    return nn.functional.gelu(x)
+
+
 class MemoryAdapter(Adapter):
-    def __init__(self, model: nn.Module, ctx: AttachContext, rank: int, config: PrefixTuningPlusConfig) -> None:
+    """Adds phi(q)^T M to every layer's attention output. ``rank = None``: M is a free
+    (G, d_phi, d_v) tensor per layer (``memory``, zero-initialised); an int r: M = A^T B with
+    ``keys`` A: (G, r, d_phi) random and ``values`` B: (G, r, d_v) zero."""
+
+    def __init__(self, model: nn.Module, ctx: AttachContext, rank: int | None,
+                 config: PrefixTuningPlusConfig) -> None:
         super().__init__(model)
         a = ctx.anatomy
         if a.model_type not in ARCHITECTURES:
@@ -88,13 +131,19 @@ class MemoryAdapter(Adapter):
                               f"{a.model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
         hooks = ARCHITECTURES[a.model_type]
         self.config = config
+        self.rank = rank
+        self.num_layers = a.num_layers
         self.d_q = a.num_heads * a.head_dim
         self.groups = a.num_heads if config.per_head else 1
         d = self.d_q // self.groups
-        std = config.init_std if config.init_std > 0 else d ** -0.5
-        g = torch.Generator().manual_seed(ctx.seed)
-        self.keys = nn.Parameter(torch.randn(a.num_layers, self.groups, rank, d, generator=g) * std)  # A
-        self.values = nn.Parameter(torch.zeros(a.num_layers, self.groups, rank, d))  # B
+        if rank is None:
+            self.memory = nn.Parameter(torch.zeros(a.num_layers, self.groups, d, d))  # M
+        else:
+            init_std = getattr(config, "init_std", -1.0)
+            std = init_std if init_std > 0 else d ** -0.5
+            g = torch.Generator().manual_seed(ctx.seed)
+            self.keys = nn.Parameter(torch.randn(a.num_layers, self.groups, rank, d, generator=g) * std)  # A
+            self.values = nn.Parameter(torch.zeros(a.num_layers, self.groups, rank, d))  # B
         self._queries: dict[int, torch.Tensor] = {}
         self._handles = []
         for i, module in enumerate(find_modules(model, hooks.query, a.num_layers)):
@@ -103,9 +152,7 @@ class MemoryAdapter(Adapter):
             self._handles.append(module.register_forward_pre_hook(self._add_memory(i)))
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.feature_map == "elu":
-            return nn.functional.elu(x) + 1
-        return nn.functional.gelu(x)
+        return feature_map(self.config.feature_map, x)
 
     def _keep_query(self, layer: int, fused: bool):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
@@ -119,26 +166,67 @@ class MemoryAdapter(Adapter):
                 raise RuntimeError(f"prefix_tuning_plus: layer {layer}'s query hook did not run")
             attn = args[0]
             feats = self.phi(q.view(*q.shape[:-1], self.groups, -1))  # (..., G, d_phi)
-            A, B = self.keys[layer].to(q.dtype), self.values[layer].to(q.dtype)
-            memory = torch.einsum("...gd,grd->...gr", feats, A)
-            memory = torch.einsum("...gr,gre->...ge", memory, B)
+            if self.rank is None:
+                memory = torch.einsum("...gd,gde->...ge", feats, self.memory[layer].to(q.dtype))
+            else:
+                A, B = self.keys[layer].to(q.dtype), self.values[layer].to(q.dtype)
+                memory = torch.einsum("...gd,grd->...gr", feats, A)
+                memory = torch.einsum("...gr,gre->...ge", memory, B)
             return (attn + memory.reshape(attn.shape),) + tuple(args[1:])
         return hook
 
     def memory_matrix(self, layer: int) -> torch.Tensor:
-        """M = A^T B for one layer: (G, d_phi, d_v)."""
+        """M for one layer: (G, d_phi, d_v) (the low-rank form: A^T B)."""
+        if self.rank is None:
+            return self.memory[layer]
         return self.keys[layer].transpose(-1, -2) @ self.values[layer]
+
+    def body_matmuls(self) -> tuple[int, int]:
+        """For bench/flops.py: (multiply-adds per position over all layers, of which those
+        whose input is the frozen query at layer 0, so autograd computes no input gradient
+        for them). Every one of them is trainable."""
+        L, d = self.num_layers, self.d_q // self.groups
+        if self.rank is None:
+            per_layer = self.groups * d * d
+            return L * per_layer, per_layer
+        reads_q = self.groups * self.rank * d  # phi(q) A; the B product reads a trained tensor
+        return L * 2 * reads_q, reads_q
 
 
 @register_method("prefix_tuning_plus")
 class PrefixTuningPlus(Method):
+    """The published form: a free, zero-initialised M per layer; no prefix-length axis."""
+
     paper = "Wang et al., arXiv 2506.13674 (PrefixMemory-Tuning, ICLR 2026)"
     Config = PrefixTuningPlusConfig
+    uses_prefix_length = False
     default_lr = 1e-3
+    version = "2"  # 1 was the low-rank form, now prefix_tuning_plus_lowrank
     identity_at_init = True
 
+    def rank(self) -> int | None:
+        return None
+
     def attach(self, model: nn.Module, ctx: AttachContext) -> MemoryAdapter:
-        return MemoryAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
+        return MemoryAdapter(model, ctx, self.rank(), self.config).to(ctx.device)
+
+    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+        """L * G * d_phi * d_v = L * (H*d_h)^2 per layer, L * H * d_h^2 per head."""
+        d_q = anatomy.num_heads * anatomy.head_dim
+        groups = anatomy.num_heads if self.config.per_head else 1
+        return anatomy.num_layers * groups * (d_q // groups) ** 2
+
+
+@register_method("prefix_tuning_plus_lowrank")
+class PrefixTuningPlusLowRank(PrefixTuningPlus):
+    """Not in the paper: M = A^T B of rank r = the prefix length (r memory slots)."""
+
+    Config = PrefixTuningPlusLowRankConfig
+    uses_prefix_length = True
+    version = "1"
+
+    def rank(self) -> int | None:
+        return self.prefix_length
 
     def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
         """L * r * (d_phi + d_v) * G = L * r * 2 * H * d_h."""

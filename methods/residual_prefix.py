@@ -15,6 +15,20 @@ the two properties any reading of it has (both are tested):
   softmax, so all gates closed is exactly the frozen backbone (we keep the backbone's own
   position ids, ``shift_positions = False``, so nothing else moves).
 
+Defaults, and comparing with prefix_tuning. Our defaults differ from prefix_tuning's in
+three things besides the residual block and the gates: no position shift (prefix_tuning
+shifts the inputs' positions by P, as Li & Liang's GPT-2 ``past`` and PEFT do), the prefix
+trained directly (prefix_tuning: through the MLP) and lr 1e-2 (1e-3). We keep them as
+defaults because the shift would cost a property: with ``shift_positions = True`` and every
+gate closed, a rotary backbone (LLaMA) is still the frozen one (up to float rounding) -- rotary scores
+depend only on position differences -- but an absolute-position one (BERT/MiniLM, GPT-2)
+sees every input position moved by P, so "gates closed = frozen backbone" would fail on
+exactly the encoder the claims run on. A comparison must instead set both methods alike:
+the ``claims-stability`` suite (bench/suites.toml) runs both with prefix_tuning's settings
+(shift, MLP, lr 1e-3), so the only differences are the residual block and the gates; under
+those settings, gates fully open with the residual branch closed (its LayerNorm gain 0, as
+attached) is exactly prefix_tuning (tests/test_claims_stability.py).
+
 The bias is applied by a registered transformers attention function that wraps SDPA and
 adds the log-gates to the prefix columns of the mask (prefix keys come first in the cache);
 it works for every model that dispatches through ``AttentionInterface`` (LLaMA, GPT-2 and
@@ -101,7 +115,8 @@ class ResidualPrefixConfig(PrefixTuningConfig):
         "help": "starting LayerNorm gain of the residual branch (0: the branch starts closed)"})
     gate_init: float = field(default=0.9, metadata={"help": "starting value of every gate, in (0, 1)"})
     shift_positions: bool = field(default=False, metadata={
-        "help": "False (default) keeps the backbone's positions so closed gates give the frozen model"})
+        "help": "False (default) keeps the backbone's positions so closed gates give the frozen model "
+                "(True, prefix_tuning's default, moves absolute positions by P)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,7 +17,9 @@ from methods import METHODS, Anatomy, AttachContext
 
 B, S = 3, 7
 CASES = [("prefix_tuning", {"projection": True, "mid_dim": 16}), ("prefix_tuning", {"projection": False}),
-         ("prompt_tuning", {}), ("lora", {}), ("full_finetune", {})]
+         ("prompt_tuning", {}), ("lora", {}), ("full_finetune", {}),
+         ("prefix_tuning_plus", {}), ("prefix_tuning_plus", {"per_head": True}),
+         ("prefix_tuning_plus_lowrank", {})]
 
 
 def _attached(backbone: str, method: str, args: dict, P: int = 4):
