@@ -63,7 +63,7 @@ def _outside(root: Path, before: set[str], allowed: str) -> list[str]:
     return sorted(p for p in tree(root) - before if not (p == allowed or p.startswith(allowed + "/")))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(FILES, FILES)
 def test_fuzzed_rows_render_and_compare_without_raising(a, b):
     with tempfile.TemporaryDirectory() as tmp:
