@@ -65,3 +65,26 @@ def test_report_text_and_cli(tmp_path, capsys):
     assert main(["reproduction-report", "--runs-root", str(tmp_path / "runs"), "--out", str(out), "--quiet"]) == 0
     written = out.read_text()
     assert written.count("Verdict: **inconclusive**") == 3 and str(runs) in written
+
+
+def test_published_prefix_tuning_plus_without_a_length_is_compared() -> None:
+    """The published form has no prefix axis: it meets prefix_tuning at its best length and
+    LoRA directly, matched on seed; neither claim is inconclusive for lack of lengths."""
+    import pandas as pd
+
+    from bench.reproduction import INCONCLUSIVE, plus_beats_prefix, plus_close_to_lora
+
+    rows = []
+    for seed in range(3):
+        rows.append({"method": "prefix_tuning_plus", "prefix_length": None, "score": 0.90 + 0.01 * seed})
+        rows.append({"method": "lora", "prefix_length": None, "score": 0.89 + 0.01 * seed})
+        for p, base in ((5, 0.70), (20, 0.80)):
+            rows.append({"method": "prefix_tuning", "prefix_length": p, "score": base + 0.01 * seed})
+        for r in rows[-4:]:
+            r["seed"] = seed
+    df = pd.DataFrame([{**r, "task": "glue/sst2", "backbone": "minilm-l6", "main_score": r.pop("score")}
+                       for r in rows])
+    beats, close = plus_beats_prefix(df), plus_close_to_lora(df)
+    assert beats.status != INCONCLUSIVE and close.status != INCONCLUSIVE
+    # against prefix_tuning's best length (P=20): +0.10 on every seed
+    assert len(beats.table) == 3 and (beats.table["prefix_tuning_plus"] - beats.table["prefix_tuning"]).round(6).eq(0.1).all()
