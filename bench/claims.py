@@ -40,6 +40,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,9 +90,8 @@ class Holder:
 
     @classmethod
     def me(cls, role: str) -> Holder:
-        from bench.provenance import now
-
-        return cls(os.getpid(), socket.gethostname(), _boot_id(), _start_ticks(os.getpid()), now(), role)
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        return cls(os.getpid(), socket.gethostname(), _boot_id(), _start_ticks(os.getpid()), since, role)
 
     def describe(self) -> str:
         return f"{self.role} pid {self.pid} on {self.host} since {self.since}"

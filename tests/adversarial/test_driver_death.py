@@ -44,6 +44,12 @@ def running_worker(results: Path, not_pid: int | None = None) -> tuple[str, int]
     return None
 
 
+def ignores_sigint(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
 def test_two_drivers_started_together_train_and_record_each_cell_once(tmp_path, data_dir):
     suite = write_suite(tmp_path, seeds=4, steps=150, method=NAME)
     results, trained = tmp_path / "run", tmp_path / "trained.log"
@@ -127,8 +133,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_run_resumes(tmp_path, data_dir
                                   stdout=fo, stderr=fe, start_new_session=True)
     try:
         not_pid = driver.pid if executor == "subprocess" else None
-        wait_for("the first row and a second cell in flight",
-                 lambda: rows(results) == 1 and running_worker(results, not_pid=not_pid), timeout=180)
+        _, worker = wait_for("the first row and a second cell in flight",
+                             lambda: rows(results) == 1 and running_worker(results, not_pid=not_pid), timeout=180)
+        if executor == "subprocess":  # the worker leaves Ctrl-C to its driver
+            assert ignores_sigint(worker)
         family = children_of(driver.pid)
         os.killpg(driver.pid, signal.SIGINT)
         assert driver.wait(timeout=120) == 130
