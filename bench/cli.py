@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed,
                        executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()),
                        reproducible_mode=args.deterministic)
-    print(f"ran {counts['ran']} cells ({counts['failed']} failed), skipped {counts['skipped']} finished")
+    print(f"ran {counts['ran']} cells ({counts['failed']} failed), "
+          f"skipped {counts['skipped']} finished or running elsewhere")
     if not args.no_render:
         cmd_render(args)
     return 1 if counts["failed"] and args.strict else 0
@@ -118,9 +119,14 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
     if getattr(args, "all_records", False):
         return records
     try:
-        ids = {c.id for c in load_suite(args.config, args.suite)}
+        cells = load_suite(args.config, args.suite)
     except ConfigError:
         return records
+    # a row's id also hashes the threads and deterministic setting it ran with: match the
+    # suite's cells under each setting the rows were pinned to
+    pins = {(cfg.get("threads", 0), cfg.get("deterministic", False)) for cfg in (r.config for r in records)
+            if isinstance(cfg, dict)}
+    ids = {c.pinned(t, d).id for t, d in pins if isinstance(t, int) and isinstance(d, bool) for c in cells}
     kept = [r for r in records if r.cell_id in ids]
     stale = len({r.cell_id for r in records} - ids)
     if not kept:
@@ -247,12 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except ConfigError as err:
         print(f"prefix-bench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        fresh_line = "\n" if sys.stderr.isatty() else ""  # after the terminal's echoed ^C
+        print(fresh_line + _interrupted(args, sys.argv[1:] if argv is None else argv), file=sys.stderr)
+        return 130
+
+
+def _interrupted(args: argparse.Namespace | None, argv: list[str]) -> str:
+    """One line for Ctrl-C instead of a traceback: what was kept and how to go on."""
+    if args is None or args.command != "run":
+        return "prefix-bench: interrupted"
+    import shlex
+
+    # every finished row is in the store; the cell in flight wrote none, so it runs again
+    return (f"prefix-bench: interrupted; finished cells are saved in {_results_dir(args)}, the cell(s) "
+            f"in progress were discarded; resume with: prefix-bench {shlex.join(argv)}")
 
 
 if __name__ == "__main__":

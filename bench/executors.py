@@ -10,6 +10,11 @@ Workers also return the row so the driver can log and count. Only when a worker 
 without writing anything (killed, out of memory, node lost) does the driver append the
 failed row, so a crash is still data and ``--retry-failed`` finds it.
 
+A worker computes its cell under the cell's run lock and appends only while the cell has
+no ``ok`` row (bench/claims.py), so a worker left over from a dead driver and the worker of
+the next run never both record one cell. Child processes die with the driver
+(bench/orphans.py) and ignore Ctrl-C, which the driver handles for them.
+
 Adapters and curves are written by the worker under the results folder: with Ray or Slurm
 across machines that folder must be on a shared filesystem (it always is on a typical
 Slurm cluster; a local Ray cluster shares this machine's disk).
@@ -21,8 +26,9 @@ import dataclasses
 import multiprocessing
 import os
 import time
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -30,7 +36,7 @@ from typing import Any, ClassVar
 
 from bench.config import ConfigError, check_fields, positive
 from bench.matrix import Cell
-from bench.records import ResultRecord, append_record, read_records
+from bench.records import ResultRecord, append_record, ok_row, read_records
 from bench.registry import Registry
 from tasks import DataSettings
 
@@ -49,47 +55,61 @@ class CellJob:
     isolated: bool = False  # the worker process runs only this cell: its peak RSS is the cell's
     plugins: tuple[str, ...] = ()  # modules the user named with --plugin, imported in the worker too
     reproducible: bool = False  # bench/reproducible.py: pinned kernels; needs a fresh worker process
+    # the driver run, stamped on every row it writes: tells a row this run produced from one
+    # it found in the store (finished by another run, or by a worker of a dead driver)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
 def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
-    """Run one cell wherever this is called and append its row (ok or failed)."""
+    """Run one cell wherever this is called and append its row (ok or failed). It runs under
+    the cell's run lock, after waiting for any other process still computing it; a cell that
+    has an ``ok`` row by then is not run again and that row is returned instead."""
     import torch
 
-    from bench import provenance, reproducible
+    from bench import claims, provenance, reproducible
     from bench.registry import import_plugins
     from bench.runner import failed_record, run_cell
 
     import_plugins(job.plugins)  # a fresh worker knows only the built-in plugins
     if job.threads:
         torch.set_num_threads(job.threads)
-    started = provenance.now()
-    try:
-        if job.reproducible:
-            reproducible.enter_worker(job.threads or reproducible.DEFAULT_THREADS)
-        device = provenance.pick_device(job.device)
-        record = run_cell(cell, job.data, device, Path(job.results_dir))
-        if job.isolated and record.peak_memory_kind == "cpu_peak_rss_process":
-            record.peak_memory_kind = "cpu_peak_rss_cell"
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as err:  # a failed cell is data (NaN loss, OOM, bugs): record it, go on
-        record = failed_record(cell, err, started)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # after a CUDA OOM the next cell needs the memory back
-    append_record(job.results_dir, record)
+    with claims.run_lock(job.results_dir, cell.id):
+        found = claims.stored_ok_row(job.results_dir, cell.id)
+        if found is not None:
+            return found
+        started = provenance.now()
+        try:
+            if job.reproducible:
+                reproducible.enter_worker(job.threads or reproducible.DEFAULT_THREADS)
+            device = provenance.pick_device(job.device)
+            record = run_cell(cell, job.data, device, Path(job.results_dir))
+            if job.isolated and record.peak_memory_kind == "cpu_peak_rss_process":
+                record.peak_memory_kind = "cpu_peak_rss_cell"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # a failed cell is data (NaN loss, OOM, bugs): record it, go on
+            record = failed_record(cell, err, started)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # after a CUDA OOM the next cell needs the memory back
+        record.run_id = job.run_id
+        if append_record(job.results_dir, record, once=True) is None:
+            return claims.stored_ok_row(job.results_dir, cell.id) or record
     return record
 
 
 def lost_cell(cell: Cell, job: CellJob, reason: str, started: str) -> ResultRecord:
-    """The driver's row for a worker that died without writing one (unless it did after all)."""
+    """The driver's row for a worker that died without returning one: the row it wrote after
+    all (this run's, or any ``ok`` row of the cell), else a new failed row."""
     from bench.runner import failed_record
 
     records, _ = read_records(job.results_dir)
     for r in reversed(records):
-        if r.cell_id == cell.id and r.started_at >= started:
+        if r.cell_id == cell.id and (r.run_id == job.run_id or r.status == "ok"):
             return r  # the worker wrote its row before the executor lost track of it
     record = failed_record(cell, RuntimeError(reason), started)
-    append_record(job.results_dir, record)
+    record.run_id = job.run_id
+    if append_record(job.results_dir, record, once=True) is None:
+        return ok_row(read_records(job.results_dir)[0], cell.id) or record
     return record
 
 
@@ -106,8 +126,16 @@ class Executor(ABC):
         self.config = config if config is not None else self.Config()
 
     @abstractmethod
-    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
-        """Execute every cell; yield its row once it is in the store."""
+    def run(self, cells: Iterable[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+        """Execute every cell; yield its row once it is in the store. ``cells`` may be lazy
+        (the runner claims each cell as it is drawn): draw one when it can start."""
+
+    def threads_per_cell(self, threads: int) -> int:
+        """Torch CPU threads each cell runs with; ``threads`` (--threads) when it is set. The
+        runner pins this into the cells: it changes their bytes, so it is in their ids."""
+        import torch
+
+        return threads or torch.get_num_threads()  # in this process: its own setting
 
     def validate(self) -> None:  # noqa: B027 (an optional hook, not an abstract method)
         """Checks that need no model (importable backend, reachable options)."""
@@ -165,17 +193,24 @@ class LocalExecutor(Executor):
             if self.workers > 1 and not self.isolate:
                 raise ConfigError("workers > 1 needs isolate = true (one process runs one cell at a time)")
 
-    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+    def threads_per_cell(self, threads: int) -> int:
+        if self.config.isolate:  # concurrent children share this machine's cores
+            return threads or threads_for(self.config.workers)
+        return super().threads_per_cell(threads)
+
+    def run(self, cells: Iterable[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
         if job.reproducible and not self.config.isolate:
             # the pinned kernels need a process that has run none yet
             log("reproducible mode: each cell runs in a fresh child process")
-            yield from _run_children(cells, job, 1, log)
+            yield from _run_children(cells, dataclasses.replace(job, threads=self.threads_per_cell(job.threads),
+                                                                isolated=True), 1)
             return
         if not self.config.isolate:
             for cell in cells:
                 yield execute_cell(cell, job)
             return
-        yield from _run_children(cells, job, self.config.workers, log)
+        job = dataclasses.replace(job, threads=self.threads_per_cell(job.threads), isolated=True)
+        yield from _run_children(cells, job, self.config.workers)
 
 
 @EXECUTORS.register("subprocess")
@@ -194,29 +229,40 @@ class SubprocessExecutor(LocalExecutor):
             super().__post_init__()
 
 
-def _child(cell: Cell, job: CellJob, conn: Any) -> None:
+def _child(cell: Cell, job: CellJob, conn: Any, parent: int) -> None:
+    import signal
+
+    from bench import orphans
+
+    orphans.die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited already; the driver stops us
     record = execute_cell(cell, job)
     conn.send(record)
     conn.close()
 
 
-def _run_children(cells: list[Cell], job: CellJob, workers: int, log: Log) -> Iterator[ResultRecord]:
-    from bench import provenance
+def _run_children(cells: Iterable[Cell], job: CellJob, workers: int) -> Iterator[ResultRecord]:
+    from bench import orphans, provenance
 
     # spawn, not fork: a forked child inherits the parent's peak RSS (and its torch threads)
     ctx = multiprocessing.get_context("spawn")
-    job = dataclasses.replace(job, threads=job.threads or threads_for(workers), isolated=True)
-    pending = list(cells)
+    pending: Iterator[Cell] | None = iter(cells)
     running: dict[Any, tuple[Cell, Any, str]] = {}  # process -> (cell, receiving end, started)
     try:
         while pending or running:
             while pending and len(running) < workers:
-                cell = pending.pop(0)
+                cell = next(pending, None)
+                if cell is None:
+                    pending = None
+                    break
                 recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_child, args=(cell, job, send), daemon=True)
-                proc.start()
+                proc = ctx.Process(target=_child, args=(cell, job, send, os.getpid()), daemon=True)
+                with orphans.sigint_ignored():
+                    proc.start()
                 send.close()
                 running[proc] = (cell, recv, provenance.now())
+            if not running:
+                break
             wait([p.sentinel for p in running] + [r for _, r, _ in running.values()])
             for proc in list(running):
                 cell, recv, started = running[proc]
@@ -268,11 +314,17 @@ class RayExecutor(Executor):
     def validate(self) -> None:
         _require("ray", "ray")
 
-    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+    def threads_per_cell(self, threads: int) -> int:
+        return threads or max(1, int(self.config.cpus_per_cell))
+
+    def run(self, cells: Iterable[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
         import ray
 
         from bench import provenance, reproducible
 
+        cells = list(cells)  # all queued at once: every cell is claimed now
+        if not cells:
+            return
         started_here = not ray.is_initialized()
         if started_here:
             # workers on other machines get the pinned variables through the runtime env
@@ -288,7 +340,7 @@ class RayExecutor(Executor):
                 wants_cuda = job.device.startswith("cuda") or (
                     job.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
                 gpus = 1.0 if wants_cuda else 0.0
-            threads = job.threads or max(1, int(self.config.cpus_per_cell))
+            threads = self.threads_per_cell(job.threads)
             # max_calls=1: a fresh worker process per cell, so its peak RSS is the cell's and
             # no state leaks between cells; max_retries=0: a crash becomes a failed row
             remote = ray.remote(max_calls=1, max_retries=0)(execute_cell).options(
@@ -340,11 +392,17 @@ class SlurmExecutor(Executor):
     def validate(self) -> None:
         _require("submitit", "submitit")
 
-    def run(self, cells: list[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
+    def threads_per_cell(self, threads: int) -> int:
+        return threads or self.config.cpus_per_cell
+
+    def run(self, cells: Iterable[Cell], job: CellJob, log: Log) -> Iterator[ResultRecord]:
         import submitit
 
         from bench import provenance
 
+        cells = list(cells)  # one array job: every cell is claimed now
+        if not cells:
+            return
         c = self.config
         folder = c.folder or str(Path(job.results_dir) / "slurm")
         cluster = None if c.cluster == "auto" else c.cluster
@@ -357,7 +415,7 @@ class SlurmExecutor(Executor):
             if c.partition:
                 params["slurm_partition"] = c.partition
         executor.update_parameters(**params)
-        cell_job = dataclasses.replace(job, threads=job.threads or c.cpus_per_cell, isolated=True)
+        cell_job = dataclasses.replace(job, threads=self.threads_per_cell(job.threads), isolated=True)
         started = provenance.now()
         jobs = executor.map_array(execute_cell, cells, [cell_job] * len(cells))
         log(f"submitted {len(jobs)} {executor.cluster} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder}")

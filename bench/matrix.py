@@ -71,6 +71,11 @@ class Cell:
     backbone_source: str = "auto"
     # method and task versions and source digests (bench/identity.py): a code change is a new cell
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # torch CPU threads and deterministic algorithms change the bytes of a result (a sum split
+    # over 1 or 2 threads rounds differently), so they are in the id; the runner pins both
+    # from the executor before it runs the cells (threads = 0: not pinned yet)
+    threads: int = 0
+    deterministic: bool = False
 
     def resolved(self) -> dict[str, Any]:
         """What the id hashes (the suite's name is a label, not part of the id)."""
@@ -82,6 +87,10 @@ class Cell:
     def id(self) -> str:
         blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def pinned(self, threads: int, deterministic: bool) -> Cell:
+        """This cell as run with ``threads`` torch CPU threads and deterministic algorithms on/off."""
+        return dataclasses.replace(self, threads=threads, deterministic=deterministic)
 
     @property
     def train_config(self) -> TrainConfig:

@@ -87,6 +87,8 @@ class ResultRecord:
     data_notes: str = ""
     started_at: str = ""
     finished_at: str = ""
+    # the driver run that wrote the row: tells a row this run produced from one it found
+    run_id: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -98,13 +100,18 @@ class ResultRecord:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def append_record(results_dir: str | Path, record: ResultRecord) -> Path:
+def append_record(results_dir: str | Path, record: ResultRecord, *, once: bool = False) -> Path | None:
+    """Append ``record`` as one line. With ``once``, write nothing (and return None) when the
+    store already holds an ``ok`` row of this cell, checked under the lock: a worker orphaned
+    by a dead driver and the worker of the next run cannot both record one cell."""
     path = Path(results_dir) / RECORDS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (record.to_json() + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if once and ok_row(read_records(results_dir)[0], record.cell_id) is not None:
+            return None
         # a file whose last line was torn by a crash gets a newline first, so the new
         # record starts on a line of its own
         size = os.fstat(fd).st_size
@@ -156,6 +163,11 @@ def latest_by_cell(records: list[ResultRecord]) -> dict[str, ResultRecord]:
     for r in records:
         out[r.cell_id] = r
     return out
+
+
+def ok_row(records: list[ResultRecord], cell_id: str) -> ResultRecord | None:
+    """The first ``ok`` row of a cell: once a cell has one it is never run or recorded again."""
+    return next((r for r in records if r.cell_id == cell_id and r.status == "ok"), None)
 
 
 def finished_ids(records: list[ResultRecord]) -> set[str]:

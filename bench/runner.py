@@ -125,6 +125,8 @@ def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: 
     code is no longer what the cell was planned with (its row would claim an identity it
     was not computed with: e.g. a queued Slurm job after an edit)."""
     started = provenance.now()
+    if cell.threads:  # a pinned cell runs with the settings its id hashes
+        provenance.apply_torch_settings(cell.threads, cell.deterministic)
     task = TASKS.get(cell.task)
     method_cls = METHODS.get(cell.method)
     now = identity.cell_identity(method_cls, task)
@@ -293,14 +295,31 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
               executor: Executor | None = None, threads: int = 0,
               plugins: tuple[str, ...] = (), reproducible_mode: bool = False) -> dict[str, int]:
     """Run every unfinished cell with ``executor`` (default: in this process); returns counts
-    (ran, skipped, failed). Everything is validated before any model loads; each finished
-    cell's row is in the store before the next result is reported."""
+    (cells, ran, skipped, failed). The results folder is checked writable and everything is
+    validated before any model loads. Cells are pinned to the executor's threads and the
+    deterministic-algorithms setting (both are in a cell's id). Each cell is claimed before
+    it runs (bench/claims.py): a second driver on the same folder runs other cells, never the
+    same ones; cells it finds running elsewhere are looked at again at the end and otherwise
+    left to that run (counted as skipped). Each row is in the store before it is reported."""
+    from bench import claims
     from bench.executors import CellJob, LocalExecutor
 
     validate_cells(cells, data)
+    try:
+        claims.check_writable(results_dir)
+    except OSError as err:
+        raise ConfigError(f"results folder {results_dir} is not writable ({err.strerror or err}"
+                          f"{': ' + str(err.filename) if err.filename else ''}); nothing was run: "
+                          "fix its permissions or choose another folder with --results") from None
     repaired = set_aside_torn_tail(results_dir)  # a crash may have torn the last row
     if repaired:
         log(repaired)
+    executor = executor or LocalExecutor()
+    if reproducible_mode:  # a fixed count, not one derived from this machine's cores
+        threads = threads or reproducible.DEFAULT_THREADS
+    # both change the bytes, so both are in the ids: pinned before any id is compared
+    pin = (executor.threads_per_cell(threads), reproducible_mode or torch.are_deterministic_algorithms_enabled())
+    cells = [c.pinned(*pin) for c in cells]
     records, problems = read_records(results_dir)
     if problems:
         log(problem_summary(problems))
@@ -309,28 +328,44 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
                           retry_failed)
     todo = sorted(plan.todo, key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
-    executor = executor or LocalExecutor()
     if plan.stale:
         log(plan.describe())
     log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
-        f" ({executor.name} executor)")
+        f" ({executor.name} executor, {pin[0]} threads per cell)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory
-    if reproducible_mode:  # a fixed count, not one derived from this machine's cores
-        threads = threads or reproducible.DEFAULT_THREADS
     job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins),
                   reproducible=reproducible_mode)
     if reproducible_mode:
         reproducible.export_env()  # inherited by every worker this driver starts
-    for i, record in enumerate(executor.run(todo, job, log), 1):
-        head = f"[{i}/{len(todo)}] {record.method} {record.task} {record.backbone} P={record.prefix_length} seed={record.seed}"
-        if record.status != "ok":
-            counts["failed"] += 1
-            log(f"{head}: FAILED {record.error}")
-        else:
-            flag = " (collapsed to one class)" if record.collapsed else ""
-            log(f"{head}: {record.main_metric}={record.main_score:.4f}{flag} "
-                f"loss {record.first_loss:.3f}->{record.final_loss:.3f}, "
-                f"{record.train_tokens_per_s:.0f} train tok/s, "
-                f"{record.train_seconds + record.eval_seconds:.0f} s")
-        counts["ran"] += 1
+    held = claims.DriverClaims(Path(results_dir), log)
+    try:
+        for last_look, pending in ((False, todo), (True, None)):
+            pending = held.recheck() if last_look else pending
+            for record in executor.run(held.take(pending, last_look), job, log):
+                held.release(record.cell_id)
+                _report(record, counts, len(todo), job.run_id, log)
+    finally:
+        held.release_all()
+    if held.elsewhere:
+        log(f"{len(held.elsewhere)} cell(s) still running elsewhere, left to that run")
+    counts["skipped"] = len(cells) - counts["ran"]
     return counts
+
+
+def _report(record: ResultRecord, counts: dict[str, int], total: int, run_id: str,
+            log: Callable[[str], None]) -> None:
+    head = (f"[{counts['ran'] + 1}/{total}] {record.method} {record.task} {record.backbone} "
+            f"P={record.prefix_length} seed={record.seed}")
+    if record.run_id != run_id:  # a worker found the row of another run and did not train
+        log(f"{head}: finished elsewhere meanwhile, not run again")
+        return
+    counts["ran"] += 1
+    if record.status != "ok":
+        counts["failed"] += 1
+        log(f"{head}: FAILED {record.error}")
+    else:
+        flag = " (collapsed to one class)" if record.collapsed else ""
+        log(f"{head}: {record.main_metric}={record.main_score:.4f}{flag} "
+            f"loss {record.first_loss:.3f}->{record.final_loss:.3f}, "
+            f"{record.train_tokens_per_s:.0f} train tok/s, "
+            f"{record.train_seconds + record.eval_seconds:.0f} s")

@@ -1,0 +1,42 @@
+"""A test-only method plugin that notes every time a cell starts training: prompt tuning
+that appends "seed pid" to the file named by ``COUNTING_PLUGIN_LOG`` when it attaches.
+Two drivers on one folder must train each cell once; this log shows whether they did.
+
+Loaded with ``--plugin counting_plugin`` (tests/adversarial on PYTHONPATH); never
+registered by the package."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from methods.base import Adapter, AttachContext, register_method
+from methods.prompt_tuning import PromptTuning
+
+NAME = "test_counting"
+LOG_ENV = "COUNTING_PLUGIN_LOG"
+
+
+@register_method(NAME)
+class Counting(PromptTuning):
+    paper = "none: a test fixture"
+
+    def attach(self, model: nn.Module, ctx: AttachContext) -> Adapter:
+        path = os.environ.get(LOG_ENV)
+        if path:  # one O_APPEND write per line: concurrent drivers never interleave
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, f"{ctx.seed} {os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
+        return super().attach(model, ctx)
+
+
+def trained_seeds(path: str | os.PathLike) -> list[int]:
+    """The seed of every cell that started training, one entry per start."""
+    try:
+        with open(path) as f:
+            return [int(line.split()[0]) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
