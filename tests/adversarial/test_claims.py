@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _drivers import REPO, wait_for
 
 from bench import claims
 from bench.executors import CellJob, execute_cell
 from bench.matrix import expand
 from bench.records import ResultRecord, append_record, read_records
 from bench.runner import run_cells
+
+from ._drivers import REPO, wait_for
 
 TRAIN = {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32}
 HOLD = """
