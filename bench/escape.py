@@ -106,10 +106,11 @@ def html_text(text: object) -> str:
 
 def plot_label(text: object) -> str:
     """A matplotlib text (title, axis label, legend entry, annotation) drawn literally.
-    matplotlib parses text with an even number of unescaped ``$`` as mathtext, where a
-    stray ``}`` or ``\\`` raises; ``\\$`` is a literal dollar and takes the text out of math
-    mode. A legend drops labels starting with ``_``, so those get a leading space."""
-    out = flatten(text).replace("$", r"\$")
+    ``bench/plots.py`` draws with mathtext off (``text.parse_math``), so ``$...$``, ``}``
+    and ``\\`` need no escape there; this flattens control characters and protects a
+    leading ``_``, which would make the legend drop the entry (matplotlib's "_nolegend_"
+    convention), with a leading space."""
+    out = flatten(text)
     return " " + out if out.startswith("_") else out
 
 

@@ -8,18 +8,43 @@ and note ``§k`` below the table gives the seeds and their errors.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
 
 from bench.outcome import FAILED, NON_FINITE, failure
-from bench.records import ResultRecord
+from bench.records import ResultRecord, latest_by_cell
 
-__all__ = ["FAILED", "MARK", "NON_FINITE", "Note", "failure", "failures_frame", "length_key", "notes"]
+__all__ = ["FAILED", "MARK", "NON_FINITE", "Note", "current", "failure", "failures_frame", "length_key", "notes",
+           "with_notes_column"]
 
 MARK = "§"
 ERROR_CHARS = 200  # per error in a note: the first line of a traceback, not the whole of it
 COLUMNS = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "kind", "error"]
+
+
+def current(records: list[ResultRecord], usable: list[ResultRecord]) -> list[ResultRecord]:
+    """The failed rows among each cell's newest row, less those a newer experiment of their
+    table cell superseded: ``usable`` are the rows the tables average (newest experiments
+    only), and a failure of options or code since changed is stale like the ok rows left
+    out. Matched on the config less the seed (a failed row has no data fingerprint)."""
+    def config_key(r: ResultRecord) -> str:
+        return json.dumps({k: v for k, v in r.config.items() if k != "seed"}, sort_keys=True, default=str)
+
+    def table_cell(r: ResultRecord) -> tuple:
+        return r.method, r.task, r.backbone, r.prefix_length
+
+    order = {id(r): i for i, r in enumerate(records)}  # file order: later is newer
+    newest = {table_cell(r): (order[id(r)], config_key(r)) for r in usable}  # usable come in file order
+    kept = []
+    for r in latest_by_cell(records).values():
+        if failure(r) is None:
+            continue
+        position, config = newest.get(table_cell(r), (-1, config_key(r)))
+        if order[id(r)] > position or config_key(r) == config:
+            kept.append(r)
+    return kept
 
 
 def failures_frame(records: list[ResultRecord]) -> pd.DataFrame:
@@ -90,3 +115,12 @@ def notes(ok: pd.DataFrame, failed: pd.DataFrame) -> dict[tuple[str, int | None]
         g = failed[[k == key for k in fail_keys]]
         out[key] = Note(number, key[0], key[1], len(g), len(g) + ok_keys.count(key), _errors(g))
     return out
+
+
+def with_notes_column(board: pd.DataFrame, notes_by_cell: dict[tuple[str, int | None], Note]) -> pd.DataFrame:
+    """A leaderboard for CSV: its cells plus a ``failures`` column holding each row's notes,
+    since a CSV has no place below the table for them."""
+    by_method: dict[str, list[str]] = {}
+    for (method, _), note in sorted(notes_by_cell.items(), key=lambda kv: kv[1].number):
+        by_method.setdefault(method, []).append(note.text)
+    return board.assign(failures=[" | ".join(by_method.get(m, [])) for m in board["method"]])

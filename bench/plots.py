@@ -1,8 +1,8 @@
 """PNG plots with matplotlib's Agg backend (no display; safe in CI and on servers).
 
-Every text drawn from a record (method, task, backbone, metric) goes through
-``escape.plot_label``, so a name holding ``$...$`` is drawn as written, not parsed as
-mathtext (where a stray ``}`` or ``\\`` raises while saving)."""
+Names come from records: plots draw with mathtext off (``_plain_text``), and every text
+taken from a record goes through ``escape.plot_label`` (control characters flattened, a
+leading ``_`` kept in the legend)."""
 
 from __future__ import annotations
 

@@ -85,28 +85,8 @@ def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
 
 
 def failed_frame(records: list[ResultRecord]) -> pd.DataFrame:
-    """The failed runs (``bench/failures.py``) among each cell's newest row, less those a
-    newer experiment of their table cell superseded: a failure of options or code since
-    changed is stale, like the older ok rows ``newest_experiments`` leaves out. Matched on
-    the config less the seed (a failed row has no data fingerprint)."""
-    def config_key(r: ResultRecord) -> str:
-        return json.dumps({k: v for k, v in r.config.items() if k != "seed"}, sort_keys=True, default=str)
-
-    def table_cell(r: ResultRecord) -> tuple:
-        return r.method, r.task, r.backbone, r.prefix_length
-
-    order = {id(r): i for i, r in enumerate(records)}
-    newest: dict[tuple, tuple[int, str]] = {}  # table cell -> (file position, config) of its newest usable row
-    for r in newest_experiments(records)[0]:
-        newest[table_cell(r)] = (order[id(r)], config_key(r))
-    kept = []
-    for r in latest_by_cell(records).values():
-        if failures.failure(r) is None:
-            continue
-        position, config = newest.get(table_cell(r), (-1, config_key(r)))
-        if order[id(r)] > position or config_key(r) == config:
-            kept.append(r)
-    return failures.failures_frame(kept)
+    """The failed runs the tables show beside ``records_frame``'s (``failures.current``)."""
+    return failures.failures_frame(failures.current(records, newest_experiments(records)[0]))
 
 
 def higher_is_better(task: str, metric: str) -> bool:
@@ -283,15 +263,6 @@ def _csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def board_csv(v: SliceView) -> pd.DataFrame:
-    """The leaderboard as CSV: the displayed cells plus a ``failures`` column holding the
-    row's notes, since a CSV has no place below the table for them."""
-    by_method: dict[str, list[str]] = {}
-    for (method, _), note in sorted(v.notes.items(), key=lambda kv: kv[1].number):
-        by_method.setdefault(method, []).append(note.text)
-    return v.board.assign(failures=[" | ".join(by_method.get(m, [])) for m in v.board["method"]])
-
-
 def paired_display(p: pd.DataFrame) -> pd.DataFrame:
     """One pair is a difference, not a test: its CI and p-value read "n<2, no test"."""
     tested = [n >= MIN_PAIRS for n in p["pairs"]]
@@ -415,7 +386,7 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True) -> li
                 v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out(f"{v.stem}__pareto.png"))
         md = out(f"{v.stem}.md")
         md.write_text(slice_markdown(v), encoding="utf-8")
-        tables = {"": board_csv(v), "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
+        tables = {"": failures.with_notes_column(v.board, v.notes), "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
                   "__sensitivity_curve": v.sens_curve, "__pareto": v.pareto}
         csvs = [_csv(frame, out(f"{v.stem}{suffix}.csv")) for suffix, frame in tables.items()]
         tex = out(f"{v.stem}.tex")
