@@ -26,8 +26,9 @@ locks when its lease runs out (NFSv4: about 90 s; until then its cells count as 
 elsewhere). Lustre needs the ``flock`` mount option (``localflock`` keeps locks on one node,
 which lets two nodes run one cell), BeeGFS its global file locks, GPFS works as is. The
 records file relies on the same locks for its appends, and is the last line of defence: a row
-is appended only while the cell has no ``ok`` row (``append_record(once=True)``), so where
-locks do not reach across nodes a cell can be computed twice but is never recorded twice.
+is appended only while the cell is not finished on its data (``append_record(once=True)``),
+so where locks do not reach across nodes a cell can be computed twice but is never recorded
+twice.
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.records import ResultRecord, ok_row, read_records
+from bench.records import ResultRecord, finished_row, read_records
 
 if TYPE_CHECKING:
     from bench.matrix import Cell
@@ -196,8 +197,9 @@ def holder_of(results_dir: str | Path, cell_id: str, suffix: str = "") -> Holder
         os.close(fd)
 
 
-def stored_ok_row(results_dir: str | Path, cell_id: str) -> ResultRecord | None:
-    return ok_row(read_records(results_dir)[0], cell_id)
+def stored_finished_row(results_dir: str | Path, cell_id: str, data_fingerprint: str | None) -> ResultRecord | None:
+    """The row that makes the cell finished on this data, read from the store now."""
+    return finished_row(read_records(results_dir)[0], cell_id, data_fingerprint)
 
 
 def cell_label(cell: Cell) -> str:
@@ -212,6 +214,7 @@ class DriverClaims:
 
     results_dir: Path
     log: Callable[[str], None]
+    data_fingerprints: Mapping[str, str]  # task -> its data as the driver read it
     held: dict[str, Claim] = field(default_factory=dict)
     elsewhere: list[Cell] = field(default_factory=list)
     finished_meanwhile: int = 0
@@ -226,7 +229,7 @@ class DriverClaims:
                 self.log(f"{cell_label(cell)}: running elsewhere "
                          f"({who.describe() if who else 'holder unknown'}); {then}")
                 continue
-            if stored_ok_row(self.results_dir, cell.id) is not None:
+            if stored_finished_row(self.results_dir, cell.id, self.data_fingerprints.get(cell.task)):
                 claim.release()
                 self.finished_meanwhile += 1
                 self.log(f"{cell_label(cell)}: finished elsewhere meanwhile, not run again")

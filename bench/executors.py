@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 from bench.config import ConfigError, check_fields, positive
 from bench.matrix import Cell
-from bench.records import ResultRecord, append_record, ok_row, read_records
+from bench.records import ResultRecord, append_record, finished_row, read_records
 from bench.registry import Registry
 from tasks import DataSettings
 
@@ -63,7 +63,7 @@ class CellJob:
 def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
     """Run one cell wherever this is called and append its row (ok or failed). It runs under
     the cell's run lock, after waiting for any other process still computing it; a cell that
-    has an ``ok`` row by then is not run again and that row is returned instead."""
+    is finished on this data by then is not run again and its row is returned instead."""
     import torch
 
     from bench import claims, provenance, reproducible
@@ -74,7 +74,8 @@ def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
     if job.threads:
         torch.set_num_threads(job.threads)
     with claims.run_lock(job.results_dir, cell.id):
-        found = claims.stored_ok_row(job.results_dir, cell.id)
+        data = _data_fingerprint(cell, job)
+        found = claims.stored_finished_row(job.results_dir, cell.id, data)
         if found is not None:
             return found
         started = provenance.now()
@@ -92,9 +93,21 @@ def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # after a CUDA OOM the next cell needs the memory back
         record.run_id = job.run_id
+        record.data_fingerprint = record.data_fingerprint or data or ""  # a failed try: what it ran on
         if append_record(job.results_dir, record, once=True) is None:
-            return claims.stored_ok_row(job.results_dir, cell.id) or record
+            return claims.stored_finished_row(job.results_dir, cell.id, data) or record
     return record
+
+
+def _data_fingerprint(cell: Cell, job: CellJob) -> str | None:
+    """The cell's data as this worker reads it (cached for its run), or None when it cannot:
+    the cell then fails in ``run_cell`` with the reason."""
+    from bench.runner import data_fingerprint
+
+    try:
+        return data_fingerprint(cell.task, job.data)
+    except Exception:  # any reason is run_cell's to report, as a failed row
+        return None
 
 
 def lost_cell(cell: Cell, job: CellJob, reason: str, started: str) -> ResultRecord:
@@ -102,14 +115,18 @@ def lost_cell(cell: Cell, job: CellJob, reason: str, started: str) -> ResultReco
     all (this run's, or any ``ok`` row of the cell), else a new failed row."""
     from bench.runner import failed_record
 
+    data = _data_fingerprint(cell, job)
     records, _ = read_records(job.results_dir)
     for r in reversed(records):
-        if r.cell_id == cell.id and (r.run_id == job.run_id or r.status == "ok"):
+        if r.cell_id == cell.id and r.run_id == job.run_id:
             return r  # the worker wrote its row before the executor lost track of it
+    done = finished_row(records, cell.id, data)
+    if done is not None:
+        return done  # another run finished it meanwhile
     record = failed_record(cell, RuntimeError(reason), started)
-    record.run_id = job.run_id
+    record.run_id, record.data_fingerprint = job.run_id, data or ""
     if append_record(job.results_dir, record, once=True) is None:
-        return ok_row(read_records(job.results_dir)[0], cell.id) or record
+        return finished_row(read_records(job.results_dir)[0], cell.id, data) or record
     return record
 
 
@@ -236,6 +253,7 @@ def _child(cell: Cell, job: CellJob, conn: Any, parent: int) -> None:
 
     orphans.die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited already; the driver stops us
+    orphans.no_shared_semaphores()
     record = execute_cell(cell, job)
     conn.send(record)
     conn.close()

@@ -1,4 +1,4 @@
-"""Child processes that die with their driver and leave Ctrl-C to it.
+"""Child processes that die with their driver, leave Ctrl-C to it, and leave nothing behind.
 
 A worker the driver started must not outlive it: an orphan keeps a core busy and, without
 claims, would write a row the next run also writes. The kernel's parent-death signal stops
@@ -49,3 +49,14 @@ def sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def no_shared_semaphores() -> None:
+    """In a child: give tqdm a thread lock instead of the multiprocessing lock it makes by
+    default. That lock is a named semaphore registered with the driver's resource tracker; a
+    child the driver kills (Ctrl-C, the OOM killer) never unregisters it, and the tracker
+    then prints a "leaked semaphore" warning when the driver exits. The child has one
+    thread that draws bars, so a thread lock is all tqdm needs."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())

@@ -102,15 +102,16 @@ class ResultRecord:
 
 def append_record(results_dir: str | Path, record: ResultRecord, *, once: bool = False) -> Path | None:
     """Append ``record`` as one line. With ``once``, write nothing (and return None) when the
-    store already holds an ``ok`` row of this cell, checked under the lock: a worker orphaned
-    by a dead driver and the worker of the next run cannot both record one cell."""
+    cell is already finished on the record's data (:func:`finished_row`), checked under the
+    lock: a worker orphaned by a dead driver and the worker of the next run cannot both
+    record one cell."""
     path = Path(results_dir) / RECORDS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (record.to_json() + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if once and ok_row(read_records(results_dir)[0], record.cell_id) is not None:
+        if once and finished_row(read_records(results_dir)[0], record.cell_id, record.data_fingerprint or None):
             return None
         # a file whose last line was torn by a crash gets a newline first, so the new
         # record starts on a line of its own
@@ -165,9 +166,14 @@ def latest_by_cell(records: list[ResultRecord]) -> dict[str, ResultRecord]:
     return out
 
 
-def ok_row(records: list[ResultRecord], cell_id: str) -> ResultRecord | None:
-    """The first ``ok`` row of a cell: once a cell has one it is never run or recorded again."""
-    return next((r for r in records if r.cell_id == cell_id and r.status == "ok"), None)
+def finished_row(records: list[ResultRecord], cell_id: str, data_fingerprint: str | None) -> ResultRecord | None:
+    """The row that makes a cell finished, as bench/staleness.py counts it: its newest row,
+    when that is ``ok`` and was computed on ``data_fingerprint`` (None: on any data). A
+    finished cell is neither run nor recorded again."""
+    newest = next((r for r in reversed(records) if r.cell_id == cell_id), None)
+    if newest is None or newest.status != "ok":
+        return None
+    return newest if data_fingerprint is None or newest.data_fingerprint == data_fingerprint else None
 
 
 def finished_ids(records: list[ResultRecord]) -> set[str]:

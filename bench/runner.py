@@ -324,8 +324,8 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     if problems:
         log(problem_summary(problems))
     # validate_cells has read every task's data: its fingerprints cost nothing more
-    plan = staleness.plan(cells, records, {t: data_fingerprint(t, data) for t in {c.task for c in cells}},
-                          retry_failed)
+    fingerprints = {t: data_fingerprint(t, data) for t in {c.task for c in cells}}
+    plan = staleness.plan(cells, records, fingerprints, retry_failed)
     todo = sorted(plan.todo, key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
     if plan.stale:
@@ -337,7 +337,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
                   reproducible=reproducible_mode)
     if reproducible_mode:
         reproducible.export_env()  # inherited by every worker this driver starts
-    held = claims.DriverClaims(Path(results_dir), log)
+    held = claims.DriverClaims(Path(results_dir), log, fingerprints)
     try:
         for last_look, pending in ((False, todo), (True, None)):
             pending = held.recheck() if last_look else pending

@@ -16,6 +16,10 @@ from bench.records import RECORDS_FILE
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
+# counting_plugin.py's method and log variable; that module is loaded only by the drivers
+# (--plugin): importing it here would register its method in the test process as well
+COUNTING_METHOD = "test_counting"
+COUNTING_LOG_ENV = "COUNTING_PLUGIN_LOG"
 
 
 def write_suite(tmp_path: Path, seeds: int, steps: int, method: str = "prompt_tuning") -> Path:
@@ -52,6 +56,14 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0, e
             return got
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def trained_seeds(path: Path) -> list[int]:
+    """The seed of every cell that started training under counting_plugin, one per start."""
+    try:
+        return [int(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 def rows(results: Path) -> int:

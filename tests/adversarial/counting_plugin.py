@@ -2,8 +2,9 @@
 that appends "seed pid" to the file named by ``COUNTING_PLUGIN_LOG`` when it attaches.
 Two drivers on one folder must train each cell once; this log shows whether they did.
 
-Loaded with ``--plugin counting_plugin`` (tests/adversarial on PYTHONPATH); never
-registered by the package."""
+Loaded with ``--plugin counting_plugin`` (tests/adversarial on PYTHONPATH) by the drivers
+the tests start, never imported by the tests themselves (that would register the method in
+the test process) and never registered by the package."""
 
 from __future__ import annotations
 
@@ -31,12 +32,3 @@ class Counting(PromptTuning):
             finally:
                 os.close(fd)
         return super().attach(model, ctx)
-
-
-def trained_seeds(path: str | os.PathLike) -> list[int]:
-    """The seed of every cell that started training, one entry per start."""
-    try:
-        with open(path) as f:
-            return [int(line.split()[0]) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []

@@ -20,7 +20,9 @@ from bench import claims
 from bench.executors import CellJob, execute_cell
 from bench.matrix import expand
 from bench.records import ResultRecord, append_record, read_records
-from bench.runner import run_cells
+from bench.runner import data_fingerprint, run_cells
+
+from ._drivers import REPO, wait_for
 
 from ._drivers import REPO, wait_for
 
@@ -178,7 +180,8 @@ def test_a_worker_waits_for_another_run_of_its_cell_and_reuses_its_row(tmp_path,
         wait_for("the worker to block on the run lock", lambda: _waiting_on(orphan.path))
         assert result == [] and read_records(tmp_path)[0] == []
         orphans_row = ResultRecord(cell_id=cell.id, suite="t", method=cell.method, task=cell.task,
-                                   backbone=cell.backbone, prefix_length=2, seed=0, status="ok", run_id="orphan")
+                                   backbone=cell.backbone, prefix_length=2, seed=0, status="ok", run_id="orphan",
+                                   data_fingerprint=data_fingerprint(cell.task, data))
         append_record(tmp_path, orphans_row, once=True)
     finally:
         orphan.release()

@@ -5,7 +5,6 @@ once, no worker outlives its driver, and a bad folder is refused before anything
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
 import re
 import shlex
@@ -20,24 +19,30 @@ from bench import claims
 from bench.matrix import load_suite
 from bench.records import RECORDS_FILE, read_records
 
-from ._drivers import REPO, alive, children_of, driver_env, rows, run_command, wait_for, write_suite
+from ._drivers import (
+    COUNTING_LOG_ENV,
+    COUNTING_METHOD,
+    REPO,
+    alive,
+    children_of,
+    driver_env,
+    rows,
+    run_command,
+    trained_seeds,
+    wait_for,
+    write_suite,
+)
 
-# imported under the name the drivers load it by (--plugin counting_plugin), so the method's
-# identity, and with it each cell's id, is the same here and in the drivers
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-_plugin = importlib.import_module("counting_plugin")
-LOG_ENV, NAME, trained_seeds = _plugin.LOG_ENV, _plugin.NAME, _plugin.trained_seeds
 
-
-def expected_ids(suite: Path) -> list[str]:
-    return sorted(c.pinned(1, False).id for c in load_suite(suite, "adv"))  # as run: --threads 1
-
-
-def assert_each_cell_once(results: Path, suite: Path) -> None:
+def assert_each_cell_once(results: Path, seeds: int, suite: Path | None = None) -> None:
+    """One ok row per cell (the suite's cells differ by seed), nothing else, no claim left.
+    With ``suite`` (its method known to this process) the ids are checked too."""
     records, problems = read_records(results)
     assert problems == []
     assert [r.status for r in records] == ["ok"] * len(records), [r.error for r in records]
-    assert sorted(r.cell_id for r in records) == expected_ids(suite)
+    assert sorted(r.seed for r in records) == list(range(seeds)) and len({r.cell_id for r in records}) == seeds
+    if suite is not None:  # as run: --threads 1
+        assert sorted(r.cell_id for r in records) == sorted(c.pinned(1, False).id for c in load_suite(suite, "adv"))
     assert list((results / "claims").iterdir()) == []  # every claim released
 
 
@@ -58,16 +63,16 @@ def ignores_sigint(pid: int) -> bool:
 
 
 def test_two_drivers_started_together_train_and_record_each_cell_once(tmp_path, data_dir):
-    suite = write_suite(tmp_path, seeds=4, steps=150, method=NAME)
+    suite = write_suite(tmp_path, seeds=4, steps=150, method=COUNTING_METHOD)
     results, trained = tmp_path / "run", tmp_path / "trained.log"
     cmd = run_command(suite, results, "--plugin", "counting_plugin")
-    env = driver_env(data_dir, **{LOG_ENV: str(trained)})
+    env = driver_env(data_dir, **{COUNTING_LOG_ENV: str(trained)})
     drivers = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     outs = [d.communicate(timeout=300) for d in drivers]
     for d, (_, err) in zip(drivers, outs, strict=True):
         assert d.returncode == 0, err[-2000:]
-    assert_each_cell_once(results, suite)
+    assert_each_cell_once(results, seeds=4)
     assert sorted(trained_seeds(trained)) == [0, 1, 2, 3], outs  # no cell trained twice
     ran = [int(re.search(r"^ran (\d+) cells", out, re.M).group(1)) for out, _ in outs]
     assert sum(ran) == 4, outs  # and what one ran the other counted as skipped
@@ -94,7 +99,7 @@ def test_kill_9_of_a_driver_kills_its_worker_and_a_resume_records_each_cell_once
 
     resume = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-2000:]
-    assert_each_cell_once(results, suite)
+    assert_each_cell_once(results, seeds=2, suite=suite)
 
 
 def _drop_write_override() -> None:
@@ -108,7 +113,7 @@ def _drop_write_override() -> None:
 
 @pytest.mark.parametrize("read_only", ["folder", "records file"])
 def test_a_read_only_results_folder_exits_2_before_any_cell_trains(tmp_path, data_dir, read_only):
-    suite = write_suite(tmp_path, seeds=2, steps=3, method=NAME)
+    suite = write_suite(tmp_path, seeds=2, steps=3, method=COUNTING_METHOD)
     results, trained = tmp_path / "run", tmp_path / "trained.log"
     results.mkdir()
     (results / RECORDS_FILE).write_text("")
@@ -116,7 +121,7 @@ def test_a_read_only_results_folder_exits_2_before_any_cell_trains(tmp_path, dat
     target.chmod(0o555 if read_only == "folder" else 0o444)
     try:
         done = subprocess.run(run_command(suite, results, "--plugin", "counting_plugin"), cwd=REPO,
-                              env=driver_env(data_dir, **{LOG_ENV: str(trained)}), capture_output=True,
+                              env=driver_env(data_dir, **{COUNTING_LOG_ENV: str(trained)}), capture_output=True,
                               text=True, timeout=300, preexec_fn=_drop_write_override if os.geteuid() == 0 else None)
     finally:
         target.chmod(0o755 if read_only == "folder" else 0o644)
@@ -130,18 +135,20 @@ def test_a_read_only_results_folder_exits_2_before_any_cell_trains(tmp_path, dat
 @pytest.mark.parametrize("executor", ["local", "subprocess"])
 def test_ctrl_c_prints_one_line_exits_130_and_the_run_resumes(tmp_path, data_dir, executor):
     """Ctrl-C in a terminal signals the whole process group: the driver stops after the
-    finished rows, discards the cell in flight, and its children print nothing."""
-    suite = write_suite(tmp_path, seeds=2, steps=300)
-    results = tmp_path / "run"
-    env = driver_env(data_dir)
+    finished rows, discards the cell in flight, and its children print nothing (also not
+    at the driver's exit: a worker killed mid-training leaves no semaphore to warn about)."""
+    suite = write_suite(tmp_path, seeds=2, steps=300, method=COUNTING_METHOD)
+    results, trained = tmp_path / "run", tmp_path / "trained.log"
+    env = driver_env(data_dir, **{COUNTING_LOG_ENV: str(trained)})
     out, err = tmp_path / "out", tmp_path / "err"
     with open(out, "w") as fo, open(err, "w") as fe:
-        driver = subprocess.Popen(run_command(suite, results, "--executor", executor), cwd=REPO, env=env,
-                                  stdout=fo, stderr=fe, start_new_session=True)
+        driver = subprocess.Popen(run_command(suite, results, "--executor", executor, "--plugin", "counting_plugin"),
+                                  cwd=REPO, env=env, stdout=fo, stderr=fe, start_new_session=True)
     try:
         not_pid = driver.pid if executor == "subprocess" else None
-        _, worker = wait_for("the first row and a second cell in flight",
-                             lambda: rows(results) == 1 and running_worker(results, not_pid=not_pid), timeout=180)
+        _, worker = wait_for("the first row and the second cell training",
+                             lambda: rows(results) == 1 and len(trained_seeds(trained)) == 2
+                             and running_worker(results, not_pid=not_pid), timeout=180)
         if executor == "subprocess":  # the worker leaves Ctrl-C to its driver
             assert ignores_sigint(worker)
         family = children_of(driver.pid)
@@ -154,7 +161,9 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_run_resumes(tmp_path, data_dir
     wait_for("the driver's children to exit", lambda: not any(alive(p) for p in family), timeout=60)
     stderr = err.read_text()
     assert "Traceback" not in stderr + out.read_text()
-    (line,) = stderr.strip().splitlines()
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    line = lines[0]
     assert line.startswith("prefix-bench: interrupted;") and str(results) in line, stderr
     records, problems = read_records(results)
     assert problems == [] and [r.status for r in records] == ["ok"]  # the cell in flight left no row
@@ -165,4 +174,4 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_run_resumes(tmp_path, data_dir
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1 already finished, 1 to run" in done.stdout
-    assert_each_cell_once(results, suite)
+    assert_each_cell_once(results, seeds=2)
