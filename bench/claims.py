@@ -217,7 +217,6 @@ class DriverClaims:
     data_fingerprints: Mapping[str, str]  # task -> its data as the driver read it
     held: dict[str, Claim] = field(default_factory=dict)
     elsewhere: list[Cell] = field(default_factory=list)
-    finished_meanwhile: int = 0
 
     def take(self, cells: Iterable[Cell], last_look: bool = False) -> Iterator[Cell]:
         for cell in cells:
@@ -231,7 +230,6 @@ class DriverClaims:
                 continue
             if stored_finished_row(self.results_dir, cell.id, self.data_fingerprints.get(cell.task)):
                 claim.release()
-                self.finished_meanwhile += 1
                 self.log(f"{cell_label(cell)}: finished elsewhere meanwhile, not run again")
                 continue
             self.held[cell.id] = claim
@@ -247,8 +245,8 @@ class DriverClaims:
             self.release(cell_id)
 
     def recheck(self) -> list[Cell]:
-        """Cells set aside as running elsewhere that are free now (their holder finished or
-        died); they go to ``take`` again, which skips the finished ones."""
+        """The cells set aside as running elsewhere, for one more ``take``: it runs those
+        whose holder let go without finishing them and skips the finished ones."""
         again, self.elsewhere = self.elsewhere, []
         return again
 

@@ -317,9 +317,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     executor = executor or LocalExecutor()
     if reproducible_mode:  # a fixed count, not one derived from this machine's cores
         threads = threads or reproducible.DEFAULT_THREADS
-    # both change the bytes, so both are in the ids: pinned before any id is compared
-    pin = (executor.threads_per_cell(threads), reproducible_mode or torch.are_deterministic_algorithms_enabled())
-    cells = [c.pinned(*pin) for c in cells]
+    cells = pinned_cells(cells, executor, threads, reproducible_mode)  # before any id is compared
     records, problems = read_records(results_dir)
     if problems:
         log(problem_summary(problems))
@@ -331,7 +329,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     if plan.stale:
         log(plan.describe())
     log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
-        f" ({executor.name} executor, {pin[0]} threads per cell)")
+        f" ({executor.name} executor, {executor.threads_per_cell(threads)} threads per cell)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory
     job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins),
                   reproducible=reproducible_mode)
@@ -350,6 +348,18 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
         log(f"{len(held.elsewhere)} cell(s) still running elsewhere, left to that run")
     counts["skipped"] = len(cells) - counts["ran"]
     return counts
+
+
+def pinned_cells(cells: list[Cell], executor: Executor | None = None, threads: int = 0,
+                 reproducible_mode: bool = False) -> list[Cell]:
+    """``cells`` as ``run_cells`` runs them: pinned to the torch threads ``executor`` gives
+    each cell and to the deterministic-algorithms setting, both part of their ids (the bytes
+    differ at 1 and 2 threads)."""
+    from bench.executors import LocalExecutor
+
+    threads = (executor or LocalExecutor()).threads_per_cell(threads)
+    deterministic = reproducible_mode or torch.are_deterministic_algorithms_enabled()
+    return [c.pinned(threads, deterministic) for c in cells]
 
 
 def _report(record: ResultRecord, counts: dict[str, int], total: int, run_id: str,

@@ -218,3 +218,20 @@ def test_once_only_append_keeps_one_ok_row_per_cell_under_concurrent_writers(tmp
 def test_claim_names_are_cell_ids_not_paths(tmp_path, bad):
     with pytest.raises(ValueError, match="not a safe file name"):
         claims.try_claim(tmp_path, bad)
+
+
+def test_once_only_append_is_per_data_a_stale_row_does_not_block_the_rerun(tmp_path):
+    """Finished means the newest row is ok on the same data (bench/staleness.py): a row on
+    other data is stale, and the re-run's row, ok or failed, must go in."""
+    def row(status: str, data: str) -> ResultRecord:
+        return ResultRecord(cell_id="c", suite="s", method="m", task="t", backbone="b", prefix_length=None,
+                            seed=0, status=status, data_fingerprint=data)
+
+    assert append_record(tmp_path, row("ok", "old"), once=True) is not None
+    assert append_record(tmp_path, row("failed", "new"), once=True) is not None  # the re-run failed
+    assert append_record(tmp_path, row("ok", "new"), once=True) is not None  # --retry-failed
+    assert append_record(tmp_path, row("ok", "new"), once=True) is None  # finished on this data
+    assert append_record(tmp_path, row("failed", "new"), once=True) is None  # an orphan's late failure
+    assert append_record(tmp_path, row("failed", ""), once=True) is None  # one that never read the data
+    assert [(r.status, r.data_fingerprint) for r in read_records(tmp_path)[0]] == [
+        ("ok", "old"), ("failed", "new"), ("ok", "new")]

@@ -58,9 +58,9 @@ def test_whole_or_missing_files_are_left_alone(tmp_path):
 
 
 def test_the_next_run_sets_the_torn_tail_aside_in_one_line(tmp_path, data):
-    from bench.runner import data_fingerprint, run_cells
+    from bench.runner import data_fingerprint, pinned_cells, run_cells
 
-    cells = load_suite(None, "tiny")
+    cells = pinned_cells(load_suite(None, "tiny"))  # the ids run_cells gives them (threads pinned)
     path = write_rows(tmp_path, [row(cell_id=c.id, method=c.method, backbone=c.backbone, prefix_length=c.prefix_length,
                                      data_fingerprint=data_fingerprint(c.task, data)) for c in cells])
     with open(path, "ab") as f:

@@ -97,9 +97,9 @@ def test_compare_skips_bad_rows_and_compares_the_rest(tmp_path, capsys):
 @pytest.mark.xfail(strict=True, reason="issue 13 follow-up: run_cells' claims pass re-runs 3 finished cells that "
                    "the staleness plan had skipped, when the file also holds bad rows")
 def test_resume_skips_bad_rows_and_runs_nothing_already_finished(tmp_path, data):
-    from bench.runner import data_fingerprint, run_cells
+    from bench.runner import data_fingerprint, pinned_cells, run_cells
 
-    cells = load_suite(None, "tiny")
+    cells = pinned_cells(load_suite(None, "tiny"))  # the ids run_cells gives them (threads pinned)
     finished = [row(cell_id=c.id, method=c.method, backbone=c.backbone, prefix_length=c.prefix_length,
                     seed=c.seed, data_fingerprint=data_fingerprint(c.task, data)) for c in cells]
     _file_with_bad_rows(tmp_path, finished)
