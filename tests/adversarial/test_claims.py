@@ -24,8 +24,6 @@ from bench.runner import data_fingerprint, run_cells
 
 from ._drivers import REPO, wait_for
 
-from ._drivers import REPO, wait_for
-
 TRAIN = {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32}
 HOLD = """
 import sys

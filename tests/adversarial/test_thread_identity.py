@@ -45,8 +45,8 @@ def test_another_thread_count_is_another_cell_with_its_own_row(cells, data, tmp_
         assert counts["ran"] == 1  # not "already finished": 2 threads is not the 1-thread result
     rows = read_records(tmp_path)[0]
     (cell,) = cells
-    assert [(r.cell_id, r.config["threads"], r.kernels["threads"], r.kernels["deterministic_algorithms"])
-            for r in rows] == [(cell.pinned(1, False).id, 1, "1", "false"), (cell.pinned(2, False).id, 2, "2", "false")]
+    assert [(r.cell_id, r.kernels["threads"], r.kernels["deterministic_algorithms"], r.config["threads"])
+            for r in rows] == [(cell.pinned(1, False).id, "1", "false", 1), (cell.pinned(2, False).id, "2", "false", 2)]
     again = run_cells(cells, tmp_path, data, "cpu", log=lambda s: None, threads=2)
     assert again["ran"] == 0 and again["skipped"] == 1
 
@@ -60,6 +60,5 @@ def test_a_child_worker_runs_with_the_drivers_deterministic_setting(cells, data,
     assert counts == {"cells": 1, "skipped": 0, "ran": 1, "failed": 0}
     (row,) = read_records(tmp_path)[0]
     assert row.status == "ok", row.error
-    # the row's kernels are what the worker ran with, measured there
     assert (row.cell_id, row.kernels["threads"], row.kernels["deterministic_algorithms"]) == (
         cells[0].pinned(1, True).id, "1", "true")

@@ -94,8 +94,6 @@ def test_compare_skips_bad_rows_and_compares_the_rest(tmp_path, capsys):
     assert "no regression in 2 shared cell(s)" in out.out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 follow-up: run_cells' claims pass re-runs 3 finished cells that "
-                   "the staleness plan had skipped, when the file also holds bad rows")
 def test_resume_skips_bad_rows_and_runs_nothing_already_finished(tmp_path, data):
     from bench.runner import data_fingerprint, pinned_cells, run_cells
 
