@@ -111,6 +111,8 @@ def slice_html(v: SliceView) -> str:
                      + "".join(f"<li>{html_text(notes[k])}</li>" for k in sorted(notes)) + "</ul>")
     if v.collapsed:
         parts.append(f'<p class="note">{html_text(COLLAPSE_NOTE)}</p>')
+    if v.subset_note:
+        parts.append(f'<p class="note">{html_text(v.subset_note)}</p>')
     if v.left_out:
         parts.append(f'<p class="note">{html_text(OLDER_NOTE.format(n=v.left_out))}</p>')
     if len(v.paired):

@@ -36,6 +36,8 @@ def slice_latex(v: SliceView) -> str:
                f"CI ({direction} is better).")
     if v.collapsed:
         caption += " † a run collapsed to predicting one class."
+    if v.subset_note:
+        caption += " " + latex_text(v.subset_note)
     # failed runs: one line each below the table, so the caption stays short
     notes = "".join(f"\\par {latex_text(n.text)}\n" for n in sorted(v.notes.values(), key=lambda n: n.number))
     if notes:

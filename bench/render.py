@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench import failures, memory, pareto, sensitivity
+from bench import failures, memory, pareto, sensitivity, subsets
 from bench.escape import csv_cell, map_text, markdown, url_path
 from bench.failures import Note, length_key
 from bench.records import ResultRecord, latest_by_cell
@@ -76,7 +76,7 @@ def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
     rows, left_out = newest_experiments(records)
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
-            "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind"]
+            "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind", "eval_examples", "eval_split_size"]
     df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
     for c in ("main_score", "inference_params", "inference_bytes"):  # None (unknown) -> NaN
         df[c] = pd.to_numeric(df[c], errors="coerce")
@@ -165,11 +165,13 @@ def leaderboard(df: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | No
         row = {"method": method}
         for p in lengths:
             sel = g[g["prefix_length"] == p]
-            shown = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
+            shown = subsets.mark(fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()), sel) \
+                if len(sel) else ""
             row[f"P={p}"] = notes[(method, p)].cell(shown) if (method, p) in notes else shown
         if has_none:
             sel = g[g["prefix_length"].isna()]
-            shown = fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()) if len(sel) else ""
+            shown = subsets.mark(fmt_summary(summarize(sel["main_score"]), sel["collapsed"].any()), sel) \
+                if len(sel) else ""
             row[NO_PREFIX] = notes[(method, None)].cell(shown) if (method, None) in notes else shown
         if g.empty:  # every run failed: no cost was measured
             out.append(row | dict.fromkeys(COST_COLUMNS, "—"))
@@ -216,6 +218,7 @@ class SliceView:
     left_out: int = 0  # older rows not averaged in (newest_experiments)
     file_stem: str = ""  # set by build_views: distinct per slice, safe as a file name
     notes: dict[tuple[str, int | None], Note] = field(default_factory=dict)  # cells with failed runs
+    subset_note: str = ""  # bench/subsets.py: rows scored on part of the evaluation split
 
     @property
     def stem(self) -> str:
@@ -245,7 +248,8 @@ def build_views(records: list[ResultRecord]) -> list[SliceView]:
         views.append(SliceView(task, backbone, metric, hib, leaderboard(g, notes), score_table(g, notes),
                                paired_table(g), sensitivity.curves(g), sensitivity.scores(g, hib),
                                pareto.table(g, hib), bool(g["collapsed"].any()),
-                               left_out=left_out.get((task, backbone), 0), notes=notes))
+                               left_out=left_out.get((task, backbone), 0), notes=notes,
+                               subset_note=subsets.note(g, task)))
     stems = unique_stems((v.task, v.backbone) for v in views)
     for v in views:
         v.file_stem = stems[(v.task, v.backbone)]
@@ -343,6 +347,8 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
             f"- {markdown(n.text)}" for n in sorted(v.notes.values(), key=lambda n: n.number)))
     if v.collapsed:
         parts.append(COLLAPSE_NOTE)
+    if v.subset_note:
+        parts.append(markdown(v.subset_note))
     if v.board["peak memory"].str.endswith("‡").any():
         parts.append(MEMORY_NOTE)
     if v.left_out:
