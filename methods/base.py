@@ -9,6 +9,7 @@ trainable parameters are exactly what the method trains.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import types
 import typing
@@ -87,8 +88,26 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def takes_positions(model: nn.Module) -> bool:
-    """Whether ``model.forward`` accepts ``position_ids`` (every HF decoder and BERT does)."""
-    return "position_ids" in inspect.signature(model.forward).parameters
+    """Whether ``model.forward`` accepts ``position_ids`` (every HF decoder and BERT does).
+    Asked on every forward, so answered once per class."""
+    return _forward_takes_positions(type(model))
+
+
+@functools.cache
+def _forward_takes_positions(cls: type) -> bool:
+    return "position_ids" in inspect.signature(cls.forward).parameters
+
+
+def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
+    """``state`` holds exactly ``expected``'s names, each with its shape; else KeyError/ValueError."""
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise KeyError(f"{what} state does not match: missing {sorted(missing)[:5]}, "
+                       f"unexpected {sorted(unexpected)[:5]}")
+    for name, value in state.items():
+        if expected[name].shape != value.shape:
+            raise ValueError(f"{what} tensor {name!r} has shape {tuple(value.shape)}, "
+                             f"expected {tuple(expected[name].shape)}")
 
 
 def with_positions(model: nn.Module, kwargs: dict[str, Any], offset: int = 0) -> dict[str, Any]:
@@ -126,17 +145,10 @@ class Adapter(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy a saved adapter state in; names and shapes must match exactly."""
-        own = self.trainable_state_dict()
-        missing, unexpected = set(own) - set(state), set(state) - set(own)
-        if missing or unexpected:
-            raise KeyError(f"adapter state does not match: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
+        check_state(self.trainable_state_dict(), state, "adapter")
         params = dict(self.named_parameters())
         with torch.no_grad():
             for name, value in state.items():
-                if params[name].shape != value.shape:
-                    raise ValueError(f"adapter tensor {name!r} has shape {tuple(value.shape)}, "
-                                     f"expected {tuple(params[name].shape)}")
                 params[name].copy_(value)
         self.unfold()  # a folded prefix would be stale
 

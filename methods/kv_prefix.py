@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Adapter, Anatomy, AttachContext, with_positions
+from methods.base import Adapter, Anatomy, AttachContext, check_state, with_positions
 
 
 def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
@@ -214,14 +214,7 @@ class KVPrefixAdapter(Adapter):
 
     def load_inference_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         expected = self.inference_state_dict()
-        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-        if missing or unexpected:
-            raise KeyError(f"inference state does not match: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
-        for name, value in state.items():
-            if expected[name].shape != value.shape:
-                raise ValueError(f"inference tensor {name!r} has shape {tuple(value.shape)}, "
-                                 f"expected {tuple(expected[name].shape)}")
+        check_state(expected, state, "inference")
         params = dict(self.named_parameters())
         with torch.no_grad():
             for name, value in state.items():
