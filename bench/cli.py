@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from bench.config import LIMITS, ConfigError
-from bench.safe_names import check_name
+from bench.core.config import LIMITS, ConfigError
+from bench.core.safe_names import check_name
 
 RESULTS_ROOT = Path("results")
 
@@ -31,8 +31,8 @@ def _folder(option: str, path: Path) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.matrix import load_suite
-    from bench.registry import RegistryError, import_plugins
+    from bench.core.registry import RegistryError, import_plugins
+    from bench.run.matrix import load_suite
     from tasks import DataSettings
 
     try:
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for key in ("method", "task", "backbone"):
         wanted = getattr(args, key)
         if wanted:
-            from bench.backbones import BACKBONES
+            from bench.run.backbones import BACKBONES
             from methods import METHODS
             from tasks import TASKS
             registry = {"method": METHODS, "task": TASKS, "backbone": BACKBONES}[key]
@@ -55,17 +55,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("the filters leave no cell to run")
     data = DataSettings.from_env(args.data_dir)
     if args.dry_run:
-        from bench.runner import validate_cells
+        from bench.run.validate import validate_cells
         validate_cells(cells, data)
         for c in cells:
             print(f"{c.id}  {c.method:18} {c.task:12} {c.backbone:14} P={c.prefix_length} seed={c.seed} "
                   f"lr={c.train['lr']} steps={c.train['train_steps']}")
         print(f"{len(cells)} cells (dry run: nothing trained)")
         return 0
-    from bench.executors import make_executor, parse_options
-    from bench.matrix import executor_table
-    from bench.provenance import pick_device
-    from bench.runner import run_cells
+    from bench.measure.provenance import pick_device
+    from bench.run.driver import run_cells
+    from bench.run.executors import make_executor, parse_options
+    from bench.run.matrix import executor_table
 
     name, options, where = args.executor, parse_options(args.executor_option), "--executor"
     if name is None:  # the suite may say where it runs; --executor-option still applies
@@ -90,9 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from bench.record_check import problem_summary
-    from bench.records import read_records
-    from bench.render import render
+    from bench.core.record_check import problem_summary
+    from bench.core.records import read_records
+    from bench.report.render import render
+    from tasks import task_facts
 
     records, problems = read_records(_results_dir(args))
     if problems:
@@ -101,7 +102,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"no records in {_results_dir(args)}", file=sys.stderr)
         return 1
     records = _current_cells_only(records, args)
-    for path in render(records, _tables_dir(args)):
+    for path in render(records, _tables_dir(args), facts=task_facts()):
         print(f"wrote {path}")
         if path.name == "leaderboard.md" and not args.quiet:
             print(path.read_text(encoding="utf-8"))
@@ -110,11 +111,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _current_cells_only(records: list, args: argparse.Namespace) -> list:
     """Keep the records of cells the suite defines with the current code: a cell whose
-    options or code (bench/identity.py) changed has a new id, and its old rows must not be
+    options or code (bench/core/identity.py) changed has a new id, and its old rows must not be
     shown as the current result. With --all-records (or a suite that no longer exists, or
     none of whose cells has a record) every record is rendered; even then a table cell
     averages only its newest experiment's rows (render.newest_experiments)."""
-    from bench.matrix import load_suite
+    from bench.run.matrix import load_suite
 
     if getattr(args, "all_records", False):
         return records
@@ -141,8 +142,8 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench.backbones import BACKBONES
-    from bench.matrix import DEFAULT_SUITES, load_toml, suite_names
+    from bench.run.backbones import BACKBONES
+    from bench.run.matrix import DEFAULT_SUITES, load_toml, suite_names
     from methods import METHODS
     from methods.base import field_help
     from tasks import TASKS
@@ -165,7 +166,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, bb in BACKBONES.items():
             print(f"  {name:20} {bb.description}")
     if what in ("executors", "all"):
-        from bench.executors import EXECUTORS
+        from bench.run.executors import EXECUTORS
         print("executors:")
         for name, cls in EXECUTORS.items():
             print(f"  {name:20} {(cls.__doc__ or '').split('.')[0].strip()}")
@@ -245,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("-v", "--verbose", action="store_true", help="show each method's options")
     lst.set_defaults(func=cmd_list)
 
-    from bench import compare, reproduce, reproduction  # each module owns its subcommand's options
-    for module in (compare, reproduce, reproduction):
+    from bench.report import compare, verdicts
+    from bench.run import rerun  # each module owns its subcommand's options
+    for module in (compare, rerun, verdicts):
         module.add_subcommand(sub)
     return p
 
@@ -256,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "needs_task_facts", False):  # a reporting command: it imports no task itself
+            from tasks import task_facts
+
+            args.task_facts = task_facts()
         return args.func(args)
     except ConfigError as err:
         print(f"prefix-bench: error: {err}", file=sys.stderr)

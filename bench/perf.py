@@ -12,9 +12,9 @@ Arms (SmolLM2-135M, fp32, the device from ``pick_device``):
 
 Phases, each timed per arm with the same fixed batch of random token ids (no padding, so
 every arm sees exactly the same tokens; tokenization is not timed):
-  train     one optimizer step: the verbalizer loss (bench/formulations.py: logits only at
+  train     one optimizer step: the verbalizer loss (bench/run/formulations.py: logits only at
             the last position, ``logits_to_keep=1``, and only over the two label tokens' rows
-            of the output layer, bench/label_head.py; cross-entropy over the two),
+            of the output layer, bench/run/label_head.py; cross-entropy over the two),
             backward, AdamW step (base: no optimizer, nothing to update)
   eval      no-grad forward with the same loss head; ours with the prefix folded
             (``adapter.fold()``), PEFT as PEFT runs it (prefix recomputed each forward)
@@ -29,12 +29,12 @@ again at larger batch x prefix length, where PEFT's MLP over batch x P rows grow
 
 Peak memory: each arm's training step runs again in fresh child processes (spawn,
 ``--memory-repeats`` each, interleaved; the median is reported), which report their peak
-(CPU: the child's VmHWM, see bench/memory.py, i.e. weights + activations + allocator slack,
+(CPU: the child's VmHWM, see bench/measure/memory.py, i.e. weights + activations + allocator slack,
 with every weight read in first; CUDA: max allocated and max reserved). Children that only
 load the backbone give the floor, subtracted to show what the step adds.
 
 Harness overhead: one real cell (SST-2 verbalizer, our prefix tuning) through
-``bench.runner.run_cell``; its ``harness_overhead`` field (see bench/efficiency.py).
+``bench.run.cell.run_cell``; its ``harness_overhead`` field (see bench/measure/efficiency.py).
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench import provenance
-from bench.backbones import load_backbone
-from bench.flops import StepFlops, peak_flops
-from bench.label_head import label_rows, label_share
-from bench.perf_report import markdown, quartiles, summarise
+from bench.measure import provenance
+from bench.measure.flops import StepFlops, peak_flops
+from bench.measure.perf_report import markdown, quartiles, summarise
+from bench.run.backbones import load_backbone
+from bench.run.label_head import label_rows, label_share
 
 BACKBONE = "smollm2-135m"
 ARMS = ("base", "ours_proj", "ours_noproj", "peft_proj", "peft_noproj", "lora")
@@ -227,10 +227,10 @@ def interleaved(runners: dict[str, ArmRunner], phase: str, s: Settings,
 # --- memory (child processes) -------------------------------------------------------------
 
 def _memory_child(arm: str, s: Settings, queue: Any) -> None:
-    from bench import memory
+    from bench.measure import memory
 
     try:
-        memory.reset_cpu_peak()  # this child's own high-water mark (see bench/memory.py)
+        memory.reset_cpu_peak()  # this child's own high-water mark (see bench/measure/memory.py)
         if s.threads:
             torch.set_num_threads(s.threads)
         device = provenance.pick_device(s.device)
@@ -325,8 +325,8 @@ def scaling_rows(s: Settings, model: torch.nn.Module, tokenizer: Any, device: to
 # --- one real cell: harness overhead ------------------------------------------------------
 
 def cell_overhead(s: Settings, device: torch.device) -> dict[str, Any]:
-    from bench.matrix import expand
-    from bench.runner import run_cell
+    from bench.run.cell import run_cell
+    from bench.run.matrix import expand
     from tasks import DataSettings
 
     doc = {"suites": {"perf": {"methods": ["prefix_tuning"], "tasks": ["glue/sst2"], "backbones": [BACKBONE],

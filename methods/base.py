@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.config import ConfigError, check_fields
-from bench.registry import Registry
+from bench.core.config import ConfigError, check_fields
+from bench.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_prefix_length: ClassVar[bool] = True
     default_lr: ClassVar[float] = 1e-3
-    # Part of every cell id (bench/identity.py), beside a digest of the method's source:
+    # Part of every cell id (bench/core/identity.py), beside a digest of the method's source:
     # bump it to mark a change of behaviour the source digest cannot see (e.g. a dependency).
     version: ClassVar[str] = "1"
     # True when attaching leaves the model's function unchanged (a zero-initialised update):
@@ -219,7 +219,7 @@ def register_method(name: str):
 
 
 def load_adapter(adapter: Adapter, path: str | Path) -> None:
-    """Load a trained state written by ``bench.runner.save_adapter`` (safetensors) into an
+    """Load a trained state written by ``bench.run.runner.save_adapter`` (safetensors) into an
     adapter attached the same way (same method, config, prefix length and backbone)."""
     from safetensors.torch import load_file
 
@@ -228,7 +228,7 @@ def load_adapter(adapter: Adapter, path: str | Path) -> None:
 
 
 def load_inference_adapter(adapter: Adapter, path: str | Path) -> None:
-    """Load a deployed state written by ``bench.runner.save_state`` from
+    """Load a deployed state written by ``bench.run.runner.save_state`` from
     ``inference_state_dict`` (safetensors) into an adapter attached the same way."""
     from safetensors.torch import load_file
 

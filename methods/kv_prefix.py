@@ -22,9 +22,7 @@ def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
 
     The per-layer tensors are ``unbind`` views, not ``kv[i, 0]`` indexing: the backward of
     each index writes a zero tensor the size of all of ``kv`` and adds it in, 2L times
-    (quadratic in depth; at 30 layers, P=16, batch 8 a micro-benchmark of the prefix's path
-    alone took 8-16 ms per step that way, 4 ms with unbind), where ``unbind``'s backward is
-    one ``stack``. Rows are ``expand`` views: no copy of the
+    (quadratic in depth), where ``unbind``'s backward is one ``stack``. Rows are ``expand`` views: no copy of the
     prefix per example (PEFT computes it per example)."""
     from transformers import DynamicCache
 

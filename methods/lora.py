@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from bench.config import ConfigError
+from bench.core.config import ConfigError
 from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 
 MAX_RANK = 4096  # above every registered backbone's hidden size (SmolLM2-135M: 576)

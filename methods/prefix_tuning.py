@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.config import ConfigError
+from bench.core.config import ConfigError
 from methods.base import Anatomy, AttachContext, Method, MethodConfig, register_method
 from methods.kv_prefix import (
     KVPrefixAdapter,

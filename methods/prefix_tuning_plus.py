@@ -15,7 +15,7 @@ trainable matrix M.
 
 Two registered forms, because the benchmark's prefix-length axis means something for one
 and nothing for the other, and ``Method.uses_prefix_length`` is a class-level fact that
-bench/matrix.py reads before any config exists (a config option could not switch it):
+bench/run/matrix.py reads before any config exists (a config option could not switch it):
 
 * ``prefix_tuning_plus`` -- the published form. M is free, one (d_phi, d_v) matrix per
   layer (``per_head``: one (d_h, d_h) per query head), zero at the start, so the attached
@@ -35,7 +35,7 @@ What we could check against the paper (v1-v3 front matter, abstract, two third-p
 summaries; the method section itself was not available to us): the construction above --
 the prefix moved out of the softmax, a kernel feature map phi, a trainable memory matrix
 M, a query-dependent term added to the attention output. What we could *not* check and
-take from /work/shared/docs/methods.md: that phi defaults to elu (we use elu(x) + 1, the
+take from the project's methods notes (docs/methods.md of the shared folder): that phi defaults to elu (we use elu(x) + 1, the
 positive linear-attention feature map of Katharopoulos et al. 2020 -- the doc says "elu";
 the +1 keeps phi(q)^T phi(k) a positive similarity, as a kernel of softmax attention must
 be, and is our reading), the gelu alternative, the exact shape of M (we take d_phi = d_v =
@@ -55,7 +55,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import ConfigError
+from bench.core.config import ConfigError
 from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 
 FEATURE_MAPS = ("elu", "gelu")
@@ -182,7 +182,7 @@ class MemoryAdapter(Adapter):
         return self.keys[layer].transpose(-1, -2) @ self.values[layer]
 
     def body_matmuls(self) -> tuple[int, int]:
-        """For bench/flops.py: (multiply-adds per position over all layers, of which those
+        """For bench/measure/flops.py: (multiply-adds per position over all layers, of which those
         whose input is the frozen query at layer 0, so autograd computes no input gradient
         for them). Every one of them is trainable."""
         L, d = self.num_layers, self.d_q // self.groups

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import ConfigError
+from bench.core.config import ConfigError
 from methods.base import (
     Adapter,
     Anatomy,

@@ -1,5 +1,5 @@
 """Residual-reparameterised prefix tuning with per-token gates: Jung et al., IEEE Access,
-2025 (as summarised in /work/shared/docs/methods.md; we have neither its full text nor code).
+2025 (as summarised in the project's methods notes, docs/methods.md of the shared folder; we have neither its full text nor code).
 
 The paper's exact equations are not available to us; this is our formulation, built to keep
 the two properties any reading of it has (both are tested):
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import ConfigError
+from bench.core.config import ConfigError
 from methods.base import Anatomy, AttachContext, register_method
 from methods.prefix_tuning import MAX_WIDTH, PrefixTuning, PrefixTuningAdapter, PrefixTuningConfig
 

@@ -2,6 +2,6 @@
 register through the ``prefix_bench.tasks`` entry-point group."""
 
 from tasks import e2e, glue, lm_eval_tasks  # noqa: F401  (registration)
-from tasks.base import TASKS, DataSettings, Example, Task, register_task
+from tasks.base import TASKS, DataSettings, Example, Task, register_task, task_facts
 
-__all__ = ["TASKS", "DataSettings", "Example", "Task", "register_task"]
+__all__ = ["TASKS", "DataSettings", "Example", "Task", "register_task", "task_facts"]

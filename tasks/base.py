@@ -1,5 +1,5 @@
 """The task plugin interface: a task declares its data and metrics; Python only where
-data cannot say it. Formulation-specific encoding lives in ``bench.formulations``."""
+data cannot say it. Formulation-specific encoding lives in ``bench.run.formulations``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.registry import Registry
+from bench.core.registry import Registry
+from bench.core.task_facts import TaskFacts
 
 DATA_DIR_ENV = "PREFIX_BENCH_DATA_DIR"
 
@@ -112,20 +113,30 @@ class Task(ABC):
     def depends_on(self) -> tuple[Any, ...]:
         """What besides this task's own module and declaration decides its results: other
         tasks (their identity counts) and files (their bytes count). Part of every cell id
-        (``bench.identity``). Default: nothing."""
+        (``bench.core.identity``). Default: nothing."""
         return ()
 
     def preload(self) -> None:
         """Import what ``compute_metrics`` needs. The runner calls it before a cell's clock
         starts, so a once-per-process import is not charged to the first cell as harness
-        overhead (sklearn's first import took 1 s, 4% of a 30-step SmolLM2 cell)."""
+        overhead (a first import of sklearn is a second or so)."""
         return None  # default: nothing to import
+
+    def facts(self) -> TaskFacts:
+        """What the reporting layer needs to know about this task (bench/core/task_facts.py).
+        A task counted on a benchmark's average (GLUE) overrides this to say how."""
+        return TaskFacts(self.name, {m.name: m.higher_is_better for m in self.metrics}, self.corpus_metrics)
 
     def describe(self) -> str:
         return f"{self.kind}, metrics {', '.join(m.name for m in self.metrics)} (main {self.main_metric})"
 
 
 TASKS: Registry[Task] = Registry("task", Task, instances=True)
+
+
+def task_facts() -> dict[str, TaskFacts]:
+    """Every registered task's facts, for the reporting layer (which must not import tasks)."""
+    return {name: TASKS.get(name).facts() for name in TASKS.names()}
 
 
 def register_task(task: Task) -> Task:

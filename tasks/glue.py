@@ -9,12 +9,15 @@ numbers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.core.task_facts import TaskFacts, board_average, board_task_score
 from tasks.base import (
+    TASKS,
     DataSettings,
     DataUnavailableError,
     Example,
@@ -24,6 +27,7 @@ from tasks.base import (
     fingerprint_examples,
     fingerprint_files,
     register_task,
+    task_facts,
 )
 from tasks.metrics import classification_metrics
 
@@ -65,6 +69,15 @@ class GlueTask(Task):
         self.metrics = metrics
         self.main_metric = main_metric
         self.citation = citation
+
+    def facts(self) -> TaskFacts:
+        facts = super().facts()
+        if self.name not in GLUE_SCORE_TASKS:
+            return facts
+        # CoLA reports accuracy for reference only; its GLUE score is Matthews correlation
+        score = ("matthews_correlation",) if self.name == "glue/cola" else tuple(m.name for m in self.metrics)
+        unit = "glue/mnli" if self.name.startswith("glue/mnli_") else ""
+        return dataclasses.replace(facts, board="glue", board_unit=unit, score_metrics=score)
 
     def _offline_path(self, split: str, data: DataSettings) -> Path | None:
         if data.data_dir is None or split not in self.spec.files:
@@ -297,17 +310,9 @@ GLUE_SCORE_TASKS = ("glue/cola", "glue/sst2", "glue/mrpc", "glue/stsb", "glue/qq
 
 def glue_task_score(task_name: str, metrics: dict[str, float]) -> float | None:
     """One number per task as GLUE's leaderboard computes it: the mean of the task's
-    official metrics (F1 and accuracy for MRPC/QQP, Pearson and Spearman for STS-B).
-    None if any of them is missing."""
-    from tasks.base import TASKS
-
-    names = [m.name for m in TASKS.get(task_name).metrics]
-    if task_name == "glue/cola":  # accuracy is reported for reference only; CoLA's score is Matthews
-        names = ["matthews_correlation"]
-    values = [metrics.get(n) for n in names]
-    if any(v is None for v in values):
-        return None
-    return float(sum(values) / len(values))
+    official metrics (F1 and accuracy for MRPC/QQP, Pearson and Spearman for STS-B;
+    Matthews correlation alone for CoLA). None if any of them is missing."""
+    return board_task_score(TASKS.get(task_name).facts(), metrics)
 
 
 def glue_average(scores_by_task: dict[str, dict[str, float]]) -> tuple[float | None, list[str]]:
@@ -318,12 +323,4 @@ def glue_average(scores_by_task: dict[str, dict[str, float]]) -> tuple[float | N
     matched and mismatched scores (whichever are present). The mean covers only the tasks
     given, so show the missing list next to it: an average over fewer tasks is not GLUE's
     number."""
-    per_task = {t: glue_task_score(t, m) for t, m in scores_by_task.items() if t in GLUE_SCORE_TASKS}
-    present = {t: s for t, s in per_task.items() if s is not None}
-    missing = [t for t in GLUE_SCORE_TASKS if t not in present]
-    mnli = [present.pop(t) for t in ("glue/mnli_matched", "glue/mnli_mismatched") if t in present]
-    if mnli:
-        present["glue/mnli"] = sum(mnli) / len(mnli)
-    if not present:
-        return None, missing
-    return float(sum(present.values()) / len(present)), missing
+    return board_average(task_facts(), "glue", scores_by_task)

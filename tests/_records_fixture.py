@@ -7,7 +7,7 @@ prefix_tuning by ~0.03 on every matched cell, lora has no prefix axis.
 
 from __future__ import annotations
 
-from bench.records import ResultRecord
+from bench.core.records import ResultRecord
 
 LENGTHS = (5, 20, 50)
 SEEDS = (0, 1, 2)

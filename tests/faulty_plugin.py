@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from bench.config import ConfigError
+from bench.core.config import ConfigError
 from methods.base import Adapter, AttachContext, Method, MethodConfig, register_method
 
 MODES = ("raise", "memory", "kill")

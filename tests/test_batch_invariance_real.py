@@ -14,11 +14,11 @@ import dataclasses
 import pytest
 import torch
 
-from bench.backbones import BackboneUnavailableError, load_backbone
-from bench.formulations import choose_formulation
-from bench.matrix import load_suite
-from bench.runner import load_split
-from bench.trainer import train
+from bench.run.backbones import BackboneUnavailableError, load_backbone
+from bench.run.data import load_split
+from bench.run.formulations import choose_formulation
+from bench.run.matrix import load_suite
+from bench.run.trainer import train
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS
 

@@ -11,8 +11,8 @@ import copy
 import pytest
 import torch
 
-from bench.backbones import load_backbone
-from bench.matrix import load_suite
+from bench.run.backbones import load_backbone
+from bench.run.matrix import load_suite
 from methods import METHODS, Anatomy, AttachContext
 
 IDS = torch.tensor([[0, 0, 2023, 3185, 2001, 2204], [2023, 2003, 1037, 2307, 2143, 1012]])

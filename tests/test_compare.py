@@ -9,7 +9,7 @@ import pytest
 from _records_fixture import make_records
 
 from bench.cli import main
-from bench.records import append_record
+from bench.core.records import append_record
 
 
 def write(folder, records):

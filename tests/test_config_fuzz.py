@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.backbones import BACKBONES  # noqa: E402
-from bench.config import ConfigError
-from bench.matrix import AXES, SUITE_KEYS, Cell, expand, load_suite
+from bench.core.config import ConfigError
+from bench.run.backbones import BACKBONES  # noqa: E402
+from bench.run.matrix import AXES, SUITE_KEYS, Cell, expand, load_suite
 from methods import METHODS  # noqa: E402
 
 METHOD_NAMES = ["prefix_tuning", "prompt_tuning", "lora", "full_finetune", "nope"]
@@ -182,7 +182,8 @@ def bad_data(tmp_path, data_dir):
 
 
 def _validate(data_root: Path):
-    from bench.runner import _SPLITS, validate_cells
+    from bench.run.data import _SPLITS
+    from bench.run.validate import validate_cells
     from tasks import DataSettings
 
     _SPLITS.clear()  # the loader caches splits per process
@@ -208,11 +209,11 @@ def test_bad_data_files_are_config_errors_naming_the_file(bad_data, damage, patt
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import bench.runner
+    import bench.run.cell
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded for an invalid run")
-    monkeypatch.setattr(bench.runner, "load_backbone", refuse)
+    monkeypatch.setattr(bench.run.cell, "load_backbone", refuse)
 
 
 @pytest.mark.parametrize("argv, needle, valid", [
@@ -246,7 +247,7 @@ def test_cli_rejects_unknown_toml_key_before_any_model(no_model, capsys, tmp_pat
 
 def test_cli_rejects_broken_data_before_any_model(no_model, capsys, bad_data, tmp_path):
     from bench.cli import main
-    from bench.runner import _SPLITS
+    from bench.run.data import _SPLITS
 
     _SPLITS.clear()
     tsv = bad_data / "glue" / "sst2" / "dev.tsv"
@@ -258,7 +259,7 @@ def test_cli_rejects_broken_data_before_any_model(no_model, capsys, bad_data, tm
 
 def test_suite_executor_table(no_model, capsys, tmp_path, data_dir):
     from bench.cli import main
-    from bench.matrix import executor_table
+    from bench.run.matrix import executor_table
 
     path = _suite_file(tmp_path, VALID + 'executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }\n')
     assert executor_table(path, "s") == ({"name": "slurm", "partition": "gpu", "gpus_per_cell": 1},
@@ -279,7 +280,7 @@ def test_suite_executor_table(no_model, capsys, tmp_path, data_dir):
 def test_no_pickle_loading_and_no_remote_code_by_default():
     import re
 
-    from bench.backbones import BACKBONES
+    from bench.run.backbones import BACKBONES
 
     root = Path(__file__).resolve().parent.parent
     pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|trust_remote_code\s*=\s*True")
@@ -292,7 +293,7 @@ def test_no_pickle_loading_and_no_remote_code_by_default():
 def test_plugins_are_imported_only_when_named(monkeypatch):
     import sys
 
-    from bench.registry import RegistryError, import_plugins
+    from bench.core.registry import RegistryError, import_plugins
     from methods import METHODS
 
     assert "faulty_plugin" not in sys.modules and "test_faulty" not in METHODS

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.matrix import load_suite
-from bench.records import RECORDS_FILE, ResultRecord, append_record, finished_ids, read_records, write_atomic
-from bench.runner import run_cells
+from bench.core.records import RECORDS_FILE, ResultRecord, append_record, finished_ids, read_records, write_atomic
+from bench.run.driver import run_cells
+from bench.run.matrix import load_suite
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,7 +138,7 @@ def test_kill_9_at_random_moments_loses_no_finished_cell(tmp_path, data_dir):
 
 @pytest.fixture
 def faulty():
-    from bench.registry import import_plugins
+    from bench.core.registry import import_plugins
     from methods import METHODS
 
     import_plugins(["faulty_plugin"])
@@ -150,7 +150,7 @@ def faulty():
 def test_failing_cells_are_rows_and_retry_failed_reruns_only_them(faulty, data, tmp_path):
     """Non-finite loss (lr = 1e30), an exception and an out-of-memory error each give a
     failed row naming the error; the other cells finish; --retry-failed re-runs only those."""
-    from bench.matrix import expand
+    from bench.run.matrix import expand
 
     train = {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32}
     doc = {"suites": {

@@ -7,9 +7,10 @@ import pytest
 import torch
 from test_method_contract import attach, inputs, train_steps
 
-from bench.matrix import expand
-from bench.records import read_records
-from bench.runner import run_cells, save_adapter, save_state
+from bench.core.records import read_records
+from bench.run.artefacts import save_adapter, save_state
+from bench.run.driver import run_cells
+from bench.run.matrix import expand
 from methods.base import load_inference_adapter
 
 P = 3

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from bench.matrix import expand
-from bench.runner import run_cell
+from bench.run.cell import run_cell
+from bench.run.matrix import expand
 
 TRAIN = {"train_steps": 4, "batch_size": 4, "eval_limit": 24, "train_limit": 64, "max_length": 32}
 

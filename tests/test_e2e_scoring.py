@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import ConfigError
-from bench.matrix import expand
+from bench.core.config import ConfigError
+from bench.run.matrix import expand
 from tasks import TASKS
 
 

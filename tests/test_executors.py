@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from bench.config import ConfigError
-from bench.executors import EXECUTORS, LocalExecutor, make_executor, parse_options
-from bench.matrix import expand
-from bench.records import read_records
-from bench.runner import run_cells
+from bench.core.config import ConfigError
+from bench.core.records import read_records
+from bench.run.driver import run_cells
+from bench.run.executors import EXECUTORS, LocalExecutor, make_executor, parse_options
+from bench.run.matrix import expand
 
 TRAIN = {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32}
 
@@ -62,7 +62,7 @@ def test_registry_and_options():
 @pytest.fixture
 def faulty():
     """The test-only failing method, registered for one test and removed afterwards."""
-    from bench.registry import import_plugins
+    from bench.core.registry import import_plugins
     from methods import METHODS
 
     import_plugins(["faulty_plugin"])

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import backbones
-from bench.efficiency import steps_to_target
-from bench.flops import StepFlops, peak_flops
+from bench.measure.efficiency import steps_to_target
+from bench.measure.flops import StepFlops, peak_flops
+from bench.run import backbones
 from methods import METHODS, Anatomy, AttachContext
 
 B, S = 3, 7
@@ -78,9 +78,9 @@ def test_steps_to_target():
 
 
 def test_tiny_suite_record_carries_efficiency(tmp_path, data):
-    from bench.matrix import load_suite
-    from bench.records import read_records
-    from bench.runner import run_cells
+    from bench.core.records import read_records
+    from bench.run.driver import run_cells
+    from bench.run.matrix import load_suite
 
     cells = [c for c in load_suite(None, "tiny") if c.method == "prefix_tuning"]
     counts = run_cells(cells, tmp_path, data, torch.device("cpu"), log=lambda s: None)

@@ -1,5 +1,6 @@
-from bench.glue_board import glue_average_table
-from bench.records import ResultRecord
+from bench.core.records import ResultRecord
+from bench.report.glue_board import glue_average_table
+from tasks import task_facts
 
 
 def _rec(cid, task, metrics, seed=0, method="lora", plen=None):
@@ -18,7 +19,7 @@ def test_glue_average_by_hand():
         _rec("7", "e2e_nlg", {"bleu": 60.0}),                        # not GLUE: ignored
         _rec("8", "glue/sst2", {"accuracy": 0.5}, method="prefix_tuning", plen=5),
     ]
-    table = glue_average_table(records).set_index(["method", "P"])
+    table = glue_average_table(records, task_facts()).set_index(["method", "P"])
     row = table.loc[("lora", "—")]
     assert row["sst2"] == "0.8500" and row["mrpc"] == "0.7500" and row["cola"] == "0.3000"
     assert row["GLUE average"] == f"{(0.85 + 0.75 + 0.30 + 0.65) / 4:.4f}"
@@ -28,4 +29,4 @@ def test_glue_average_by_hand():
 
 
 def test_no_glue_records_gives_empty_table():
-    assert len(glue_average_table([_rec("1", "e2e_nlg", {"bleu": 1.0})])) == 0
+    assert len(glue_average_table([_rec("1", "e2e_nlg", {"bleu": 1.0})], task_facts())) == 0

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from _records_fixture import make_records
 
-from bench.render import render
+from bench.report.render import render
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install -y chromium)")
-HEADER_RGB = np.array([0xE8, 0xEE, 0xF7]) / 255  # table.board th background in bench/html_page.py
+HEADER_RGB = np.array([0xE8, 0xEE, 0xF7]) / 255  # table.board th background in bench/report/html_page.py
 
 
 def screenshot(page: Path, tmp: Path) -> np.ndarray:

@@ -10,11 +10,12 @@ import shutil
 import pytest
 import torch
 
-from bench import identity, runner
-from bench.identity import identity_changes, source_digest, source_modules
-from bench.matrix import expand
-from bench.records import read_records
-from bench.runner import run_cells
+from bench.core import identity
+from bench.core.identity import identity_changes, source_digest, source_modules
+from bench.core.records import read_records
+from bench.run import data as run_data
+from bench.run.driver import run_cells
+from bench.run.matrix import expand
 from methods import METHODS
 from tasks import TASKS
 
@@ -58,7 +59,7 @@ def test_a_harness_change_makes_new_cells_of_every_method(monkeypatch):
     before = ids()
     real = identity._module_source
     monkeypatch.setattr(identity, "_module_source",
-                        lambda m: real(m) + (b"# loss" if m.__name__ == "bench.formulations" else b""))
+                        lambda m: real(m) + (b"# loss" if m.__name__ == "bench.run.formulations" else b""))
     after = ids()
     assert all(before[m] != after[m] for m in before)
 
@@ -119,11 +120,11 @@ def test_run_reruns_a_cell_whose_data_changed(tmp_path, data, monkeypatch):
     doc = copy.deepcopy(DOC)
     doc["suites"]["t"]["methods"] = ["lora"]
     cells = expand(doc, "t")
-    monkeypatch.setattr(runner, "_SPLITS", {})
+    monkeypatch.setattr(run_data, "_SPLITS", {})
     assert run_cells(cells, tmp_path / "r", local, torch.device("cpu"), log=lambda s: None)["ran"] == 1
     lines = (folder / "train.tsv").read_text().splitlines()
     (folder / "train.tsv").write_text("\n".join(lines[:-1]) + "\n")  # one training row fewer
-    monkeypatch.setattr(runner, "_SPLITS", {})  # a new process would read the file afresh
+    monkeypatch.setattr(run_data, "_SPLITS", {})  # a new process would read the file afresh
     logs: list[str] = []
     counts = run_cells(cells, tmp_path / "r", local, torch.device("cpu"), log=logs.append)
     assert counts["ran"] == 1

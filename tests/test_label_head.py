@@ -1,4 +1,4 @@
-"""bench/label_head.py: scoring only the label words' rows of the output layer gives the
+"""bench/run/label_head.py: scoring only the label words' rows of the output layer gives the
 full layer's logits and gradients at those words, for every method, and puts the output
 layer back afterwards."""
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import backbones
-from bench.flops import StepFlops
-from bench.formulations import Verbalizer
-from bench.label_head import label_rows, label_share
+from bench.measure.flops import StepFlops
+from bench.run import backbones
+from bench.run.formulations import Verbalizer
+from bench.run.label_head import label_rows, label_share
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS, Example
 
@@ -96,7 +96,7 @@ def test_generation_loss_keeps_the_same_positions_as_a_count(method):
     """The generation loss passes the kept positions as an index tensor (a contiguous copy);
     it must pick what ``logits_to_keep=count`` picks, also when prompt tuning puts P
     positions in front of the sequence."""
-    from bench.formulations import Generation
+    from bench.run.formulations import Generation
 
     adapter, tokenizer = _adapter(method)
     task = TASKS.get("e2e_nlg")

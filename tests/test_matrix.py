@@ -1,7 +1,7 @@
 import pytest
 
-from bench.config import ConfigError
-from bench.matrix import expand, load_suite
+from bench.core.config import ConfigError
+from bench.run.matrix import expand, load_suite
 
 DOC = {
     "defaults": {"train_steps": 10},

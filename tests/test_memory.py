@@ -1,4 +1,4 @@
-"""bench/memory.py: a CPU peak per cell. Checked against the kernel's own accounting with
+"""bench/measure/memory.py: a CPU peak per cell. Checked against the kernel's own accounting with
 allocations of known size; Linux only (elsewhere the process peak is reported and marked)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from bench import memory
+from bench.measure import memory
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM / clear_refs are Linux's")
 MB = 1 << 20

@@ -10,8 +10,8 @@ import copy
 import pytest
 import torch
 
-from bench.backbones import load_backbone
-from bench.runner import save_adapter
+from bench.run.artefacts import save_adapter
+from bench.run.backbones import load_backbone
 from methods import METHODS, Anatomy, AttachContext
 from methods.base import load_adapter, with_positions
 
@@ -22,7 +22,7 @@ MASK = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
 
 
 def inputs(head: str) -> dict[str, torch.Tensor]:
-    # causal backbones pad on the left, encoders on the right (as bench.backbones sets up)
+    # causal backbones pad on the left, encoders on the right (as bench.run.backbones sets up)
     mask = MASK if head == "causal_lm" else MASK.flip(1)
     ids = IDS if head == "causal_lm" else torch.where(mask.bool(), IDS.flip(1), 0)
     return {"input_ids": ids, "attention_mask": mask}
@@ -158,7 +158,8 @@ def test_inference_state_alone_reproduces_the_logits(name: str, backbone: str, h
     """What a method deploys (``inference_state_dict``, e.g. the folded prefix) loaded into a
     fresh adapter gives the trained adapter's logits, with the task head trained as the
     runner trains it."""
-    from bench.runner import head_parameters, save_state
+    from bench.run.artefacts import save_state
+    from bench.run.cell import head_parameters
     from methods.base import load_inference_adapter
 
     def attach_like_runner(seed: int):

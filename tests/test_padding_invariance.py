@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from bench.backbones import load_backbone
+from bench.run.backbones import load_backbone
 from methods import METHODS, Anatomy, AttachContext
 
 BACKBONES = ["tiny-llama", "tiny-gpt2"]

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from bench import backbones, perf
+from bench import perf
+from bench.run import backbones
 
 
 def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):

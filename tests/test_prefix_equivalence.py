@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from bench.backbones import load_backbone
+from bench.run.backbones import load_backbone
 from methods import METHODS, Anatomy, AttachContext
 from methods.base import positions_from_mask
 from methods.kv_prefix import activation_kv, build_cache, kv_to_flat

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from bench.backbones import load_backbone
+from bench.run.backbones import load_backbone
 from methods import METHODS, Anatomy, AttachContext
 from methods.base import with_positions
 from methods.prefix_tuning_plus import feature_map
@@ -131,7 +131,7 @@ def test_feature_maps() -> None:
 
 
 def test_matrix_gives_the_published_form_one_cell_and_the_low_rank_form_one_per_length(tmp_path) -> None:
-    from bench.matrix import load_suite
+    from bench.run.matrix import load_suite
 
     path = tmp_path / "s.toml"
     path.write_text('[suites.x]\nmethods = ["prefix_tuning_plus", "prefix_tuning_plus_lowrank"]\n'

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
-from bench.backbones import load_backbone
-from bench.config import ConfigError
+from bench.core.config import ConfigError
+from bench.run.backbones import load_backbone
 from methods import METHODS, Anatomy, AttachContext
 from methods.base import with_positions
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from bench.config import ConfigError
-from bench.records import ResultRecord, append_record, finished_ids, read_records
+from bench.core.config import ConfigError
+from bench.core.records import ResultRecord, append_record, finished_ids, read_records
 
 
 def _rec(cid: str, status: str = "ok", score: float = 0.5) -> ResultRecord:

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.registry import Registry, RegistryError, UnknownNameError
+from bench.core.registry import Registry, RegistryError, UnknownNameError
 
 
 class Base:
@@ -53,7 +53,7 @@ def test_unknown_name_lists_valid_names_and_suggests():
 
 
 def test_builtin_registries_have_first_plugins():
-    from bench.backbones import BACKBONES
+    from bench.run.backbones import BACKBONES
     from methods import METHODS
     from tasks import TASKS
 
@@ -64,7 +64,7 @@ def test_builtin_registries_have_first_plugins():
 
 def test_entry_point_plugin_is_loaded(monkeypatch):
     """A third-party distribution's entry point registers its plugin on first lookup."""
-    import bench.registry as registry_module
+    import bench.core.registry as registry_module
 
     class FakeEP:
         name = "external"

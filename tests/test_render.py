@@ -1,4 +1,4 @@
-"""bench.render and its views: golden markdown, CSV/LaTeX/HTML outputs, sensitivity and
+"""bench.report.render and its views: golden markdown, CSV/LaTeX/HTML outputs, sensitivity and
 Pareto numbers on fixed records (no training)."""
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from _records_fixture import make_records, record
 
-from bench import pareto, sensitivity
-from bench.html_page import sort_value
-from bench.records import ResultRecord
-from bench.render import build_views, records_frame, render
+from bench.core.records import ResultRecord
+from bench.report import pareto, sensitivity
+from bench.report.html_page import sort_value
+from bench.report.render import render
+from bench.report.views import build_views, records_frame
+from tasks import task_facts
 
 GOLDEN = Path(__file__).parent / "golden" / "render_glue_sst2__minilm-l6.md"
 
@@ -28,7 +30,7 @@ def rendered(tmp_path_factory) -> Path:
     recs.append(ResultRecord(cell_id="broken", suite="fixture", method="lora", task="glue/sst2",
                              backbone="minilm-l6", prefix_length=None, seed=7, status="failed", error="boom"))
     recs.insert(0, record("lora", None, 0, main_score=0.1))  # older record of a cell retried later
-    render(recs, out)
+    render(recs, out, facts=task_facts())
     return out
 
 
@@ -79,7 +81,7 @@ def test_sensitivity_scores_follow_the_fixture():
 
 
 def test_a_method_at_one_length_shows_no_spread_rather_than_nan():
-    from bench.render import sensitivity_display
+    from bench.report.views import sensitivity_display
     recs = [r for r in make_records() if r.method != "residual_prefix" or r.prefix_length == 20]
     shown = sensitivity_display(sensitivity.scores(records_frame(recs))).set_index("method")
     assert shown.loc["residual_prefix", "spread (max−min)"] == "—"
@@ -159,7 +161,7 @@ def test_sort_values_understand_units_and_separators():
 
 def test_two_slices_get_two_sections(tmp_path):
     recs = make_records(seeds=(0,)) + make_records(seeds=(0,), task="glue/rte")
-    written = render(recs, tmp_path, plots=False)
+    written = render(recs, tmp_path, plots=False, facts=task_facts())
     assert {p.name for p in written if p.suffix == ".md"} == {
         "glue_sst2__minilm-l6.md", "glue_rte__minilm-l6.md", "leaderboard.md", "glue_average.md"}
     # two slices and the GLUE average: three top-level sections, the first at the start
@@ -170,7 +172,7 @@ def test_runs_without_scores_or_costs_render_without_crashing(tmp_path):
     recs = [record("lora", None, 0), record("lora", None, 1, main_score=None),
             record("prefix_tuning", 5, 0, main_score=None),
             record("prefix_tuning", 5, 1, main_score=None, train_tokens_per_s=0.0, peak_memory_bytes=0)]
-    render(recs, tmp_path)
+    render(recs, tmp_path, facts=task_facts())
     text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
     assert "| 0.8490 (n=1) " in text and "± 0.0000" not in text and "| prefix_tuning | 5         | —  " in text
     assert not (tmp_path / "glue_sst2__minilm-l6__sensitivity.png").exists()
@@ -180,7 +182,7 @@ def test_one_seed_shows_the_value_alone_and_one_pair_is_no_test(tmp_path):
     """n=1 has no spread and no CI to print; one matched pair has no p-value (a sign flip of
     one difference is as extreme as itself, which used to print p = 1.000 with a CI)."""
     recs = make_records(methods=("prefix_tuning", "prefix_tuning_plus"), seeds=(0,), lengths=(5,))
-    render(recs, tmp_path, plots=False)
+    render(recs, tmp_path, plots=False, facts=task_facts())
     text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
     assert "0.7840 (n=1)" in text and "0.8120 (n=1)" in text
     assert "±" not in text.split("###")[0].split("\n", 1)[1] and "CI 0." not in text
@@ -202,7 +204,7 @@ def test_rows_of_different_identities_are_never_averaged_in_one_cell(tmp_path):
             record("prefix_tuning", 20, 0, config={**old, "seed": 0})]  # alone at its cell: kept
     df = records_frame(recs)
     assert sorted(df["main_score"]) == [0.844, 0.9] and df.attrs["left_out"] == {("glue/sst2", "minilm-l6"): 2}
-    render(recs, tmp_path, plots=False)
+    render(recs, tmp_path, plots=False, facts=task_facts())
     text = (tmp_path / "glue_sst2__minilm-l6.md").read_text()
     assert "| 0.9000 (n=1) " in text and "2 older row(s) left out" in text
     assert "2 older row(s) left out" in (tmp_path / "index.html").read_text()
@@ -210,7 +212,7 @@ def test_rows_of_different_identities_are_never_averaged_in_one_cell(tmp_path):
 
 def test_render_refuses_records_of_a_newer_schema(tmp_path, capsys):
     from bench.cli import main
-    from bench.records import append_record
+    from bench.core.records import append_record
 
     append_record(tmp_path, record("lora", None, 0, schema_version=3))
     assert main(["render", "--results", str(tmp_path), "--tables", str(tmp_path / "t"), "--quiet"]) == 2

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.matrix import load_suite
-from bench.records import read_records
-from bench.runner import run_cells
+from bench.core.records import read_records
+from bench.run.driver import run_cells
+from bench.run.matrix import load_suite
 from tasks import DataSettings
 
 pytestmark = pytest.mark.skipif(not os.environ.get("PREFIX_BENCH_DATA_DIR"),

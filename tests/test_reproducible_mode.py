@@ -1,4 +1,4 @@
-"""Reproducible mode (``run --deterministic``, bench/reproducible.py).
+"""Reproducible mode (``run --deterministic``, bench/measure/reproducible.py).
 
 Without it, the instruction set ATen picks changes a tiny cell's trained bits; with it,
 runs started under different ambient settings give the same bits, the settings reach the
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import reproducible
-from bench.records import ResultRecord
-from bench.reproduce import seed_spread_tolerance
+from bench.core.records import ResultRecord
+from bench.measure import reproducible
+from bench.run.rerun import seed_spread_tolerance
 
 SUITE = """
 [suites.x]
@@ -79,7 +79,7 @@ def test_the_mode_reaches_ray_workers(tmp_path: Path) -> None:
 
 def test_a_worker_that_ran_kernels_before_the_mode_refuses() -> None:
     code = ("import os, torch; torch.ones(3).exp();"
-            "from bench import reproducible; reproducible.export_env(); reproducible.enter_worker(1)")
+            "from bench.measure import reproducible; reproducible.export_env(); reproducible.enter_worker(1)")
     env = {k: v for k, v in os.environ.items() if k not in reproducible.PINNED_ENV}
     env["ATEN_CPU_CAPABILITY"] = "default"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -7,9 +7,8 @@ import dataclasses
 from _records_fixture import make_records
 
 from bench.cli import main
-from bench.records import append_record
-from bench.render import records_frame
-from bench.reproduction import (
+from bench.core.records import append_record
+from bench.report.verdicts import (
     CONFIRMED,
     INCONCLUSIVE,
     NOT_CONFIRMED,
@@ -18,6 +17,7 @@ from bench.reproduction import (
     report,
     stability,
 )
+from bench.report.views import records_frame
 
 
 def test_fixture_confirms_every_claim():
@@ -72,7 +72,7 @@ def test_published_prefix_tuning_plus_without_a_length_is_compared() -> None:
     LoRA directly, matched on seed; neither claim is inconclusive for lack of lengths."""
     import pandas as pd
 
-    from bench.reproduction import INCONCLUSIVE, plus_beats_prefix, plus_close_to_lora
+    from bench.report.verdicts import INCONCLUSIVE, plus_beats_prefix, plus_close_to_lora
 
     rows = []
     for seed in range(3):

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from bench import backbones
-from bench.matrix import expand
-from bench.records import read_records
-from bench.runner import run_cells
+from bench.core.records import read_records
+from bench.run import backbones
+from bench.run.driver import run_cells
+from bench.run.matrix import expand
 
 TINY = {
     "suites": {
@@ -90,7 +90,7 @@ def test_cli_rejects_unknown_names_before_loading(tmp_path, monkeypatch, capsys)
         raise AssertionError("a model was loaded before validation")
 
     monkeypatch.setattr(backbones, "load_backbone", boom)
-    monkeypatch.setattr("bench.runner.load_backbone", boom)
+    monkeypatch.setattr("bench.run.cell.load_backbone", boom)
     bad = tmp_path / "bad.toml"
     bad.write_text('[suites.x]\nmethods=["prefix_tuning","nope"]\ntasks=["glue/sst2"]\n'
                    'backbones=["tiny-llama"]\nprefix_lengths=[2]\nseeds=[0]\n')

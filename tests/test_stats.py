@@ -1,4 +1,4 @@
-"""bench.stats: bootstrap CIs and the paired comparison."""
+"""bench.report.stats: bootstrap CIs and the paired comparison."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.stats import bootstrap_ci, compare_methods, matched_pairs, paired_test, summarize
+from bench.report.stats import bootstrap_ci, compare_methods, matched_pairs, paired_test, summarize
 
 
 @settings(max_examples=25, deadline=None)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.records import ResultRecord
-from bench.render import render
-from bench.subsets import MARK
+from bench.core.records import ResultRecord
+from bench.report.render import render
+from bench.report.subsets import MARK
+from tasks import task_facts
 
 
 def _row(method: str, seed: int, n: int, total: int, task: str = "e2e_nlg") -> ResultRecord:
@@ -18,7 +19,7 @@ def _row(method: str, seed: int, n: int, total: int, task: str = "e2e_nlg") -> R
 
 def test_subset_rows_are_marked_in_every_format(tmp_path) -> None:
     rows = [_row("lora", 0, 20, 630), _row("lora", 1, 20, 630), _row("full_finetune", 0, 630, 630)]
-    render(rows, tmp_path, plots=False)
+    render(rows, tmp_path, plots=False, facts=task_facts())
     md = (tmp_path / "e2e_nlg__smollm2-135m.md").read_text(encoding="utf-8")
     lora = next(line for line in md.splitlines() if line.startswith("| lora"))
     full = next(line for line in md.splitlines() if line.startswith("| full_finetune"))
@@ -31,12 +32,12 @@ def test_subset_rows_are_marked_in_every_format(tmp_path) -> None:
 def test_full_split_and_unknown_rows_are_not_marked(tmp_path) -> None:
     full = _row("lora", 0, 630, 630)
     old = dataclasses.replace(_row("lora", 1, 0, 0), eval_examples=None, eval_split_size=None)  # schema-1 row
-    render([full, old], tmp_path, plots=False)
+    render([full, old], tmp_path, plots=False, facts=task_facts())
     assert MARK not in (tmp_path / "e2e_nlg__smollm2-135m.md").read_text(encoding="utf-8")
 
 
 def test_a_classification_subset_is_called_an_estimate(tmp_path) -> None:
     rows = [dataclasses.replace(_row("lora", s, 200, 872, "glue/sst2"), main_metric="accuracy", main_score=0.8)
             for s in (0, 1)]
-    render(rows, tmp_path, plots=False)
+    render(rows, tmp_path, plots=False, facts=task_facts())
     assert "an estimate of the full-split score" in (tmp_path / "glue_sst2__smollm2-135m.md").read_text(encoding="utf-8")

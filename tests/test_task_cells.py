@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from bench.backbones import load_backbone
-from bench.formulations import Generation
-from bench.matrix import expand
-from bench.records import read_records
-from bench.runner import run_cells
+from bench.core.records import read_records
+from bench.run.backbones import load_backbone
+from bench.run.driver import run_cells
+from bench.run.formulations import Generation
+from bench.run.matrix import expand
 from tasks import TASKS
 
 

@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
-from bench.backbones import load_backbone
-from bench.config import ConfigError
-from bench.formulations import FORMULATIONS, Generation, choose_formulation
-from bench.matrix import expand
-from bench.trainer import evaluate
+from bench.core.config import ConfigError
+from bench.run.backbones import load_backbone
+from bench.run.formulations import FORMULATIONS, Generation, choose_formulation
+from bench.run.matrix import expand
+from bench.run.trainer import evaluate
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS
 from tasks.base import DataSettings, DataUnavailableError, Task
@@ -76,7 +76,7 @@ def _tokenizers():
     toks = [("wordpiece", load_backbone("tiny-llama", "causal_lm").tokenizer)]
     from transformers import AutoTokenizer
 
-    from bench.backbones import smollm2_dir
+    from bench.run.backbones import smollm2_dir
     try:
         path = smollm2_dir()
     except Exception:  # noqa: BLE001  (a broken optional package must not fail the contract)
@@ -149,16 +149,17 @@ def test_formulation_choice_and_errors():
 
 @pytest.mark.parametrize("task_name", ["glue/qqp", "glue/mnli_matched", "glue/qnli", "lm_eval/boolq"])
 def test_offline_run_of_hub_only_task_fails_before_any_model_loads(task_name, data, tmp_path, monkeypatch):
-    from bench import runner
+    from bench.run import cell as runner_cell
+    from bench.run import driver
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the data check")
 
-    monkeypatch.setattr(runner, "load_backbone", no_model)
+    monkeypatch.setattr(runner_cell, "load_backbone", no_model)
     doc = {"suites": {"t": {"methods": ["lora"], "tasks": [task_name], "backbones": ["tiny-llama"],
                             "prefix_lengths": [2], "seeds": [0], "train": {"train_steps": 1}}}}
     with pytest.raises(ConfigError, match="needs the Hugging Face hub") as err:
-        runner.run_cells(expand(doc, "t"), tmp_path, data, torch.device("cpu"), log=lambda s: None)
+        driver.run_cells(expand(doc, "t"), tmp_path, data, torch.device("cpu"), log=lambda s: None)
     assert task_name in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
     assert not (tmp_path / "records.jsonl").exists()
 

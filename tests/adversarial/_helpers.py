@@ -10,7 +10,7 @@ from typing import Any
 
 from _records_fixture import record
 
-from bench.records import RECORDS_FILE
+from bench.core.records import RECORDS_FILE
 
 # A one-cell suite on the random tiny LLaMA; {task} is filled in.
 TINY_SUITE = """

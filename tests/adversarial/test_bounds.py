@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.config import LIMITS, MAX_PLANNED_EXAMPLES, ConfigError, TrainConfig
+from bench.core.config import LIMITS, MAX_PLANNED_EXAMPLES, ConfigError, TrainConfig
 
 from ._helpers import TINY_SUITE, row, write_rows
 
@@ -65,7 +65,7 @@ def test_the_bounds_themselves_are_accepted():
 
 
 def test_a_bound_prefix_length_and_seed_expand(tmp_path):
-    from bench.matrix import load_suite
+    from bench.run.matrix import load_suite
 
     path = tmp_path / "suite.toml"
     path.write_text(SUITE.replace("prefix_lengths = [2]", "prefix_lengths = [4096]")
@@ -124,7 +124,7 @@ def test_non_finite_thresholds_exit_2(tmp_path, capsys, argv, needle):
 
 
 def test_reproduce_refuses_a_forged_prefix_length_before_any_model(tmp_path, capsys, no_model):
-    from bench.matrix import Cell, load_suite
+    from bench.run.matrix import Cell, load_suite
 
     cell = load_suite(None, "tiny")[0]
     resolved = {**cell.resolved(), "prefix_length": 100_000_000}
@@ -135,8 +135,8 @@ def test_reproduce_refuses_a_forged_prefix_length_before_any_model(tmp_path, cap
 
 
 def test_a_recorded_thread_count_is_checked_before_a_pinned_rerun():
-    from bench.records import ResultRecord
-    from bench.reproduce import _recorded_threads
+    from bench.core.records import ResultRecord
+    from bench.run.rerun import _recorded_threads
 
     for bad in ("abc", "0", "100000000", "²", "-1"):
         with pytest.raises(ConfigError, match="not a thread count"):

@@ -1,4 +1,4 @@
-"""Claims (bench/claims.py): a cell is claimed before it runs, a claim dies with its holder,
+"""Claims (bench/run/locks.py): a cell is claimed before it runs, a claim dies with its holder,
 a stale claim is taken over, a live one is respected, a worker waits for another process
 computing its cell and reuses that row, and the store never takes a second ok row."""
 
@@ -16,19 +16,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import claims
-from bench.executors import CellJob, execute_cell
-from bench.matrix import expand
-from bench.records import ResultRecord, append_record, read_records
-from bench.runner import data_fingerprint, run_cells
+from bench.core.records import ResultRecord, append_record, read_records
+from bench.run import locks
+from bench.run.data import data_fingerprint
+from bench.run.driver import run_cells
+from bench.run.executors import CellJob, execute_cell
+from bench.run.matrix import expand
 
 from ._drivers import REPO, wait_for
 
 TRAIN = {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32}
 HOLD = """
 import sys
-from bench import claims
-claim = claims.try_claim(sys.argv[1], sys.argv[2])
+from bench.run import locks
+claim = locks.try_claim(sys.argv[1], sys.argv[2])
 print("held" if claim else "refused", flush=True)
 sys.stdin.readline()
 if claim:
@@ -70,14 +71,14 @@ def _pinned(cell, threads=1):
 def test_a_claim_is_exclusive_and_dies_with_its_holder(tmp_path):
     holder = Holder(tmp_path, "abc123")
     try:
-        assert claims.try_claim(tmp_path, "abc123") is None
-        who = claims.holder_of(tmp_path, "abc123")
+        assert locks.try_claim(tmp_path, "abc123") is None
+        who = locks.holder_of(tmp_path, "abc123")
         assert who.pid == holder.proc.pid and who.host == socket.gethostname() and who.alive_here()
     finally:
         holder.stop()  # kill -9: no release, no unlink; the kernel drops the lock
-    assert claims.holder_of(tmp_path, "abc123").pid == holder.proc.pid  # the file stays behind
-    with claims.try_claim(tmp_path, "abc123") as mine:
-        assert mine is not None and claims.holder_of(tmp_path, "abc123").pid == os.getpid()
+    assert locks.holder_of(tmp_path, "abc123").pid == holder.proc.pid  # the file stays behind
+    with locks.try_claim(tmp_path, "abc123") as mine:
+        assert mine is not None and locks.holder_of(tmp_path, "abc123").pid == os.getpid()
     assert not (tmp_path / "claims" / "abc123").exists()  # a released claim leaves nothing
 
 
@@ -87,7 +88,7 @@ def test_a_stale_claim_of_a_dead_pid_is_taken_over_and_the_cell_runs(tmp_path, d
     cells = tiny_cells(seeds=(0,))
     cell_id = _pinned(cells[0]).id
     (tmp_path / "claims").mkdir()
-    stale = {"pid": dead.pid, "host": socket.gethostname(), "boot_id": claims._boot_id(),
+    stale = {"pid": dead.pid, "host": socket.gethostname(), "boot_id": locks._boot_id(),
              "start_ticks": 12345, "since": "2020-01-01T00:00:00+00:00", "role": "driver"}
     (tmp_path / "claims" / cell_id).write_text(json.dumps(stale))
     (tmp_path / "claims" / f"{cell_id}.running").write_text(json.dumps({**stale, "role": "worker"}))
@@ -103,20 +104,20 @@ def test_a_live_holder_on_this_host_is_respected_even_without_its_lock(tmp_path)
     """flock ignored by the filesystem looks like an unlocked file naming a live process:
     that process's claim stands. A reused pid (another start time) does not."""
     (tmp_path / "claims").mkdir()
-    me = claims.Holder.me("driver")
+    me = locks.Holder.me("driver")
     sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
-        alive = dict(vars(claims.Holder(sleeper.pid, me.host, me.boot_id, claims._start_ticks(sleeper.pid),
+        alive = dict(vars(locks.Holder(sleeper.pid, me.host, me.boot_id, locks._start_ticks(sleeper.pid),
                                         me.since, "driver")))
         (tmp_path / "claims" / "c1").write_text(json.dumps(alive))
-        assert claims.try_claim(tmp_path, "c1") is None
+        assert locks.try_claim(tmp_path, "c1") is None
         (tmp_path / "claims" / "c2").write_text(json.dumps({**alive, "start_ticks": alive["start_ticks"] + 1}))
-        with claims.try_claim(tmp_path, "c2") as claim:
+        with locks.try_claim(tmp_path, "c2") as claim:
             assert claim is not None
     finally:
         sleeper.kill()
         sleeper.wait()
-    with claims.try_claim(tmp_path, "c1") as claim:  # the holder has exited now
+    with locks.try_claim(tmp_path, "c1") as claim:  # the holder has exited now
         assert claim is not None
 
 
@@ -169,7 +170,7 @@ def test_a_worker_waits_for_another_run_of_its_cell_and_reuses_its_row(tmp_path,
     """An orphaned worker of a dead driver still computes the cell: the next run's worker
     waits on the run lock, then finds the orphan's row and trains nothing."""
     cell = _pinned(tiny_cells(seeds=(0,))[0])
-    orphan = claims.run_lock(tmp_path, cell.id)
+    orphan = locks.run_lock(tmp_path, cell.id)
     result: list[ResultRecord] = []
     worker = threading.Thread(target=lambda: result.append(
         execute_cell(cell, CellJob(data, "cpu", str(tmp_path), threads=1))))
@@ -215,11 +216,11 @@ def test_once_only_append_keeps_one_ok_row_per_cell_under_concurrent_writers(tmp
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", ".running"])
 def test_claim_names_are_cell_ids_not_paths(tmp_path, bad):
     with pytest.raises(ValueError, match="not a safe file name"):
-        claims.try_claim(tmp_path, bad)
+        locks.try_claim(tmp_path, bad)
 
 
 def test_once_only_append_is_per_data_a_stale_row_does_not_block_the_rerun(tmp_path):
-    """Finished means the newest row is ok on the same data (bench/staleness.py): a row on
+    """Finished means the newest row is ok on the same data (bench/run/staleness.py): a row on
     other data is stale, and the re-run's row, ok or failed, must go in."""
     def row(status: str, data: str) -> ResultRecord:
         return ResultRecord(cell_id="c", suite="s", method="m", task="t", backbone="b", prefix_length=None,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import claims
-from bench.matrix import load_suite
-from bench.records import RECORDS_FILE, read_records
+from bench.core.records import RECORDS_FILE, read_records
+from bench.run import locks
+from bench.run.matrix import load_suite
 
 from ._drivers import (
     COUNTING_LOG_ENV,
@@ -48,9 +48,9 @@ def assert_each_cell_once(results: Path, seeds: int, suite: Path | None = None) 
 
 def running_worker(results: Path, not_pid: int | None = None) -> tuple[str, int] | None:
     """(cell id, pid) of a process holding a cell's run lock, i.e. computing it right now."""
-    for path in (results / "claims").glob(f"*{claims.RUNNING_SUFFIX}"):
-        cell_id = path.name.removesuffix(claims.RUNNING_SUFFIX)
-        who = claims.holder_of(results, cell_id, claims.RUNNING_SUFFIX)
+    for path in (results / "claims").glob(f"*{locks.RUNNING_SUFFIX}"):
+        cell_id = path.name.removesuffix(locks.RUNNING_SUFFIX)
+        who = locks.holder_of(results, cell_id, locks.RUNNING_SUFFIX)
         if who is not None and who.pid != not_pid and alive(who.pid):
             return cell_id, who.pid
     return None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.trainer import batches_for_training
+from bench.run.trainer import batches_for_training
 
 from ._helpers import TINY_SUITE
 
@@ -62,7 +62,7 @@ def test_header_only_training_file_exits_2_naming_it(tmp_path, data_dir, task, d
 
 def test_empty_evaluation_split_is_refused_too(tmp_path, data_dir, no_model, capsys):
     from bench.cli import main
-    from bench.runner import _SPLITS
+    from bench.run.data import _SPLITS
 
     data, _ = _data_with_header_only(tmp_path, data_dir, "glue/sst2")
     shutil.copy(data_dir / "glue" / "sst2" / "dev.tsv", data / "glue" / "sst2" / "train.tsv")

@@ -21,9 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from bench import escape  # noqa: E402
-from bench.records import ResultRecord  # noqa: E402
-from bench.render import render  # noqa: E402
+from bench.core.records import ResultRecord  # noqa: E402
+from bench.report import escape  # noqa: E402
+from bench.report.render import render  # noqa: E402
 
 # Each breaks at least one format when written raw.
 HOSTILE_METHODS = [
@@ -274,7 +274,7 @@ def test_html_has_no_injected_markup(outputs):
 # ---------------------------------------------------------------- matplotlib
 
 def test_raw_mathtext_name_breaks_matplotlib_by_default(tmp_path):
-    """Why bench/plots.py draws with mathtext off: this name, drawn with matplotlib's
+    """Why bench/report/plots.py draws with mathtext off: this name, drawn with matplotlib's
     defaults, raises while saving."""
     fig = plt.figure()
     fig.text(0.1, 0.5, "$\\frac{1$}")
@@ -289,7 +289,7 @@ def test_plots_draw_hostile_names_as_written(tmp_path, monkeypatch):
     mathtext, and saving succeeds."""
     from matplotlib.text import Text
 
-    from bench import plots
+    from bench.report import plots
     drawn: list[Text] = []
     real_save = plots._save
 
@@ -328,7 +328,7 @@ def test_escape_functions_on_every_special():
 
 def test_the_escaping_and_failure_modules_do_not_import_torch():
     """Rendering never imports torch (house style); these modules are what this change added."""
-    code = ("import sys; import bench.escape, bench.failures, bench.outcome, bench.latex, bench.html_page, "
-            "bench.plots; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    code = ("import sys; import bench.report.escape, bench.report.failures, bench.core.outcome, bench.report.latex, bench.report.html_page, "
+            "bench.report.plots; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.glue_board import glue_average_table
-from bench.records import ResultRecord, append_record
-from bench.render import build_views, records_frame, render
-from bench.reproduction import report
+from bench.core.records import ResultRecord, append_record
+from bench.report.glue_board import glue_average_table
+from bench.report.render import render
+from bench.report.verdicts import report
+from bench.report.views import build_views, records_frame
+from tasks import task_facts
 
 TASK, BACKBONE = "glue/sst2", "minilm-l6"
 
@@ -53,7 +55,7 @@ def scenario() -> list[ResultRecord]:
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory) -> tuple[Path, list[Path]]:
     out = tmp_path_factory.mktemp("failed")
-    return out, render(scenario(), out)
+    return out, render(scenario(), out, facts=task_facts())
 
 
 def stem_file(tables, suffix: str) -> Path:
@@ -176,7 +178,7 @@ def test_a_score_string_that_parses_is_kept_and_none_is_no_score():
 def test_glue_average_marks_failed_tasks():
     recs = [rec("lora", None, 0, 0.8), failed("lora", None, 1), failed("lora", None, 0, task="glue/rte"),
             rec("lora", None, 0, math.nan, task="glue/mrpc")]
-    row = glue_average_table(recs).iloc[0]
+    row = glue_average_table(recs, task_facts()).iloc[0]
     assert row["sst2"] == "0.8000; 1 of 2 failed" and row["rte"] == "failed" and row["mrpc"] == "failed"
     assert row["GLUE average"] == "0.8000" and "rte" in row["missing"]
 

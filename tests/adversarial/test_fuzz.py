@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
-from bench.config import LIMITS, TrainConfig
-from bench.matrix import load_suite
-from bench.records import ResultRecord, read_records
-from bench.render import render
+from bench.core.config import LIMITS, TrainConfig
+from bench.core.records import ResultRecord, read_records
+from bench.report.render import render
+from bench.run.matrix import load_suite
 
 from ._helpers import row, tree, write_rows
 
@@ -83,7 +83,7 @@ def test_fuzzed_rows_render_and_compare_without_raising(a, b):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ROWS, min_size=1, max_size=4))
 @example([row(method="a$\\b$", main_metric="$\\frac{$", task="t$^$", prefix_length=p, cell_id=str(p))
-          for p in (5, 20)])  # TeX in a name was a traceback before bench/plots.py turned mathtext off
+          for p in (5, 20)])  # TeX in a name was a traceback before bench/report/plots.py turned mathtext off
 def test_fuzzed_rows_through_the_cli_with_plots_stay_in_the_folder(rows):
     # plots cost about a second per slice here, hence the few examples
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 
-from bench.matrix import expand
-from bench.records import ResultRecord, finished_ids, read_records
-from bench.runner import checked_score, run_cells
+from bench.core.records import ResultRecord, finished_ids, read_records
+from bench.run.cell import checked_score
+from bench.run.driver import run_cells
+from bench.run.matrix import expand
 from tasks import TASKS
 
 

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
-from bench.config import ConfigError
-from bench.safe_names import SEPARATOR, UnsafePathError, check_name, inside, slug, unique_stems
+from bench.core.config import ConfigError
+from bench.core.safe_names import SEPARATOR, UnsafePathError, check_name, inside, slug, unique_stems
+from tasks import task_facts
 
 from ._helpers import row, tree, write_rows
 
@@ -46,14 +47,14 @@ def test_render_of_hostile_names_writes_only_in_the_tables_folder(tmp_path, monk
 
 
 def test_many_more_names_each_get_their_own_files_in_the_folder(tmp_path):
-    from bench.records import ResultRecord
-    from bench.render import render
+    from bench.core.records import ResultRecord
+    from bench.report.render import render
 
     out = tmp_path / "deep" / "tables"
     records = [ResultRecord(**row(cell_id=f"{i}-{j}", task=t, backbone=b, method=t))
                for i, t in enumerate(MORE) for j, b in enumerate(MORE[:2])]
     before = tree(tmp_path)
-    written = render(records, out, plots=False)
+    written = render(records, out, plots=False, facts=task_facts())
     new = tree(tmp_path) - before
     assert all(p.startswith("deep") for p in new)
     assert len(set(written)) == len(written)  # no slice overwrote another's file

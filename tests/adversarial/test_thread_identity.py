@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.executors import make_executor
-from bench.matrix import expand
-from bench.records import read_records
-from bench.runner import run_cells
+from bench.core.records import read_records
+from bench.run.driver import run_cells
+from bench.run.executors import make_executor
+from bench.run.matrix import expand
 
 TRAIN = {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32}
 

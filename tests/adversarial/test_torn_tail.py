@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from bench.matrix import load_suite
-from bench.records import RECORDS_FILE, ResultRecord, append_record, read_records
-from bench.torn_tail import set_aside_torn_tail
+from bench.core.records import RECORDS_FILE, ResultRecord, append_record, read_records
+from bench.core.torn_tail import set_aside_torn_tail
+from bench.run.matrix import load_suite
 
 from ._helpers import row, write_rows
 
@@ -58,7 +58,8 @@ def test_whole_or_missing_files_are_left_alone(tmp_path):
 
 
 def test_the_next_run_sets_the_torn_tail_aside_in_one_line(tmp_path, data):
-    from bench.runner import data_fingerprint, pinned_cells, run_cells
+    from bench.run.data import data_fingerprint
+    from bench.run.driver import pinned_cells, run_cells
 
     cells = pinned_cells(load_suite(None, "tiny"))  # the ids run_cells gives them (threads pinned)
     path = write_rows(tmp_path, [row(cell_id=c.id, method=c.method, backbone=c.backbone, prefix_length=c.prefix_length,

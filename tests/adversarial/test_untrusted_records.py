@@ -10,9 +10,9 @@ import re
 import pytest
 
 from bench.cli import main
-from bench.matrix import Cell, load_suite
-from bench.record_check import RecordError, parse_row, problem_summary
-from bench.records import ResultRecord, read_records
+from bench.core.record_check import RecordError, parse_row, problem_summary
+from bench.core.records import ResultRecord, read_records
+from bench.run.matrix import Cell, load_suite
 
 from ._helpers import row, write_rows
 
@@ -95,7 +95,8 @@ def test_compare_skips_bad_rows_and_compares_the_rest(tmp_path, capsys):
 
 
 def test_resume_skips_bad_rows_and_runs_nothing_already_finished(tmp_path, data):
-    from bench.runner import data_fingerprint, pinned_cells, run_cells
+    from bench.run.data import data_fingerprint
+    from bench.run.driver import pinned_cells, run_cells
 
     cells = pinned_cells(load_suite(None, "tiny"))  # the ids run_cells gives them (threads pinned)
     finished = [row(cell_id=c.id, method=c.method, backbone=c.backbone, prefix_length=c.prefix_length,

@@ -1,0 +1,94 @@
+"""The result row: everything one cell produced, flat (scalars plus one level of
+``metrics``), as one JSON line of ``records.jsonl``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.core.record_schema import SCHEMA_VERSION
+
+# peak_memory_kind of a CPU peak that is the process's high-water mark, not the cell's
+# (bench/measure/memory.py, where the OS cannot reset it per cell)
+PROCESS_PEAK = "cpu_peak_rss_process"
+
+
+@dataclass
+class ResultRecord:
+    """Everything one cell produced. Scalars only, plus one level of ``metrics``."""
+
+    cell_id: str
+    suite: str
+    method: str
+    task: str
+    backbone: str
+    prefix_length: int | None
+    seed: int
+    status: str  # ok | failed
+    error: str = ""
+    main_metric: str = ""
+    main_score: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    collapsed: bool = False  # every prediction is one class: flagged, not a number like others
+    trainable_params: int = 0
+    total_params: int = 0
+    adapter_bytes: int = 0  # the trained state as saved (training time: e.g. a prefix's MLP included)
+    adapter_path: str = ""
+    # what one deploys (the adapter's inference_state_dict: e.g. the folded prefix); None
+    # where unknown (records of schema 1 measured only the training-time adapter)
+    inference_params: int | None = None
+    inference_bytes: int | None = None
+    # examples evaluated and the evaluation split's size: a subset of a task with corpus-level
+    # metrics (E2E's CIDEr and NIST weights) is comparable to nothing (tables mark it)
+    eval_examples: int | None = None
+    eval_split_size: int | None = None
+    inference_path: str = ""  # the same file as adapter_path when nothing folds away
+    curve_path: str = ""
+    samples_path: str = ""  # generation tasks: a JSONL of generated texts beside the row
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    train_steps: int = 0
+    train_tokens: int = 0
+    train_tokens_per_s: float = 0.0
+    eval_tokens_per_s: float = 0.0
+    gen_tokens_per_s: float = 0.0  # generation tasks: new tokens per second while decoding
+    step_seconds_median: float = 0.0
+    first_loss: float | None = None
+    final_loss: float | None = None
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    peak_reserved_bytes: int = 0  # CUDA max reserved (allocator cache included); 0 on CPU
+    # efficiency, defined in bench/measure/efficiency.py and bench/measure/flops.py
+    mfu: float | None = None
+    peak_flops: float = 0.0
+    achieved_flops: float = 0.0
+    steps_to_target: int | None = None
+    harness_overhead: float | None = None
+    formulation: str = ""
+    lr: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    git_sha: str = ""
+    git_dirty: bool = False
+    device: str = ""
+    # bench/measure/reproducible.py: CPU model, instruction sets in use, kernel libraries, threads
+    kernels: dict[str, str] = field(default_factory=dict)
+    backbone_source: str = ""
+    data_source: str = ""
+    data_fingerprint: str = ""
+    data_notes: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    # the driver run that wrote the row: tells a row this run produced from one it found
+    run_id: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResultRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,56 @@
+"""The record format's version and the migrations that read older records as current ones.
+
+Every record carries ``schema_version``. Reading one older than ``SCHEMA_VERSION`` applies
+the migrations from its version up, in order; reading one newer is refused, naming the
+file and line: this code would silently drop the fields it does not know, and a ``run``
+over such a folder would re-run cells a newer version already finished.
+
+Versions:
+1. the first format.
+2. ``inference_params``, ``inference_bytes``, ``inference_path``: what the adapter deploys
+   (e.g. the folded prefix), beside the training-time ``trainable_params``/``adapter_bytes``;
+   the ``config`` holds the cell's code ``identity`` (bench/core/identity.py) and the id covers it;
+   ``eval_examples``/``eval_split_size``: how much of the evaluation split a row scored;
+   ``kernels``: the CPU model, instruction sets and kernel libraries in use (bench/measure/reproducible.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.core.config import ConfigError
+
+SCHEMA_VERSION = 2
+
+
+def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    # Schema 1 measured only the training-time adapter: for a prefix trained through an MLP
+    # that is not what deploys, so the deployed figures are unknown, not copied over. Its
+    # config has no code identity; its cell id matches no current cell, so `run` re-runs it.
+    return {**d, "inference_params": None, "inference_bytes": None, "inference_path": "",
+            "eval_examples": None, "eval_split_size": None, "schema_version": 2}
+
+
+# MIGRATIONS[v] turns a version-v record into a version v+1 one.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def upgrade(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """``d`` (one parsed record line) as a current-schema record; ``where`` ("file:line")
+    names it in the error for a version this code cannot read. A record without a
+    ``schema_version`` predates the field's use and is read as version 1."""
+    if not isinstance(d, dict):
+        return d  # not a record at all: the reader reports the line
+    version = d.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"{where}: schema_version {version!r} is not a version this prefix-bench knows "
+                          f"(1..{SCHEMA_VERSION})")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"{where}: record schema_version {version} was written by a newer prefix-bench "
+                          f"(this one reads 1..{SCHEMA_VERSION}); upgrade prefix-bench or use another "
+                          "results folder")
+    while version < SCHEMA_VERSION:
+        d = MIGRATIONS[version](d)
+        version = d["schema_version"]
+    return d

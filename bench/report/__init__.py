@@ -1,0 +1,1 @@
+"""Reporting: tables, pages, plots, statistics and comparisons from records alone (no torch, methods or tasks)."""

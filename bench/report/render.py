@@ -1,0 +1,78 @@
+"""Records -> leaderboards. A pure step: never trains.
+
+Per (task, backbone) slice, under the tables folder:
+- ``STEM.md`` / ``STEM.csv``: rows are methods, columns prefix lengths, cells the main
+  metric's mean ± std over seeds with n and a 95% bootstrap CI; then trainable parameters,
+  deployed adapter size (its inference state, e.g. the folded prefix), throughput and peak memory; below it paired comparisons (p-values),
+  prefix-length sensitivity and Pareto tables with their plots.
+- ``STEM__scores.csv``, ``STEM__paired.csv``, ``STEM__sensitivity.csv``,
+  ``STEM__sensitivity_curve.csv``, ``STEM__pareto.csv``: the numbers behind them.
+- ``STEM__sensitivity.png``, ``STEM__pareto.png``, ``STEM.tex`` (LaTeX booktabs).
+And for the whole folder: ``leaderboard.md`` (every slice's main table, for a CI job
+summary) and ``index.html`` (one static, sortable page with the plots embedded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.core.records import ResultRecord
+from bench.core.safe_names import inside
+from bench.core.task_facts import Facts
+from bench.report import failures, html_page, latex
+from bench.report.escape import csv_cell, map_text
+from bench.report.glue_board import glue_average_table
+from bench.report.views import _md, build_views, slice_markdown
+
+
+def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts: Facts | None = None) -> list[Path]:
+    """Write every table, plot and page for ``records`` under ``out_dir``; returns the paths.
+    ``facts`` (``tasks.task_facts()``) gives metric directions, corpus-level metrics and the
+    GLUE average; without it every metric is higher-is-better and no average is drawn."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    views = build_views(records, facts)
+    written: list[Path] = []
+
+    def out(name: str) -> Path:  # every write goes through this guard (bench/core/safe_names.py)
+        return inside(out_dir, name)
+
+    for v in views:
+        if plots:
+            from bench.report import plots as plotting
+            flat = v.scores[v.scores["prefix_length"].isna() & v.scores["mean"].notna()][["method", "mean"]]
+            title = f"{v.title}: {v.metric}"
+            if v.sens_curve["mean"].notna().any():
+                v.images["sensitivity"] = plotting.sensitivity_plot(
+                    v.sens_curve, flat, title, v.metric, out(f"{v.stem}__sensitivity.png"))
+            if v.pareto["score"].notna().any():
+                v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out(f"{v.stem}__pareto.png"))
+        md = out(f"{v.stem}.md")
+        md.write_text(slice_markdown(v), encoding="utf-8")
+        tables = {"": failures.with_notes_column(v.board, v.notes), "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
+                  "__sensitivity_curve": v.sens_curve, "__pareto": v.pareto}
+        csvs = [_csv(frame, out(f"{v.stem}{suffix}.csv")) for suffix, frame in tables.items()]
+        tex = out(f"{v.stem}.tex")
+        tex.write_text(latex.slice_latex(v), encoding="utf-8")
+        written += [md, *csvs, tex, *v.images.values()]
+    glue = glue_average_table(records, facts)
+    glue_md = ""
+    if len(glue):
+        glue_md = ("## GLUE average (tasks run so far; per-task scores are seed means)\n\n" + _md(glue) + "\n")
+        out("glue_average.md").write_text(glue_md, encoding="utf-8")
+        _csv(glue, out("glue_average.csv"))
+        written += [out("glue_average.md"), out("glue_average.csv")]
+    if views:
+        board = out("leaderboard.md")
+        board.write_text("\n".join([slice_markdown(v, images=False) for v in views] + [glue_md] * bool(glue_md)),
+                         encoding="utf-8")
+        page = out("index.html")
+        page.write_text(html_page.page(views), encoding="utf-8")
+        written += [board, page]
+    return written
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> Path:
+    map_text(frame, csv_cell).to_csv(path, index=False)
+    return path

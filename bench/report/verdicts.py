@@ -1,0 +1,220 @@
+"""``results/REPRODUCTION.md``: each published claim this benchmark tests, the suite that
+tests it, what the records measure (with 95% bootstrap CIs) and a verdict.
+
+Verdicts: **confirmed** when the CI of the claimed difference lies on the claimed side;
+**not confirmed** when it does not; **inconclusive** when a method is missing or fewer
+than ``MIN_SEEDS`` seeds are matched. With 3-5 seeds a percentile bootstrap CI is
+narrow (it excludes 0 about when every seed agrees), so the report also prints the paired
+permutation p-value, which cannot go below 2/2**n (0.25 for n = 3).
+
+Works on whatever records exist: claims about methods that have not run yet say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from bench.core.record_check import problem_summary
+from bench.core.records import ResultRecord, read_records
+from bench.core.suite_file import DEFAULT_SUITES, load_toml
+from bench.report.escape import map_text, markdown
+from bench.report.failures import length_key
+from bench.report.sensitivity import per_seed_spread
+from bench.report.stats import fmt_p, paired_test
+from bench.report.views import failed_frame, records_frame
+
+MIN_SEEDS = 3
+CLOSE_MARGIN = 0.02  # "close to LoRA": at most 2 points of the main metric worse
+CONFIRMED, NOT_CONFIRMED, INCONCLUSIVE = "confirmed", "not confirmed", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str
+    measured: str
+    table: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    source: str
+    statement: str
+    suite: str
+    test: str  # how the records are read, in words
+    evaluate: Callable[[pd.DataFrame], Verdict]
+
+
+def _missing(df: pd.DataFrame, methods: tuple[str, ...]) -> list[str]:
+    have = set(df["method"])
+    return [m for m in methods if m not in have]
+
+
+def _diff_verdict(rows: pd.DataFrame, a: str, b: str, what: str, lower_bound: float = 0.0) -> Verdict:
+    """Verdict on mean(a - b) over matched rows: confirmed when its CI lies above ``lower_bound``."""
+    seeds = rows["seed"].nunique() if len(rows) else 0
+    r = paired_test(rows[a].to_numpy(), rows[b].to_numpy())
+    measured = (f"{what}: mean {r.mean_diff:+.4f}, 95% CI {r.ci_low:+.4f} … {r.ci_high:+.4f}, "
+                f"permutation p = {fmt_p(r.p_value)} ({r.n} matched cells, {seeds} seeds)")
+    if seeds < MIN_SEEDS:
+        return Verdict(INCONCLUSIVE, f"{measured}; fewer than {MIN_SEEDS} seeds", rows)
+    return Verdict(CONFIRMED if r.ci_low > lower_bound else NOT_CONFIRMED, measured, rows)
+
+
+def stability(df: pd.DataFrame) -> Verdict:
+    """Per (task, backbone, seed): spread (max - min over prefix lengths) of prefix_tuning
+    minus that of residual_prefix, over the lengths both ran; > 0 means residual is steadier."""
+    missing = _missing(df, ("residual_prefix", "prefix_tuning"))
+    if missing:
+        return Verdict(INCONCLUSIVE, f"no records of {', '.join(missing)}")
+    rows = []
+    for (task, backbone), g in df.groupby(["task", "backbone"]):
+        common = set(g[g["method"] == "residual_prefix"]["prefix_length"].dropna()) & \
+            set(g[g["method"] == "prefix_tuning"]["prefix_length"].dropna())
+        if len(common) < 2:
+            continue
+        g = g[g["prefix_length"].isin(common)]
+        pt, rp = per_seed_spread(g, "prefix_tuning"), per_seed_spread(g, "residual_prefix")
+        for seed in sorted(set(pt.index) & set(rp.index)):
+            rows.append({"task": task, "backbone": backbone, "seed": seed, "lengths": len(common),
+                         "prefix_tuning": pt[seed], "residual_prefix": rp[seed]})
+    table = pd.DataFrame(rows, columns=["task", "backbone", "seed", "lengths", "prefix_tuning", "residual_prefix"])
+    if table.empty:
+        return Verdict(INCONCLUSIVE, "no (task, backbone, seed) where both methods ran two or more common "
+                                     "prefix lengths", table)
+    return _diff_verdict(table, "prefix_tuning", "residual_prefix",
+                         "spread across prefix lengths, prefix_tuning − residual_prefix")
+
+
+def _matched(df: pd.DataFrame, a: str, b: str, keys: list[str]) -> pd.DataFrame:
+    sa = df[df["method"] == a].groupby(keys)["main_score"].mean().rename(a)
+    sb = df[df["method"] == b].groupby(keys)["main_score"].mean().rename(b)
+    out = pd.concat([sa, sb], axis=1, join="inner").reset_index()
+    if "prefix_length" in out:
+        out["prefix_length"] = out["prefix_length"].astype("Int64")  # printed as 5, not 5.0000
+    return out
+
+
+def _at_best_length(df: pd.DataFrame, method: str) -> pd.DataFrame:
+    """``method``'s rows at its best prefix length (by mean over seeds, per task/backbone);
+    a method without a prefix axis (published Prefix-Tuning+, LoRA) keeps all its rows."""
+    rows = df[df["method"] == method]
+    sized = rows[rows["prefix_length"].notna()]
+    if sized.empty:
+        return rows
+    best = sized.groupby(["task", "backbone", "prefix_length"])["main_score"].mean().reset_index()
+    best = best.loc[best.groupby(["task", "backbone"])["main_score"].idxmax(), ["task", "backbone", "prefix_length"]]
+    return sized.merge(best, on=["task", "backbone", "prefix_length"])
+
+
+def plus_beats_prefix(df: pd.DataFrame) -> Verdict:
+    """Each method at its best prefix length (the published Prefix-Tuning+ has none),
+    matched on (task, backbone, seed)."""
+    missing = _missing(df, ("prefix_tuning_plus", "prefix_tuning"))
+    if missing:
+        return Verdict(INCONCLUSIVE, f"no records of {', '.join(missing)}")
+    frame = pd.concat([_at_best_length(df, "prefix_tuning_plus"), _at_best_length(df, "prefix_tuning")])
+    rows = _matched(frame, "prefix_tuning_plus", "prefix_tuning", ["task", "backbone", "seed"])
+    return _diff_verdict(rows, "prefix_tuning_plus", "prefix_tuning",
+                         "main metric, prefix_tuning_plus − prefix_tuning (each at its best prefix length)")
+
+
+def plus_close_to_lora(df: pd.DataFrame) -> Verdict:
+    """prefix_tuning_plus (at its best prefix length where it has one) vs LoRA, matched on
+    (task, backbone, seed): non-inferiority within CLOSE_MARGIN."""
+    missing = _missing(df, ("prefix_tuning_plus", "lora"))
+    if missing:
+        return Verdict(INCONCLUSIVE, f"no records of {', '.join(missing)}")
+    frame = pd.concat([_at_best_length(df, "prefix_tuning_plus"), df[df["method"] == "lora"]])
+    rows = _matched(frame, "prefix_tuning_plus", "lora", ["task", "backbone", "seed"])
+    return _diff_verdict(rows, "prefix_tuning_plus", "lora",
+                         f"main metric, prefix_tuning_plus − lora; close = CI above −{CLOSE_MARGIN}",
+                         lower_bound=-CLOSE_MARGIN)
+
+
+CLAIMS = (
+    Claim("stability", "seed 002",
+          "The gated residual prefix (`residual_prefix`) is more stable across prefix lengths than plain "
+          "`prefix_tuning`.", "claims-stability",
+          "per (task, backbone, seed), the spread (max − min) of the main metric over the prefix lengths both "
+          "methods ran; claim holds when the CI of prefix_tuning's spread minus residual_prefix's is above 0",
+          stability),
+    Claim("plus-beats-prefix", "seed 001", "`prefix_tuning_plus` beats `prefix_tuning`.", "claims-ptplus",
+          "each method at its best prefix length (the published form has none), matched (task, backbone, "
+          "seed); claim holds when the CI of the difference is above 0", plus_beats_prefix),
+    Claim("plus-close-to-lora", "seed 001", "`prefix_tuning_plus` is close to `lora`.", "claims-ptplus",
+          f"prefix_tuning_plus (its best prefix length, where it has one) vs lora on matched (task, backbone, "
+          f"seed); claim holds "
+          f"when the CI of the difference is above −{CLOSE_MARGIN} (at most {CLOSE_MARGIN} worse)",
+          plus_close_to_lora),
+)
+
+
+def report(records: list[ResultRecord], sources: list[str], suites: dict[str, str] | None = None) -> str:
+    """The REPRODUCTION.md text. ``suites`` maps suite names to descriptions (those defined)."""
+    df, failed = records_frame(records), failed_frame(records)
+    suites = suites or {}
+    named = [markdown(f"{r.method}/{r.task}/{r.backbone}/P={length_key(r.prefix_length)}/seed={r.seed}")
+             for r in failed.head(20).itertuples()]
+    left_out = (f"; {len(failed)} failed run(s) left out: " + ", ".join(named) + (" …" if len(failed) > 20 else "")
+                if len(failed) else "")
+    lines = ["# Reproduction report", "",
+             "Generated by `prefix-bench reproduction-report` from the records in: "
+             + (", ".join(f"`{s}`" for s in sources) or "(none)") + f" ({len(df)} finished runs{left_out}).", "",
+             f"Verdicts: **confirmed** (the 95% bootstrap CI lies on the claimed side), **not confirmed**, or "
+             f"**inconclusive** (a method has no records, or fewer than {MIN_SEEDS} seeds are matched). With "
+             f"few seeds the bootstrap CI is optimistic; the permutation p-value is shown beside it.", "",
+             "| claim | source | verdict |", "|---|---|---|"]
+    verdicts = [(c, c.evaluate(df)) for c in CLAIMS]
+    lines += [f"| {c.statement} | {c.source} | **{v.status}** |" for c, v in verdicts]
+    for c, v in verdicts:
+        suite_note = (f"`{c.suite}` — {suites[c.suite]}" if c.suite in suites
+                      else f"`{c.suite}` (not defined in bench/suites.toml yet)")
+        lines += ["", f"## {c.id}: {c.statement}", "", f"- Source: {c.source}",
+                  f"- Suite: {suite_note}; run `prefix-bench run --suite {c.suite}`", f"- Test: {c.test}",
+                  f"- Measured: {v.measured}", f"- Verdict: **{v.status}**"]
+        if v.table is not None and len(v.table):
+            lines += ["", tabulate(map_text(v.table, markdown), headers="keys", tablefmt="github", showindex=False,
+                                   floatfmt=".4f")]
+    return "\n".join(lines) + "\n"
+
+
+def default_sources(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("*/records.jsonl"))
+
+
+def cmd_reproduction_report(args: argparse.Namespace) -> int:
+    import sys
+
+    sources = [Path(s) for s in args.results] if args.results else default_sources(Path(args.runs_root))
+    records: list[ResultRecord] = []
+    for s in sources:
+        recs, problems = read_records(s)
+        if problems:
+            print(problem_summary(problems), file=sys.stderr)
+        records += recs
+    doc = load_toml(args.config or DEFAULT_SUITES)
+    suites = {name: spec.get("description", "") for name, spec in doc.get("suites", {}).items()}
+    text = report(records, [str(s) for s in sources], suites)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(text if not args.quiet else f"wrote {out}")
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduction-report", help="write results/REPRODUCTION.md: each claim and its verdict")
+    p.add_argument("--results", action="append",
+                   help="records folder to read (repeatable; default: every folder under --runs-root)")
+    p.add_argument("--runs-root", default="results/runs", help="where suites' records folders live")
+    p.add_argument("--config", default=None, help="suite TOML file (default: bench/suites.toml)")
+    p.add_argument("--out", default="results/REPRODUCTION.md", help="output file")
+    p.add_argument("--quiet", action="store_true", help="do not print the report")
+    p.set_defaults(func=cmd_reproduction_report)

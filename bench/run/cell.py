@@ -1,0 +1,250 @@
+"""One cell's life, as named stages around one small context:
+
+    prepare -> attach -> train -> evaluate -> persist -> record
+
+``prepare`` checks the code is what the cell was planned with and loads data, backbone and
+formulation (once per process); ``attach`` seeds, copies the backbone (no cell can change
+the weights another sees), draws a fresh head and attaches the method; ``train`` and
+``evaluate`` run the shared loop; ``persist`` writes the artefacts beside the row; ``record``
+builds the flat row."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.core import identity
+from bench.core.config import TrainConfig
+from bench.core.outcome import score_problem
+from bench.core.records import ResultRecord
+from bench.measure import efficiency, flops, memory, provenance, reproducible
+from bench.run.artefacts import same_tensors, save_adapter, save_curves, save_samples, save_state
+from bench.run.backbones import BACKBONES, LoadedBackbone, load_backbone
+from bench.run.data import data_fingerprint, load_split, subset
+from bench.run.formulations import Formulation, choose_formulation
+from bench.run.matrix import Cell
+from bench.run.trainer import EvalResult, TrainStats, evaluate, train
+from methods import METHODS, Anatomy, AttachContext
+from tasks import TASKS, DataSettings
+from tasks.base import Example, Split, Task
+
+
+@dataclass
+class CellRun:
+    """What the stages hand on: set by ``prepare``, then filled in stage by stage."""
+
+    cell: Cell
+    data: DataSettings
+    device: torch.device
+    task: Task
+    cfg: TrainConfig
+    started: str
+    train_split: Split
+    eval_split: Split
+    loaded: LoadedBackbone
+    formulation: Formulation
+    wall_start: float  # after the once-per-process loads: harness overhead is per cell
+    adapter: Any = None
+    trainable: int = 0
+    total: int = 0
+    train_examples: list[Example] = field(default_factory=list)
+    eval_examples: list[Example] = field(default_factory=list)
+    stats: TrainStats = field(default_factory=TrainStats)
+    periodic_eval_seconds: float = 0.0
+    result: EvalResult = field(default_factory=lambda: EvalResult([], 0, 0.0))
+    metrics: dict[str, float] = field(default_factory=dict)
+    peak: tuple[int, str] = (0, "")
+    saved: dict[str, Any] = field(default_factory=dict)  # ResultRecord fields of the artefacts
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell.method} P={self.cell.prefix_length} s{self.cell.seed}"
+
+
+def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None) -> ResultRecord:
+    """Train and evaluate one cell; returns its record: ok, or failed when its main score is
+    missing, NaN or infinite (``checked_score``). Raises on any other failure, also when the
+    code is no longer what the cell was planned with (its row would claim an identity it
+    was not computed with: e.g. a queued Slurm job after an edit)."""
+    run = prepare(cell, data, device)
+    attach(run)
+    train_stage(run)
+    evaluate_stage(run)
+    persist(run, results_dir)
+    return checked_score(record(run))
+
+
+def prepare(cell: Cell, data: DataSettings, device: torch.device) -> CellRun:
+    started = provenance.now()
+    if cell.threads:  # a pinned cell runs with the settings its id hashes
+        provenance.apply_torch_settings(cell.threads, cell.deterministic)
+    task = TASKS.get(cell.task)
+    now = identity.cell_identity(METHODS.get(cell.method), task)
+    if cell.identity != now:
+        changed = ", ".join(identity.identity_changes(cell.identity, now))
+        raise RuntimeError(f"the code changed since this cell was planned ({changed}); "
+                           "run the suite again to plan it with the current code")
+    cfg = cell.train_config
+    form_cls = choose_formulation(cfg.formulation, task, BACKBONES.get(cell.backbone).causal)
+    train_split = load_split(cell.task, task.train_split, data)
+    eval_split = load_split(cell.task, task.eval_split, data)
+    loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
+    formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
+    flops.peak_flops(device, next(loaded.model.parameters()).dtype)  # once per process, off the cell clock
+    task.preload()
+    return CellRun(cell, data, device, task, cfg, started, train_split, eval_split, loaded, formulation,
+                   wall_start=time.perf_counter())
+
+
+def attach(run: CellRun) -> None:
+    cell = run.cell
+    seed_everything(cell.seed)
+    memory.reset_peak(run.device)
+    model = copy.deepcopy(run.loaded.model)
+    head = head_parameters(model) if run.formulation.head == "seq_cls" else []
+    if head:
+        reset_head(model, cell.seed)
+    method_cls = METHODS.get(cell.method)
+    method = method_cls(method_cls.Config.from_dict(cell.method_args, cell.method), cell.prefix_length)
+    run.adapter = method.attach(model, AttachContext(run.loaded.tokenizer, Anatomy.of(model), cell.seed, run.device))
+    for p in head:  # the task head trains with every method (PEFT may have frozen it)
+        p.requires_grad_(True)
+    run.trainable = sum(p.numel() for p in run.adapter.parameters() if p.requires_grad)
+    run.total = sum(p.numel() for p in run.adapter.parameters())
+    run.train_examples = subset(run.train_split.examples, run.cfg.train_limit, cell.seed)
+    run.eval_examples = subset(run.eval_split.examples, run.cfg.eval_limit, None)
+
+
+def train_stage(run: CellRun) -> None:
+    def periodic(step: int) -> float:
+        res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
+                       desc="eval")
+        run.periodic_eval_seconds += res.seconds
+        return run.task.compute_metrics(res.predictions, run.eval_examples)[run.task.main_metric]
+
+    run.stats = train(run.adapter, run.formulation, run.train_examples, run.cfg, run.cell.seed, run.device,
+                      desc=f"train {run.label}", periodic_eval=periodic)
+
+
+def evaluate_stage(run: CellRun) -> None:
+    t_eval = time.perf_counter()
+    own = run.task.evaluate_adapted(run.adapter, run.loaded.tokenizer, run.device, run.cfg.eval_limit)  # lm-eval
+    if own is None:
+        run.result = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size,
+                              run.device, desc=f"eval {run.label}")
+        run.metrics = run.task.compute_metrics(run.result.predictions, run.eval_examples)
+    else:
+        run.result, run.metrics = EvalResult([], 0, time.perf_counter() - t_eval), own
+    run.peak = memory.peak_bytes(run.device)
+
+
+def persist(run: CellRun, results_dir: Path | None) -> None:
+    """Adapter (trained and, where it folds to something else, deployed), curves, samples."""
+    deployed = run.adapter.inference_state_dict()
+    saved: dict[str, Any] = {"inference_params": sum(t.numel() for t in deployed.values()),
+                             "adapter_path": "", "adapter_bytes": 0, "inference_path": "",
+                             "inference_bytes": None, "curve_path": "", "samples_path": ""}
+    if results_dir is not None:
+        cid = run.cell.id
+        path, size = save_adapter(run.adapter, results_dir / "adapters" / f"{cid}.safetensors")
+        saved.update(adapter_path=path, adapter_bytes=size, inference_path=path, inference_bytes=size)
+        if not same_tensors(deployed, run.adapter.trainable_state_dict()):
+            path, size = save_state(deployed, results_dir / "adapters" / f"{cid}.inference.safetensors")
+            saved.update(inference_path=path, inference_bytes=size)
+        saved["curve_path"] = save_curves(results_dir / "curves" / f"{cid}.json", run.stats)
+        if run.task.kind == "generation":
+            saved["samples_path"] = save_samples(results_dir / "samples" / f"{cid}.jsonl", run.eval_examples,
+                                                 run.result.predictions)
+    run.saved = saved
+
+
+def record(run: CellRun) -> ResultRecord:
+    cell, stats, result, task = run.cell, run.stats, run.result, run.task
+    compute = sum(stats.step_seconds) + run.periodic_eval_seconds + result.seconds
+    overhead = efficiency.harness_overhead(time.perf_counter() - run.wall_start, compute)
+    eff = efficiency.train_mfu(run.adapter, run.cfg.batch_size, stats.tokens, len(stats.step_tokens),
+                               stats.tokens_per_s(), run.device, head_share=run.formulation.head_share(run.adapter))
+    sha, dirty = provenance.git_state()
+    collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
+    notes = "; ".join(n for n in (run.train_split.notes, run.eval_split.notes) if n)
+    return ResultRecord(
+        cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
+        prefix_length=cell.prefix_length, seed=cell.seed, status="ok",
+        main_metric=task.main_metric, main_score=run.metrics.get(task.main_metric), metrics=run.metrics,
+        collapsed=collapsed, trainable_params=run.trainable, total_params=run.total, **run.saved,
+        eval_examples=len(run.eval_examples), eval_split_size=len(run.eval_split.examples),
+        train_seconds=stats.seconds, eval_seconds=result.seconds, train_steps=len(stats.losses),
+        train_tokens=stats.tokens, train_tokens_per_s=stats.tokens_per_s(),
+        eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),
+        first_loss=stats.losses[0] if stats.losses else None,
+        final_loss=float(np.mean(stats.losses[-10:])) if stats.losses else None,
+        peak_memory_bytes=run.peak[0], peak_memory_kind=run.peak[1],
+        peak_reserved_bytes=memory.peak_reserved_bytes(run.device), **eff,
+        steps_to_target=efficiency.steps_to_target(stats.losses), harness_overhead=overhead,
+        formulation=run.formulation.name, lr=run.cfg.lr or 0.0,
+        config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
+        device=provenance.device_name(run.device), kernels=reproducible.kernel_provenance(),
+        backbone_source=run.loaded.source,
+        data_source=f"train={run.train_split.source} eval={run.eval_split.source}",
+        data_fingerprint=data_fingerprint(cell.task, run.data), data_notes=notes,
+        gen_tokens_per_s=run.formulation.gen_tokens_per_s(),
+        started_at=run.started, finished_at=provenance.now(),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters outside the backbone body (a sequence-classification head)."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    return [p for n, p in model.named_parameters() if not n.startswith(prefix)]
+
+
+def reset_head(model: nn.Module, seed: int) -> None:
+    """A fresh head per cell, drawn from the cell's seed (not from load order)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    std = getattr(model.config, "initializer_range", 0.02)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.startswith(prefix) or not isinstance(module, nn.Linear):
+                continue
+            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
+            if module.bias is not None:
+                module.bias.zero_()
+
+
+def checked_score(record: ResultRecord) -> ResultRecord:
+    """``record``, failed instead of ok when its main score is missing, NaN or infinite: a
+    run without a usable number must not count as finished (tables would average it away and
+    ``run`` would never retry it). Its metrics and costs are kept for diagnosis."""
+    problem = score_problem(record.main_metric, record.main_score)
+    if record.main_score is None:
+        problem = f"the task's metrics {sorted(record.metrics)} hold no main metric {record.main_metric!r}"
+    if not problem:
+        return record
+    return dataclasses.replace(record, status="failed", error=f"{problem}; the run is recorded as failed")
+
+
+def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:
+    sha, dirty = provenance.git_state()
+    tb = traceback.format_exception_only(type(err), err)[-1].strip()
+    return ResultRecord(
+        cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
+        prefix_length=cell.prefix_length, seed=cell.seed, status="failed", error=tb[:2000],
+        config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
+        kernels=reproducible.kernel_provenance(), started_at=started, finished_at=provenance.now())

@@ -1,0 +1,108 @@
+"""The driver: validate everything first, then run each unfinished cell with an executor,
+appending one record per cell. Backbones are loaded once per process and copied per cell,
+so no cell can change the weights another cell sees."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.core.config import ConfigError
+from bench.core.record_check import problem_summary
+from bench.core.records import ResultRecord, read_records
+from bench.core.torn_tail import set_aside_torn_tail
+from bench.measure import reproducible
+from bench.run import locks, staleness
+from bench.run.data import data_fingerprint
+from bench.run.executors import CellJob, Executor, LocalExecutor
+from bench.run.matrix import Cell
+from bench.run.validate import validate_cells
+from tasks import DataSettings
+
+
+def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
+              retry_failed: bool = False, log: Callable[[str], None] = print,
+              executor: Executor | None = None, threads: int = 0,
+              plugins: tuple[str, ...] = (), reproducible_mode: bool = False) -> dict[str, int]:
+    """Run every unfinished cell with ``executor`` (default: in this process); returns counts
+    (cells, ran, skipped, failed). The results folder is checked writable and everything is
+    validated before any model loads. Cells are pinned to the executor's threads and the
+    deterministic-algorithms setting (both are in a cell's id). Each cell is claimed before
+    it runs (bench/run/locks.py): a second driver on the same folder runs other cells, never the
+    same ones; cells it finds running elsewhere are looked at again at the end and otherwise
+    left to that run (counted as skipped). Each row is in the store before it is reported."""
+    validate_cells(cells, data)
+    try:
+        locks.check_writable(results_dir)
+    except OSError as err:
+        raise ConfigError(f"results folder {results_dir} is not writable ({err.strerror or err}"
+                          f"{': ' + str(err.filename) if err.filename else ''}); nothing was run: "
+                          "fix its permissions or choose another folder with --results") from None
+    repaired = set_aside_torn_tail(results_dir)  # a crash may have torn the last row
+    if repaired:
+        log(repaired)
+    executor = executor or LocalExecutor()
+    if reproducible_mode:  # a fixed count, not one derived from this machine's cores
+        threads = threads or reproducible.DEFAULT_THREADS
+    cells = pinned_cells(cells, executor, threads, reproducible_mode)  # before any id is compared
+    records, problems = read_records(results_dir)
+    if problems:
+        log(problem_summary(problems))
+    # validate_cells has read every task's data: its fingerprints cost nothing more
+    fingerprints = {t: data_fingerprint(t, data) for t in {c.task for c in cells}}
+    plan = staleness.plan(cells, records, fingerprints, retry_failed)
+    todo = sorted(plan.todo, key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
+    counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
+    if plan.stale:
+        log(plan.describe())
+    log(f"{len(cells)} cells, {counts['skipped']} already finished, {len(todo)} to run -> {results_dir}"
+        f" ({executor.name} executor, {executor.threads_per_cell(threads)} threads per cell)")
+    # absolute: workers (child processes, Ray, Slurm) may start in another directory
+    job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins),
+                  reproducible=reproducible_mode)
+    if reproducible_mode:
+        reproducible.export_env()  # inherited by every worker this driver starts
+    held = locks.DriverClaims(Path(results_dir), log, fingerprints)
+    try:
+        for last_look, pending in ((False, todo), (True, None)):
+            pending = held.recheck() if last_look else pending
+            for record in executor.run(held.take(pending, last_look), job, log):
+                held.release(record.cell_id)
+                _report(record, counts, len(todo), job.run_id, log)
+    finally:
+        held.release_all()
+    if held.elsewhere:
+        log(f"{len(held.elsewhere)} cell(s) still running elsewhere, left to that run")
+    counts["skipped"] = len(cells) - counts["ran"]
+    return counts
+
+
+def pinned_cells(cells: list[Cell], executor: Executor | None = None, threads: int = 0,
+                 reproducible_mode: bool = False) -> list[Cell]:
+    """``cells`` as ``run_cells`` runs them: pinned to the torch threads ``executor`` gives
+    each cell and to the deterministic-algorithms setting, both part of their ids (the bytes
+    differ at 1 and 2 threads)."""
+    threads = (executor or LocalExecutor()).threads_per_cell(threads)
+    deterministic = reproducible_mode or torch.are_deterministic_algorithms_enabled()
+    return [c.pinned(threads, deterministic) for c in cells]
+
+
+def _report(record: ResultRecord, counts: dict[str, int], total: int, run_id: str,
+            log: Callable[[str], None]) -> None:
+    head = (f"[{counts['ran'] + 1}/{total}] {record.method} {record.task} {record.backbone} "
+            f"P={record.prefix_length} seed={record.seed}")
+    if record.run_id != run_id:  # a worker found the row of another run and did not train
+        log(f"{head}: finished elsewhere meanwhile, not run again")
+        return
+    counts["ran"] += 1
+    if record.status != "ok":
+        counts["failed"] += 1
+        log(f"{head}: FAILED {record.error}")
+    else:
+        flag = " (collapsed to one class)" if record.collapsed else ""
+        log(f"{head}: {record.main_metric}={record.main_score:.4f}{flag} "
+            f"loss {record.first_loss:.3f}->{record.final_loss:.3f}, "
+            f"{record.train_tokens_per_s:.0f} train tok/s, "
+            f"{record.train_seconds + record.eval_seconds:.0f} s")

@@ -1,0 +1,272 @@
+"""Suites of experiments from a small TOML file, expanded into cells.
+
+File layout (every key is checked; unknown keys are errors)::
+
+    [defaults]                      # TrainConfig fields for every suite in the file
+    train_steps = 200
+
+    [suites.NAME]
+    description = "..."
+    methods = ["prefix_tuning", "lora"]
+    tasks = ["glue/sst2"]
+    backbones = ["minilm-l6"]
+    prefix_lengths = [5, 20]        # methods that use no prefix get one cell, prefix_length = null
+    seeds = [0, 1]
+    train = { train_steps = 300 }   # TrainConfig overrides for this suite
+    backbone_overrides.smollm2-135m = { batch_size = 16 }    # TrainConfig, per backbone
+    task_overrides."glue/rte" = { max_length = 128 }         # TrainConfig, per task
+    overrides.lora = { lr = 1e-3 }                            # TrainConfig, per method
+    method_args.prefix_tuning = { projection = false }        # the method's own Config
+    exclude = [{ method = "lora", backbone = "smollm2-135m" }]
+    executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
+
+Training options resolve in this order, later winning: [defaults], the suite's ``train``,
+``backbone_overrides``, ``task_overrides``, ``overrides`` (per method).
+A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (with
+``description`` and ``executor`` only); its cells are theirs, labelled with its name.
+``expand`` is a pure function: the same file and the same code give the same cells with
+the same ids. An id covers the resolved options and the code identity of the cell's method
+and task (``bench.core.identity``), so editing either makes new cells, never reuses old rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.core.config import LIMITS, ConfigError, TrainConfig, at_most, check_fields
+from bench.core.identity import cell_identity
+from bench.core.safe_names import check_name
+from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
+from bench.run.backbones import BACKBONES
+from methods import METHODS
+from tasks import TASKS
+
+SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
+              "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor")
+COMPOSITE_KEYS = ("description", "include", "executor")
+AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
+EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
+CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score as the papers do
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fully resolved experiment: everything that can change its result."""
+
+    suite: str
+    method: str
+    task: str
+    backbone: str
+    prefix_length: int | None
+    seed: int
+    train: dict[str, Any]
+    method_args: dict[str, Any]
+    backbone_source: str = "auto"
+    # method and task versions and source digests (bench/core/identity.py): a code change is a new cell
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # torch CPU threads and deterministic algorithms change the bytes of a result (a sum split
+    # over 1 or 2 threads rounds differently), so they are in the id; the runner pins both
+    # from the executor before it runs the cells (threads = 0: not pinned yet)
+    threads: int = 0
+    deterministic: bool = False
+
+    def resolved(self) -> dict[str, Any]:
+        """What the id hashes (the suite's name is a label, not part of the id)."""
+        d = dataclasses.asdict(self)
+        d.pop("suite")
+        return d
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def pinned(self, threads: int, deterministic: bool) -> Cell:
+        """This cell as run with ``threads`` torch CPU threads and deterministic algorithms on/off."""
+        return dataclasses.replace(self, threads=threads, deterministic=deterministic)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.train)
+
+    @classmethod
+    def from_resolved(cls, resolved: dict[str, Any], suite: str = "reproduce") -> Cell:
+        return cls(suite=suite, **resolved)
+
+
+def _check_list(where: str, key: str, value: Any, kind: type) -> list:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: {key!r} must be a non-empty list, got {value!r}")
+    for v in value:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ConfigError(f"{where}: {key!r} holds {v!r}, expected {kind.__name__} values")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: {key!r} repeats a value: {value!r}")
+    return value
+
+
+def _check_names(where: str, key: str, names: list[str], registry: Any) -> None:
+    for name in names:
+        if name not in registry:
+            raise ConfigError(f"{where}: {key}: {registry.unknown_message(name)}")
+
+
+def _train_table(where: str, table: Any) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table of training options, got {table!r}")
+    check_fields(TrainConfig, table, where)  # validates keys and types early
+    return dict(table)
+
+
+def _expand_composite(doc: dict[str, Any], suite: str, spec: dict[str, Any], source: str, where: str,
+                      seen: tuple[str, ...]) -> list[Cell]:
+    """A suite made of other suites (``include = [...]``): the union of their cells, labelled
+    with this suite's name. Lets one suite pair each task with its own backbones and budget."""
+    unknown = sorted(set(spec) - set(COMPOSITE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: a suite with 'include' takes only {', '.join(COMPOSITE_KEYS)}; "
+                          f"unknown key(s) {', '.join(map(repr, unknown))}")
+    parts = _check_list(where, "include", spec["include"], str)
+    cells: dict[str, Cell] = {}
+    for part in parts:
+        if part in seen or part == suite:
+            raise ConfigError(f"{where}: include {part!r} makes a cycle ({' -> '.join((*seen, suite, part))})")
+        for cell in expand(doc, part, source, _seen=(*seen, suite)):
+            cells.setdefault(cell.id, dataclasses.replace(cell, suite=suite))
+    return list(cells.values())
+
+
+def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tuple[str, ...] = ()) -> list[Cell]:
+    """Expand suite ``suite`` of a parsed TOML document into cells (pure, deterministic)."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a document of tables, got {doc!r:.200}")
+    unknown_top = sorted(map(str, set(doc) - {"defaults", "suites"}))
+    if unknown_top:
+        raise ConfigError(f"{source}: unknown top-level key(s) {unknown_top}; valid: defaults, suites")
+    suites = doc.get("suites", {})
+    if not isinstance(suites, dict):
+        raise ConfigError(f"{source}: 'suites' must be a table of [suites.NAME] tables, got {suites!r:.200}")
+    check_name("suite", suite, source)  # it names results/runs/<suite> and results/tables/<suite>
+    if suite not in suites:
+        raise ConfigError(f"{source}: unknown suite {suite!r}; valid suites: {', '.join(sorted(suites)) or '(none)'}")
+    where = f"{source} [suites.{suite}]"
+    spec = suites[suite]
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a table")
+    if "include" in spec:
+        return _expand_composite(doc, suite, spec, source, where, _seen)
+    unknown = sorted(set(spec) - set(SUITE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(SUITE_KEYS)}")
+    missing = [a for a in AXES if a not in spec]
+    if missing:
+        raise ConfigError(f"{where}: missing axis/axes {missing}")
+
+    methods = _check_list(where, "methods", spec["methods"], str)
+    tasks = _check_list(where, "tasks", spec["tasks"], str)
+    backbones = _check_list(where, "backbones", spec["backbones"], str)
+    lengths = _check_list(where, "prefix_lengths", spec["prefix_lengths"], int)
+    seeds = _check_list(where, "seeds", spec["seeds"], int)
+    _check_names(where, "methods", methods, METHODS)
+    _check_names(where, "tasks", tasks, TASKS)
+    _check_names(where, "backbones", backbones, BACKBONES)
+    for p in lengths:
+        check_point(where, p, None)
+    for s in seeds:
+        check_point(where, None, s)
+    executor = spec.get("executor", {})
+    if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
+        raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
+                          f"and that executor's options, got {executor!r:.200}")
+    source_choice = spec.get("backbone_source", "auto")
+    if source_choice not in ("auto", "local", "hub"):
+        raise ConfigError(f"{where}: backbone_source {source_choice!r} is not one of auto, local, hub")
+
+    defaults = _train_table(f"{source} [defaults]", doc.get("defaults", {}))
+    suite_train = _train_table(f"{where}.train", spec.get("train", {}))
+    per_backbone = _keyed_tables(where, "backbone_overrides", spec, backbones)
+    per_task = _keyed_tables(where, "task_overrides", spec, tasks)
+    per_method = _keyed_tables(where, "overrides", spec, methods)
+    method_args = _keyed_tables(where, "method_args", spec, methods, train=False)
+    excludes = spec.get("exclude", [])
+    if not isinstance(excludes, list):
+        raise ConfigError(f"{where}: 'exclude' must be a list of tables")
+    for i, ex in enumerate(excludes):
+        if not isinstance(ex, dict) or not ex:
+            raise ConfigError(f"{where}: exclude[{i}] must be a non-empty table")
+        bad = sorted(set(ex) - set(EXCLUDE_KEYS))
+        if bad:
+            raise ConfigError(f"{where}: exclude[{i}] has unknown key(s) {bad}; valid: {', '.join(EXCLUDE_KEYS)}")
+
+    identities: dict[tuple[str, str], dict[str, Any]] = {}
+    cells: dict[str, Cell] = {}
+    for method, task, backbone, length, seed in itertools.product(methods, tasks, backbones, lengths, seeds):
+        method_cls = METHODS.get(method)
+        plen = length if method_cls.uses_prefix_length else None
+        point = {"method": method, "task": task, "backbone": backbone, "prefix_length": plen, "seed": seed}
+        if any(all(point.get(k) == v for k, v in ex.items()) for ex in excludes):
+            continue
+        train = {**defaults, **suite_train, **per_backbone.get(backbone, {}),
+                 **per_task.get(task, {}), **per_method.get(method, {})}
+        cfg = check_fields(TrainConfig, train, f"{where} cell {method}/{task}/{backbone}")
+        if suite.startswith(CLAIMS_PREFIX) and TASKS.get(task).corpus_metrics and cfg.eval_limit is not None:
+            raise ConfigError(f"{where}: a claims suite evaluates task {task!r} on its full evaluation split: its "
+                              f"metrics are corpus statistics, so eval_limit = {cfg.eval_limit} would make "
+                              "its scores comparable to nothing; remove eval_limit")
+        if cfg.lr is None:
+            cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
+        margs = method_cls.Config.from_dict(method_args.get(method, {}),
+                                            f"{where}.method_args.{method}").to_dict()
+        if (method, task) not in identities:
+            identities[method, task] = cell_identity(method_cls, TASKS.get(task))
+        cell = Cell(suite, method, task, backbone, plen, seed, dataclasses.asdict(cfg), margs, source_choice,
+                    identities[method, task])
+        cells.setdefault(cell.id, cell)  # methods without a prefix collapse the length axis
+    if not cells:
+        raise ConfigError(f"{where}: the excludes remove every cell")
+    return list(cells.values())
+
+
+def check_point(where: str, prefix_length: int | None, seed: int | None) -> None:
+    """The numeric axes' bounds: 1 <= prefix_length <= LIMITS, 0 <= seed < 2**32."""
+    if prefix_length is not None:
+        if prefix_length < 1:
+            raise ConfigError(f"{where}: prefix_lengths holds {prefix_length}, prefix lengths must be >= 1")
+        at_most("prefix_length", prefix_length, f"{where}: prefix_lengths")
+    if seed is not None and not 0 <= seed <= LIMITS["seed"][0]:
+        raise ConfigError(f"{where}: seeds holds {seed}, seeds must be in [0, {LIMITS['seed'][0]}]: "
+                          f"{LIMITS['seed'][1]}")
+
+
+def _keyed_tables(where: str, key: str, spec: dict, allowed: list[str], train: bool = True) -> dict[str, dict]:
+    tables = spec.get(key, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: {key!r} must be a table keyed by name")
+    for name, table in tables.items():
+        if name not in allowed:
+            raise ConfigError(f"{where}: {key}.{name}: {name!r} is not on this suite's axis; "
+                              f"valid: {', '.join(allowed)}")
+        if train:
+            _train_table(f"{where}.{key}.{name}", table)
+        elif not isinstance(table, dict):
+            raise ConfigError(f"{where}.{key}.{name}: expected a table, got {table!r}")
+    return tables
+
+
+def executor_table(path: str | Path | None, suite: str) -> tuple[dict[str, Any], str]:
+    """The suite's ``executor`` table (empty when it has none) and where it was read, for
+    error messages. Where cells run never changes what they compute, so it is not in the id."""
+    path = Path(path) if path else DEFAULT_SUITES
+    spec = load_toml(path).get("suites", {}).get(suite, {})
+    return dict(spec.get("executor", {})), f"{path} [suites.{suite}].executor"
+
+
+def load_suite(path: str | Path | None, suite: str) -> list[Cell]:
+    path = Path(path) if path else DEFAULT_SUITES
+    return expand(load_toml(path), suite, str(path))
