@@ -35,7 +35,8 @@ def flatten(text: object) -> str:
 # "\\[<length>]"; <, > and | print as other glyphs in the OT1 font encoding.
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-          "[": "{[}", "]": "{]}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+          "[": "{[}", "]": "{]}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+          "≠": r"$\neq$"}  # the unstable-cell mark: no text-mode glyph in LaTeX's utf8 input
 
 
 def latex_text(text: object) -> str:

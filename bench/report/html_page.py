@@ -104,6 +104,9 @@ def slice_html(v: SliceView) -> str:
     if notes:
         parts.append('<p class="note">Failed runs (left out of every statistic):</p><ul class="note">'
                      + "".join(f"<li>{html_text(notes[k])}</li>" for k in sorted(notes)) + "</ul>")
+    if v.unstable:
+        parts.append('<p class="note">Unstable cells:</p><ul class="note">'
+                     + "".join(f"<li>{html_text(t)}</li>" for t in v.unstable) + "</ul>")
     if v.collapsed:
         parts.append(f'<p class="note">{html_text(COLLAPSE_NOTE)}</p>')
     if v.subset_note:

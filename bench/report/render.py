@@ -50,7 +50,10 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
                 v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out(f"{v.stem}__pareto.png"))
         md = out(f"{v.stem}.md")
         md.write_text(slice_markdown(v), encoding="utf-8")
-        tables = {"": failures.with_notes_column(v.board, v.notes), "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
+        board = failures.with_notes_column(v.board, v.notes)
+        if v.unstable:  # a CSV has no place below the table
+            board = board.assign(unstable=" | ".join(v.unstable))
+        tables = {"": board, "__scores": v.scores, "__paired": v.paired, "__sensitivity": v.sens_scores,
                   "__sensitivity_curve": v.sens_curve, "__pareto": v.pareto}
         csvs = [_csv(frame, out(f"{v.stem}{suffix}.csv")) for suffix, frame in tables.items()]
         tex = out(f"{v.stem}.tex")

@@ -17,7 +17,7 @@ from bench.core.record import PROCESS_PEAK
 from bench.core.records import ResultRecord, latest_by_cell
 from bench.core.safe_names import unique_stems
 from bench.core.task_facts import Facts, corpus_metrics, higher_is_better
-from bench.report import failures, pareto, sensitivity, subsets
+from bench.report import failures, instability, pareto, sensitivity, subsets
 from bench.report.escape import map_text, markdown, url_path
 from bench.report.failures import Note, length_key
 from bench.report.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
@@ -194,6 +194,8 @@ class SliceView:
     file_stem: str = ""  # set by build_views: distinct per slice, safe as a file name
     notes: dict[tuple[str, int | None], Note] = field(default_factory=dict)  # cells with failed runs
     subset_note: str = ""  # bench/report/subsets.py: rows scored on part of the evaluation split
+    # bench/report/instability.py: cells that move between machines or seeds by more than their noise
+    unstable: list[str] = field(default_factory=list)
 
     @property
     def stem(self) -> str:
@@ -222,11 +224,14 @@ def build_views(records: list[ResultRecord], facts: Facts | None = None) -> list
         metric = next((m for m in (*g["main_metric"], *f["main_metric"]) if m), "main metric")
         hib = higher_is_better(facts, task, metric)
         notes = failures.notes(g, f)
-        views.append(SliceView(task, backbone, metric, hib, leaderboard(g, notes), score_table(g, notes),
+        unstable = instability.find([r for r in records if r.task == task and r.backbone == backbone], g)
+        board = instability.mark_board(leaderboard(g, notes), unstable)
+        views.append(SliceView(task, backbone, metric, hib, board, score_table(g, notes),
                                paired_table(g), sensitivity.curves(g), sensitivity.scores(g, hib),
                                pareto.table(g, hib), bool(g["collapsed"].any()),
                                left_out=left_out.get((task, backbone), 0), notes=notes,
-                               subset_note=subsets.note(g, corpus_metrics(facts, task))))
+                               subset_note=subsets.note(g, corpus_metrics(facts, task)),
+                               unstable=[u.text for u in unstable]))
     stems = unique_stems((v.task, v.backbone) for v in views)
     for v in views:
         v.file_stem = stems[(v.task, v.backbone)]
@@ -317,6 +322,8 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
     if v.notes:
         parts.append("Failed runs (left out of every statistic):\n\n" + "\n".join(
             f"- {markdown(n.text)}" for n in sorted(v.notes.values(), key=lambda n: n.number)))
+    if v.unstable:
+        parts.append("Unstable cells:\n\n" + "\n".join(f"- {markdown(t)}" for t in v.unstable))
     if v.collapsed:
         parts.append(COLLAPSE_NOTE)
     if v.subset_note:
