@@ -4,6 +4,10 @@ A method never owns a training loop. ``Method.attach`` receives a backbone whose
 are all frozen (the task head, if any, is already trainable) and returns an ``Adapter``:
 an ``nn.Module`` whose ``forward`` takes the backbone's keyword arguments and whose
 trainable parameters are exactly what the method trains.
+
+The harness knows no method by name. What it needs beyond the backbone's own structure an
+adapter declares (``Adapter.extra_positions``, ``extra_keys_per_layer``,
+``inserted_modules``, ``extra_flops``: what the FLOP count of ``bench.flops`` reads).
 """
 
 from __future__ import annotations
@@ -65,6 +69,21 @@ class Anatomy:
         )
         return cls(config.model_type, config.num_hidden_layers, hidden, heads, kv_heads,
                    head_dim, is_causal)
+
+
+# Modules that read a transformer layer's input, by name (LLaMA family, GPT-2's fused c_attn,
+# BERT), and which of query/key/value each computes. In layer 0 their input is the embedding
+# output, which needs no gradient unless something before layer 0 trains.
+LAYER_INPUT_PROJECTIONS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "query": "q", "key": "k", "value": "v",
+                           "c_attn": "qkv", "qkv_proj": "qkv", "Wqkv": "qkv"}
+
+
+def transformer_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The backbone's list of transformer layers: its first ModuleList of ``num_layers`` modules."""
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise ValueError(f"no ModuleList of {num_layers} transformer layers found in {type(model).__name__}")
 
 
 @dataclass
@@ -172,6 +191,44 @@ class Adapter(nn.Module):
     def step_log(self) -> dict[str, list[float]]:
         """Per-step values worth recording (e.g. gate openings). Default: nothing."""
         return {}
+
+    # -- what the harness's FLOP count needs (bench/flops.py) --------------------------------
+    # The harness counts the backbone's own matrix products itself: every Linear/Conv1D in its
+    # layers at every position, attention over the positions and keys, the output layer, and
+    # the gradients a training step computes for them. An adapter declares what it changes;
+    # the defaults declare nothing, which is right for an adapter that only unfreezes backbone
+    # weights (full fine-tuning). The count assumes, as holds for every built-in method, that
+    # something trainable acts in layer 0, so gradients reach every layer.
+
+    @property
+    def extra_positions(self) -> int:
+        """Positions prepended to every input row (prompt tuning's P soft tokens): they pass
+        through every layer and are attended to. Taken as trainable, so the gradient reaches
+        layer 0's input. Default: 0."""
+        return 0
+
+    @property
+    def extra_keys_per_layer(self) -> int:
+        """Keys/values added to each attention layer (a prefix's P cached keys): attended to by
+        every position. Taken as trainable, so layer 0's keys and values need gradients.
+        Default: 0."""
+        return 0
+
+    def inserted_modules(self) -> list[nn.Module]:
+        """Modules this adapter placed inside the backbone (LoRA's A and B): their matrix
+        products are the adapter's to count in ``extra_flops``, not the backbone's. Their
+        trainable weights still tell the harness which layer-0 projections need gradients.
+        Default: none."""
+        return []
+
+    def extra_flops(self, batch: int, seq_len: int, *, train: bool, folded: bool) -> int:
+        """Matmul FLOPs (one multiply-add = 2) of everything else the adapter computes in one
+        step on ``batch`` rows of ``seq_len`` real positions (before ``extra_positions``):
+        forward, plus with ``train`` the weight and input gradients autograd computes for it.
+        ``folded``: after ``fold`` (e.g. a prefix generator no longer runs). Examples:
+        Prefix-Tuning+'s memory products on every position, a prefix MLP on the P prefix rows,
+        LoRA's A and B. Elementwise work (gates, scales, norms) is not counted. Default: 0."""
+        return 0
 
 
 class Method(ABC):

@@ -181,16 +181,24 @@ class MemoryAdapter(Adapter):
             return self.memory[layer]
         return self.keys[layer].transpose(-1, -2) @ self.values[layer]
 
-    def body_matmuls(self) -> tuple[int, int]:
-        """For bench/flops.py: (multiply-adds per position over all layers, of which those
-        whose input is the frozen query at layer 0, so autograd computes no input gradient
-        for them). Every one of them is trainable."""
+    def _memory_matmuls(self) -> tuple[int, int]:
+        """(multiply-adds per position over all layers, of which those whose input is the
+        frozen query at layer 0, so autograd computes no input gradient for them)."""
         L, d = self.num_layers, self.d_q // self.groups
         if self.rank is None:
             per_layer = self.groups * d * d
             return L * per_layer, per_layer
         reads_q = self.groups * self.rank * d  # phi(q) A; the B product reads a trained tensor
         return L * 2 * reads_q, reads_q
+
+    def extra_flops(self, batch: int, seq_len: int, *, train: bool, folded: bool) -> int:
+        """phi(q)^T M at every position of every layer: 2n per position forward; training adds
+        M's gradient (2n) and phi(q)'s (2n), except at layer 0, whose query comes from frozen
+        weights on the frozen embeddings."""
+        n, frozen_input = self._memory_matmuls()
+        T = batch * seq_len
+        fwd = 2 * n * T
+        return fwd + 2 * n * T + 2 * (n - frozen_input) * T if train else fwd
 
 
 @register_method("prefix_tuning_plus")

@@ -64,6 +64,10 @@ class SoftPromptAdapter(Adapter):
             init = emb[init_token_ids(ctx, P, config.init, config.init_text, model)].detach().float().clone()
         self.prompt = nn.Parameter(init)
 
+    @property
+    def extra_positions(self) -> int:
+        return self.prompt.shape[0]
+
     def _extend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 kwargs: dict[str, Any], positions: bool = True) -> dict[str, Any]:
         """Embeddings with the prompt placed right before each row's first real token.
