@@ -20,7 +20,7 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -231,8 +231,13 @@ class Adapter(nn.Module):
         return 0
 
 
-class Method(ABC):
-    """A parameter-efficient (or reference) fine-tuning method."""
+C = TypeVar("C", bound=MethodConfig)
+
+
+class Method(ABC, Generic[C]):
+    """A parameter-efficient (or reference) fine-tuning method, generic over its config type:
+    ``class MyMethod(Method[MyConfig])`` with ``Config = MyConfig`` (the class that parses
+    options; the type parameter gives ``self.config`` its type)."""
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
@@ -245,8 +250,18 @@ class Method(ABC):
     # True when attaching leaves the model's function unchanged (a zero-initialised update):
     # the contract test then requires the base logits from the freshly attached adapter
     identity_at_init: ClassVar[bool] = False
+    config: C
 
-    def __init__(self, config: MethodConfig, prefix_length: int | None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass of ``Method[X]`` parses options with ``Config``, a subclass of ``X``."""
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            args = typing.get_args(base) if typing.get_origin(base) is Method else ()
+            if args and isinstance(args[0], type) and not issubclass(cls.Config, args[0]):
+                raise TypeError(f"{cls.__qualname__} is a Method[{args[0].__name__}] but its Config "
+                                f"{cls.Config.__name__} is not a {args[0].__name__}")
+
+    def __init__(self, config: C, prefix_length: int | None) -> None:
         if self.uses_prefix_length and (not isinstance(prefix_length, int) or prefix_length < 1):
             raise ConfigError(f"method {self.name!r} needs a prefix_length >= 1, got {prefix_length!r}")
         self.config = config
@@ -256,19 +271,23 @@ class Method(ABC):
     def attach(self, model: nn.Module, ctx: AttachContext) -> Adapter:
         """Wrap ``model`` (frozen) and create this method's trainable parameters."""
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
-        """Closed form of how many parameters ``attach`` makes trainable on ``model`` (the
-        method's own, not a task head). The contract test checks it for every method."""
-        raise NotImplementedError(f"method {self.name!r} does not give its trainable_count")
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
+        """How many parameters ``attach`` made trainable in ``adapter`` (the method's own, not a
+        task head); the contract test compares it with the adapter's trainable parameters
+        right after ``attach`` on a frozen backbone. Default: that count itself. Override it
+        with a closed form (from ``anatomy`` and ``adapter.model``'s shapes) to have the test
+        check ``attach`` against it."""
+        return sum(p.numel() for p in adapter.parameters() if p.requires_grad)
 
 
-METHODS: Registry[type[Method]] = Registry("method", Method)
+METHODS: Registry[type[Method[Any]]] = Registry("method", Method)
+M = TypeVar("M", bound=type[Method[Any]])
 
 
 def register_method(name: str):
     """Class decorator: register a ``Method`` subclass under ``name``."""
 
-    def deco(cls: type[Method]) -> type[Method]:
+    def deco(cls: M) -> M:
         cls.name = name
         return METHODS.register(name)(cls)
 

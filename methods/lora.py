@@ -80,7 +80,7 @@ class PeftAdapter(Adapter):
 
 
 @register_method("lora")
-class Lora(Method):
+class Lora(Method[LoraConfig]):
     paper = "Hu et al., ICLR 2022, https://arxiv.org/abs/2106.09685"
     Config = LoraConfig
     uses_prefix_length = False
@@ -97,13 +97,13 @@ class Lora(Method):
         peft.inject_adapter_in_model(config, model)
         return PeftAdapter(model, ctx.anatomy).to(ctx.device)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """r * (in + out) for each adapted linear layer (A: r x in, B: out x r)."""
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
         targets = self.config.target_modules or defaults[anatomy.model_type]
         total = 0
-        for name, module in model.named_modules():
+        for name, module in adapter.model.named_modules():
             if name.split(".")[-1] in targets and hasattr(module, "weight"):
                 fan_out, fan_in = module.weight.shape
                 if type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)

@@ -202,7 +202,7 @@ class MemoryAdapter(Adapter):
 
 
 @register_method("prefix_tuning_plus")
-class PrefixTuningPlus(Method):
+class PrefixTuningPlus(Method[PrefixTuningPlusConfig]):
     """The published form: a free, zero-initialised M per layer; no prefix-length axis."""
 
     paper = "Wang et al., arXiv 2506.13674 (PrefixMemory-Tuning, ICLR 2026)"
@@ -218,7 +218,7 @@ class PrefixTuningPlus(Method):
     def attach(self, model: nn.Module, ctx: AttachContext) -> MemoryAdapter:
         return MemoryAdapter(model, ctx, self.rank(), self.config).to(ctx.device)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """L * G * d_phi * d_v = L * (H*d_h)^2 per layer, L * H * d_h^2 per head."""
         d_q = anatomy.num_heads * anatomy.head_dim
         groups = anatomy.num_heads if self.config.per_head else 1
@@ -230,12 +230,13 @@ class PrefixTuningPlusLowRank(PrefixTuningPlus):
     """Not in the paper: M = A^T B of rank r = the prefix length (r memory slots)."""
 
     Config = PrefixTuningPlusLowRankConfig
+    config: PrefixTuningPlusLowRankConfig
     uses_prefix_length = True
     version = "1"
 
     def rank(self) -> int | None:
         return self.prefix_length
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """L * r * (d_phi + d_v) * G = L * r * 2 * H * d_h."""
         return anatomy.num_layers * self.prefix_length * 2 * anatomy.num_heads * anatomy.head_dim
