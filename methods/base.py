@@ -4,6 +4,10 @@ A method never owns a training loop. ``Method.attach`` receives a backbone whose
 are all frozen (the task head, if any, is already trainable) and returns an ``Adapter``:
 an ``nn.Module`` whose ``forward`` takes the backbone's keyword arguments and whose
 trainable parameters are exactly what the method trains.
+
+The harness knows no method by name. What it needs beyond the backbone's own structure an
+adapter declares (``Adapter.extra_positions``, ``extra_keys_per_layer``,
+``inserted_modules``, ``extra_flops``: what the FLOP count of ``bench.measure.flops`` reads).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -65,6 +69,21 @@ class Anatomy:
         )
         return cls(config.model_type, config.num_hidden_layers, hidden, heads, kv_heads,
                    head_dim, is_causal)
+
+
+# Modules that read a transformer layer's input, by name (LLaMA family, GPT-2's fused c_attn,
+# BERT), and which of query/key/value each computes. In layer 0 their input is the embedding
+# output, which needs no gradient unless something before layer 0 trains.
+LAYER_INPUT_PROJECTIONS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "query": "q", "key": "k", "value": "v",
+                           "c_attn": "qkv", "qkv_proj": "qkv", "Wqkv": "qkv"}
+
+
+def transformer_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The backbone's list of transformer layers: its first ModuleList of ``num_layers`` modules."""
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise ValueError(f"no ModuleList of {num_layers} transformer layers found in {type(model).__name__}")
 
 
 @dataclass
@@ -173,9 +192,52 @@ class Adapter(nn.Module):
         """Per-step values worth recording (e.g. gate openings). Default: nothing."""
         return {}
 
+    # -- what the harness's FLOP count needs (bench/measure/flops.py) --------------------------------
+    # The harness counts the backbone's own matrix products itself: every Linear/Conv1D in its
+    # layers at every position, attention over the positions and keys, the output layer, and
+    # the gradients a training step computes for them. An adapter declares what it changes;
+    # the defaults declare nothing, which is right for an adapter that only unfreezes backbone
+    # weights (full fine-tuning). The count assumes, as holds for every built-in method, that
+    # something trainable acts in layer 0, so gradients reach every layer.
 
-class Method(ABC):
-    """A parameter-efficient (or reference) fine-tuning method."""
+    @property
+    def extra_positions(self) -> int:
+        """Positions prepended to every input row (prompt tuning's P soft tokens): they pass
+        through every layer and are attended to. Taken as trainable, so the gradient reaches
+        layer 0's input. Default: 0."""
+        return 0
+
+    @property
+    def extra_keys_per_layer(self) -> int:
+        """Keys/values added to each attention layer (a prefix's P cached keys): attended to by
+        every position. Taken as trainable, so layer 0's keys and values need gradients.
+        Default: 0."""
+        return 0
+
+    def inserted_modules(self) -> list[nn.Module]:
+        """Modules this adapter placed inside the backbone (LoRA's A and B): their matrix
+        products are the adapter's to count in ``extra_flops``, not the backbone's. Their
+        trainable weights still tell the harness which layer-0 projections need gradients.
+        Default: none."""
+        return []
+
+    def extra_flops(self, batch: int, seq_len: int, *, train: bool, folded: bool) -> int:
+        """Matmul FLOPs (one multiply-add = 2) of everything else the adapter computes in one
+        step on ``batch`` rows of ``seq_len`` real positions (before ``extra_positions``):
+        forward, plus with ``train`` the weight and input gradients autograd computes for it.
+        ``folded``: after ``fold`` (e.g. a prefix generator no longer runs). Examples:
+        Prefix-Tuning+'s memory products on every position, a prefix MLP on the P prefix rows,
+        LoRA's A and B. Elementwise work (gates, scales, norms) is not counted. Default: 0."""
+        return 0
+
+
+C = TypeVar("C", bound=MethodConfig)
+
+
+class Method(ABC, Generic[C]):
+    """A parameter-efficient (or reference) fine-tuning method, generic over its config type:
+    ``class MyMethod(Method[MyConfig])`` with ``Config = MyConfig`` (the class that parses
+    options; the type parameter gives ``self.config`` its type)."""
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
@@ -188,8 +250,18 @@ class Method(ABC):
     # True when attaching leaves the model's function unchanged (a zero-initialised update):
     # the contract test then requires the base logits from the freshly attached adapter
     identity_at_init: ClassVar[bool] = False
+    config: C
 
-    def __init__(self, config: MethodConfig, prefix_length: int | None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass of ``Method[X]`` parses options with ``Config``, a subclass of ``X``."""
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            args = typing.get_args(base) if typing.get_origin(base) is Method else ()
+            if args and isinstance(args[0], type) and not issubclass(cls.Config, args[0]):
+                raise TypeError(f"{cls.__qualname__} is a Method[{args[0].__name__}] but its Config "
+                                f"{cls.Config.__name__} is not a {args[0].__name__}")
+
+    def __init__(self, config: C, prefix_length: int | None) -> None:
         if self.uses_prefix_length and (not isinstance(prefix_length, int) or prefix_length < 1):
             raise ConfigError(f"method {self.name!r} needs a prefix_length >= 1, got {prefix_length!r}")
         self.config = config
@@ -199,19 +271,23 @@ class Method(ABC):
     def attach(self, model: nn.Module, ctx: AttachContext) -> Adapter:
         """Wrap ``model`` (frozen) and create this method's trainable parameters."""
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
-        """Closed form of how many parameters ``attach`` makes trainable on ``model`` (the
-        method's own, not a task head). The contract test checks it for every method."""
-        raise NotImplementedError(f"method {self.name!r} does not give its trainable_count")
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
+        """How many parameters ``attach`` made trainable in ``adapter`` (the method's own, not a
+        task head); the contract test compares it with the adapter's trainable parameters
+        right after ``attach`` on a frozen backbone. Default: that count itself. Override it
+        with a closed form (from ``anatomy`` and ``adapter.model``'s shapes) to have the test
+        check ``attach`` against it."""
+        return sum(p.numel() for p in adapter.parameters() if p.requires_grad)
 
 
-METHODS: Registry[type[Method]] = Registry("method", Method)
+METHODS: Registry[type[Method[Any]]] = Registry("method", Method)
+M = TypeVar("M", bound=type[Method[Any]])
 
 
 def register_method(name: str):
     """Class decorator: register a ``Method`` subclass under ``name``."""
 
-    def deco(cls: type[Method]) -> type[Method]:
+    def deco(cls: M) -> M:
         cls.name = name
         return METHODS.register(name)(cls)
 
@@ -219,7 +295,7 @@ def register_method(name: str):
 
 
 def load_adapter(adapter: Adapter, path: str | Path) -> None:
-    """Load a trained state written by ``bench.run.runner.save_adapter`` (safetensors) into an
+    """Load a trained state written by ``bench.run.artefacts.save_adapter`` (safetensors) into an
     adapter attached the same way (same method, config, prefix length and backbone)."""
     from safetensors.torch import load_file
 
@@ -228,7 +304,7 @@ def load_adapter(adapter: Adapter, path: str | Path) -> None:
 
 
 def load_inference_adapter(adapter: Adapter, path: str | Path) -> None:
-    """Load a deployed state written by ``bench.run.runner.save_state`` from
+    """Load a deployed state written by ``bench.run.artefacts.save_state`` from
     ``inference_state_dict`` (safetensors) into an adapter attached the same way."""
     from safetensors.torch import load_file
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from methods.base import Adapter, Anatomy, AttachContext, Method, register_method
+from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 
 
 @register_method("full_finetune")
-class FullFinetune(Method):
+class FullFinetune(Method[MethodConfig]):
     paper = "reference: all parameters trained (e.g. Howard & Ruder 2018; Devlin et al. 2019)"
     uses_prefix_length = False
     default_lr = 2e-5
@@ -20,6 +20,6 @@ class FullFinetune(Method):
             p.requires_grad_(True)
         return Adapter(model)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """Every parameter (tied weights counted once)."""
-        return sum(p.numel() for p in model.parameters())
+        return sum(p.numel() for p in adapter.model.parameters())

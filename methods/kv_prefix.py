@@ -117,6 +117,21 @@ class KVPrefixAdapter(Adapter):
     def _kv(self) -> torch.Tensor:
         return self._folded if self._folded is not None else self.prefix_kv()
 
+    @property
+    def extra_keys_per_layer(self) -> int:
+        return self.prefix_length
+
+    def extra_flops(self, batch: int, seq_len: int, *, train: bool, folded: bool) -> int:
+        """The prefix's generator (Li & Liang's MLP, a residual block: this adapter's Linear
+        layers outside the backbone) runs once per step on the P prefix rows, not per example:
+        2nP forward, 4nP more for its weight and input gradients (its input, a trained
+        tensor, needs one); nothing once folded."""
+        if folded:
+            return 0
+        backbone = {id(m) for m in self.model.modules()}
+        n = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear) and id(m) not in backbone)
+        return (6 if train else 2) * n * self.prefix_length
+
     def prefix_mask(self, batch_size: int, device: torch.device) -> torch.Tensor:
         return torch.ones(batch_size, self.prefix_length, dtype=torch.long, device=device)
 

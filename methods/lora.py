@@ -4,12 +4,22 @@ measures against. The matrix's prefix-length axis does not apply to it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from bench.core.config import ConfigError
-from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
+from methods.base import (
+    LAYER_INPUT_PROJECTIONS,
+    Adapter,
+    Anatomy,
+    AttachContext,
+    Method,
+    MethodConfig,
+    register_method,
+    transformer_layers,
+)
 
 MAX_RANK = 4096  # above every registered backbone's hidden size (SmolLM2-135M: 576)
 
@@ -34,11 +44,43 @@ class LoraConfig(MethodConfig):
 
 
 class PeftAdapter(Adapter):
-    """Wraps a PEFT model; only the PEFT-trainable tensors form the adapter."""
+    """Wraps a model with LoRA layers injected by PEFT; only the PEFT-trainable tensors form
+    the adapter."""
+
+    def __init__(self, model: nn.Module, anatomy: Anatomy) -> None:
+        super().__init__(model)
+        self.anatomy = anatomy
+
+    def _pairs(self) -> Iterator[tuple[str, nn.Linear, nn.Linear]]:
+        """(name of the adapted module, A, B) for every LoRA update in the model."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer):
+                for key in module.lora_A:
+                    yield name, module.lora_A[key], module.lora_B[key]
+
+    def inserted_modules(self) -> list[nn.Module]:
+        return [m for _, A, B in self._pairs() for m in (A, B)]
+
+    def extra_flops(self, batch: int, seq_len: int, *, train: bool, folded: bool) -> int:
+        """B(A x) beside each adapted matrix at every position: 2n forward (n = r * (in + out));
+        training adds A's and B's weight gradients (2n) and their input gradients (2n), except
+        A's in layer 0 where it reads the layer's input (the frozen embeddings' output)."""
+        layer0 = {id(m) for m in transformer_layers(self.model, self.anatomy.num_layers)[0].modules()}
+        modules = dict(self.model.named_modules())
+        n = frozen_input = 0
+        for name, A, B in self._pairs():
+            n += A.weight.numel() + B.weight.numel()
+            if id(modules[name]) in layer0 and name.split(".")[-1] in LAYER_INPUT_PROJECTIONS:
+                frozen_input += A.weight.numel()
+        T = batch * seq_len
+        fwd = 2 * n * T
+        return fwd + 2 * n * T + 2 * (n - frozen_input) * T if train else fwd
 
 
 @register_method("lora")
-class Lora(Method):
+class Lora(Method[LoraConfig]):
     paper = "Hu et al., ICLR 2022, https://arxiv.org/abs/2106.09685"
     Config = LoraConfig
     uses_prefix_length = False
@@ -53,15 +95,15 @@ class Lora(Method):
                                  target_modules=list(c.target_modules) if c.target_modules else None)
         # inject in place: the model keeps its own class and forward signature
         peft.inject_adapter_in_model(config, model)
-        return PeftAdapter(model).to(ctx.device)
+        return PeftAdapter(model, ctx.anatomy).to(ctx.device)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """r * (in + out) for each adapted linear layer (A: r x in, B: out x r)."""
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
         targets = self.config.target_modules or defaults[anatomy.model_type]
         total = 0
-        for name, module in model.named_modules():
+        for name, module in adapter.model.named_modules():
             if name.split(".")[-1] in targets and hasattr(module, "weight"):
                 fan_out, fan_in = module.weight.shape
                 if type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)

@@ -27,6 +27,7 @@ class PTuningV2Config(PrefixTuningConfig):
 class PTuningV2(PrefixTuning):
     paper = "Liu et al., ACL 2022, https://aclanthology.org/2022.acl-short.8"
     Config = PTuningV2Config
-    # directly trained prefixes need a much larger lr than the MLP path (chosen on MiniLM-L6
-    # SST-2; results/ holds the runs)
+    config: PTuningV2Config
+    # measured (MiniLM-L6, SST-2, P=20, 150 steps x 32, seed 0, 300 dev examples): lr 1e-2
+    # 0.707, 3e-2 0.763; directly trained prefixes need a much larger lr than the MLP path
     default_lr = 3e-2

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bench.core.config import ConfigError
-from methods.base import Anatomy, AttachContext, Method, MethodConfig, register_method
+from methods.base import Adapter, Anatomy, AttachContext, Method, MethodConfig, register_method
 from methods.kv_prefix import (
     KVPrefixAdapter,
     activation_kv,
@@ -93,7 +93,7 @@ class PrefixTuningAdapter(KVPrefixAdapter):
 
 
 @register_method("prefix_tuning")
-class PrefixTuning(Method):
+class PrefixTuning(Method[PrefixTuningConfig]):
     paper = "Li & Liang, ACL 2021, https://aclanthology.org/2021.acl-long.353"
     Config = PrefixTuningConfig
     default_lr = 1e-3
@@ -101,7 +101,7 @@ class PrefixTuning(Method):
     def attach(self, model: nn.Module, ctx: AttachContext) -> PrefixTuningAdapter:
         return PrefixTuningAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """P*L*2*d_kv directly; with the MLP: P*d + (d*m + m) + (m*L*2*d_kv + L*2*d_kv)."""
         c, P = self.config, self.prefix_length
         out = anatomy.num_layers * 2 * anatomy.kv_dim

@@ -181,10 +181,9 @@ class MemoryAdapter(Adapter):
             return self.memory[layer]
         return self.keys[layer].transpose(-1, -2) @ self.values[layer]
 
-    def body_matmuls(self) -> tuple[int, int]:
-        """For bench/measure/flops.py: (multiply-adds per position over all layers, of which those
-        whose input is the frozen query at layer 0, so autograd computes no input gradient
-        for them). Every one of them is trainable."""
+    def _memory_matmuls(self) -> tuple[int, int]:
+        """(multiply-adds per position over all layers, of which those whose input is the
+        frozen query at layer 0, so autograd computes no input gradient for them)."""
         L, d = self.num_layers, self.d_q // self.groups
         if self.rank is None:
             per_layer = self.groups * d * d
@@ -192,9 +191,18 @@ class MemoryAdapter(Adapter):
         reads_q = self.groups * self.rank * d  # phi(q) A; the B product reads a trained tensor
         return L * 2 * reads_q, reads_q
 
+    def extra_flops(self, batch: int, seq_len: int, *, train: bool, folded: bool) -> int:
+        """phi(q)^T M at every position of every layer: 2n per position forward; training adds
+        M's gradient (2n) and phi(q)'s (2n), except at layer 0, whose query comes from frozen
+        weights on the frozen embeddings."""
+        n, frozen_input = self._memory_matmuls()
+        T = batch * seq_len
+        fwd = 2 * n * T
+        return fwd + 2 * n * T + 2 * (n - frozen_input) * T if train else fwd
+
 
 @register_method("prefix_tuning_plus")
-class PrefixTuningPlus(Method):
+class PrefixTuningPlus(Method[PrefixTuningPlusConfig]):
     """The published form: a free, zero-initialised M per layer; no prefix-length axis."""
 
     paper = "Wang et al., arXiv 2506.13674 (PrefixMemory-Tuning, ICLR 2026)"
@@ -210,7 +218,7 @@ class PrefixTuningPlus(Method):
     def attach(self, model: nn.Module, ctx: AttachContext) -> MemoryAdapter:
         return MemoryAdapter(model, ctx, self.rank(), self.config).to(ctx.device)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """L * G * d_phi * d_v = L * (H*d_h)^2 per layer, L * H * d_h^2 per head."""
         d_q = anatomy.num_heads * anatomy.head_dim
         groups = anatomy.num_heads if self.config.per_head else 1
@@ -222,12 +230,13 @@ class PrefixTuningPlusLowRank(PrefixTuningPlus):
     """Not in the paper: M = A^T B of rank r = the prefix length (r memory slots)."""
 
     Config = PrefixTuningPlusLowRankConfig
+    config: PrefixTuningPlusLowRankConfig
     uses_prefix_length = True
     version = "1"
 
     def rank(self) -> int | None:
         return self.prefix_length
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """L * r * (d_phi + d_v) * G = L * r * 2 * H * d_h."""
         return anatomy.num_layers * self.prefix_length * 2 * anatomy.num_heads * anatomy.head_dim

@@ -64,6 +64,10 @@ class SoftPromptAdapter(Adapter):
             init = emb[init_token_ids(ctx, P, config.init, config.init_text, model)].detach().float().clone()
         self.prompt = nn.Parameter(init)
 
+    @property
+    def extra_positions(self) -> int:
+        return self.prompt.shape[0]
+
     def _extend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 kwargs: dict[str, Any], positions: bool = True) -> dict[str, Any]:
         """Embeddings with the prompt placed right before each row's first real token.
@@ -106,7 +110,7 @@ class SoftPromptAdapter(Adapter):
 
 
 @register_method("prompt_tuning")
-class PromptTuning(Method):
+class PromptTuning(Method[PromptTuningConfig]):
     paper = "Lester et al., EMNLP 2021, https://aclanthology.org/2021.emnlp-main.243"
     Config = PromptTuningConfig
     default_lr = 3e-2
@@ -114,6 +118,6 @@ class PromptTuning(Method):
     def attach(self, model: nn.Module, ctx: AttachContext) -> SoftPromptAdapter:
         return SoftPromptAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """P * d: one embedding-sized vector per prompt token."""
-        return self.prefix_length * model.get_input_embeddings().weight.shape[1]
+        return self.prefix_length * adapter.model.get_input_embeddings().weight.shape[1]

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from bench.core.config import ConfigError
-from methods.base import Anatomy, AttachContext, register_method
+from methods.base import Adapter, Anatomy, AttachContext, register_method
 from methods.prefix_tuning import MAX_WIDTH, PrefixTuning, PrefixTuningAdapter, PrefixTuningConfig
 
 GATED_ATTENTION = "prefix_bench_gated_sdpa"
@@ -170,12 +170,13 @@ class ResidualPrefixAdapter(PrefixTuningAdapter):
 class ResidualPrefix(PrefixTuning):
     paper = "Jung et al., IEEE Access 2025 (residual-reparameterised prefix tuning with gates)"
     Config = ResidualPrefixConfig
+    config: ResidualPrefixConfig
     default_lr = 1e-2
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> ResidualPrefixAdapter:
         return ResidualPrefixAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
 
-    def trainable_count(self, model: nn.Module, anatomy: Anatomy) -> int:
+    def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """Prefix tuning's count + residual block (D*m + m + m*D + D) + LayerNorm (2D) + P gates."""
         D, m = anatomy.num_layers * 2 * anatomy.kv_dim, self.config.bottleneck
-        return super().trainable_count(model, anatomy) + D * m + m + m * D + D + 2 * D + self.prefix_length
+        return super().trainable_count(adapter, anatomy) + D * m + m + m * D + D + 2 * D + self.prefix_length

@@ -65,6 +65,17 @@ class Metric:
     higher_is_better: bool = True
 
 
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How a generation task's outputs are decoded for evaluation (``adapter.generate``:
+    beam search when ``num_beams`` > 1, else greedy; never sampled)."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    length_penalty: float = 1.0  # with beams only
+    no_repeat_ngram_size: int = 0  # 0: no constraint
+
+
 class Task(ABC):
     """A benchmark task. Subclasses (or instances of a data-driven subclass) declare
     ``kind``, labels, prompt, metrics and data sources."""
@@ -83,6 +94,8 @@ class Task(ABC):
     # metrics computed from statistics of the evaluated corpus (IDF, n-gram information):
     # a subset's score is comparable to nothing, so claims suites must evaluate the full split
     corpus_metrics: bool = False
+    # generation tasks: decoding for evaluation. Default: greedy, at most 64 new tokens
+    decode: DecodeSettings = DecodeSettings()
 
     @property
     def num_labels(self) -> int:

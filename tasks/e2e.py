@@ -16,13 +16,13 @@ from __future__ import annotations
 import csv
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.base import (
     DataSettings,
     DataUnavailableError,
+    DecodeSettings,
     Example,
     Metric,
     Split,
@@ -42,16 +42,6 @@ OFFLINE_SUBSTITUTION = ("offline E2E: trained on devset.csv (the official train 
                         "offline data folder), evaluated on testset_w_refs.csv")
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    """Decoding for evaluation (task-level defaults; Li & Liang decode E2E with beam 5)."""
-
-    num_beams: int = 5
-    max_new_tokens: int = 64
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-
-
 class E2ETask(Task):
     name = "e2e_nlg"
     kind = "generation"
@@ -62,7 +52,7 @@ class E2ETask(Task):
     eval_split = "test"
     version = "2"  # 2: beam 5, as Li & Liang decode
     citation = "Novikova, Dušek and Rieser, 2017, The E2E Dataset: New Challenges For End-to-End Generation"
-    decode = DecodeSettings()
+    decode = DecodeSettings(num_beams=5)  # Li & Liang decode E2E with beam 5
     # CIDEr's IDF and NIST's information weights are statistics of the evaluated corpus: the
     # same outputs score CIDEr 2.32 on 20 MRs and 2.84 inside the 630-MR test set
     corpus_metrics = True

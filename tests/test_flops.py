@@ -1,5 +1,8 @@
 """The analytic FLOP count against torch's FlopCounterMode (an independent reference), the
-peak probe, and the efficiency fields of a real `tiny` suite record."""
+peak probe, and the efficiency fields of a real `tiny` suite record.
+
+The FLOP check runs over every registered method (a new method is covered by registering
+it) with its default options, plus options that change what is computed."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure.efficiency import steps_to_target
@@ -16,10 +20,14 @@ from bench.run import backbones
 from methods import METHODS, Anatomy, AttachContext
 
 B, S = 3, 7
-CASES = [("prefix_tuning", {"projection": True, "mid_dim": 16}), ("prefix_tuning", {"projection": False}),
-         ("prompt_tuning", {}), ("lora", {}), ("full_finetune", {}),
-         ("prefix_tuning_plus", {}), ("prefix_tuning_plus", {"per_head": True}),
-         ("prefix_tuning_plus_lowrank", {})]
+BACKBONES = ["tiny-llama", "tiny-gpt2"]
+# options that change what a method computes, beyond its defaults
+VARIANTS = [("prefix_tuning", {"projection": True, "mid_dim": 16}), ("prefix_tuning", {"projection": False}),
+            ("residual_prefix", {"projection": True, "mid_dim": 16}),
+            ("prefix_tuning_plus", {"per_head": True}), ("prefix_tuning_plus_lowrank", {"per_head": True})]
+LORA_WIDE = {"tiny-llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+             "tiny-gpt2": ["c_attn", "c_proj", "c_fc"]}
+CASES = [(m, {}) for m in METHODS.names()] + VARIANTS
 
 
 def _attached(backbone: str, method: str, args: dict, P: int = 4):
@@ -33,7 +41,9 @@ def _attached(backbone: str, method: str, args: dict, P: int = 4):
 
 def _measured(adapter, train: bool, logits_to_keep: int = 1) -> int:
     ids = torch.randint(5, 1000, (B, S), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
+    # SDPA's math kernel is made of matmuls FlopCounterMode sees; CPU's fused kernel is not
+    # (residual_prefix sets its own SDPA-based attention over the eager one set above)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         with torch.set_grad_enabled(train):
             out = adapter(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=logits_to_keep)
             if train:
@@ -41,15 +51,33 @@ def _measured(adapter, train: bool, logits_to_keep: int = 1) -> int:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-gpt2"])
-@pytest.mark.parametrize("method,args", CASES)
-def test_flop_count_matches_flop_counter_mode(backbone, method, args):
-    adapter = _attached(backbone, method, args)
+def _check_exact(adapter) -> None:
+    """Training step, unfolded and folded evaluation: the analytic count equals torch's,
+    exactly (both count the same matrix products; nothing is estimated)."""
     flops = StepFlops.of(adapter)
     assert flops.count(B, S, train=True) == _measured(adapter, train=True)
     adapter.eval()
+    assert flops.count(B, S, train=False) == _measured(adapter, train=False)
     adapter.fold()
     assert flops.count(B, S, train=False, folded=True) == _measured(adapter, train=False)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("method,args", CASES)
+def test_flop_count_matches_flop_counter_mode(backbone, method, args):
+    _check_exact(_attached(backbone, method, args))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_flop_count_lora_on_every_matrix(backbone):
+    """LoRA's A and B beside attention and MLP matrices alike (its declared extra FLOPs)."""
+    _check_exact(_attached(backbone, "lora", {"target_modules": LORA_WIDE[backbone]}))
+
+
+@pytest.mark.xfail(strict=True, reason="outside bench/measure/flops.py's stated assumption: nothing trains in layer 0 "
+                   "before its output projection, whose input then needs no gradient; the count charges one")
+def test_flop_count_lora_on_output_projection_only():
+    _check_exact(_attached("tiny-llama", "lora", {"target_modules": ["o_proj"]}))
 
 
 def test_flop_count_full_logits_and_hand_count():

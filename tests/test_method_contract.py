@@ -6,14 +6,16 @@ A new method registered in ``methods`` is covered here without new test code."""
 from __future__ import annotations
 
 import copy
+import typing
 
 import pytest
 import torch
 
 from bench.run.artefacts import save_adapter
 from bench.run.backbones import load_backbone
-from methods import METHODS, Anatomy, AttachContext
+from methods import METHODS, Adapter, Anatomy, AttachContext, Method, MethodConfig
 from methods.base import load_adapter, with_positions
+from methods.lora import LoraConfig
 
 BACKBONES = [("tiny-gpt2", "causal_lm"), ("tiny-llama", "causal_lm"), ("tiny-bert", "seq_cls")]
 P = 3
@@ -69,7 +71,7 @@ def test_forward_backward_only_method_params_train(name: str, backbone: str, hea
 
     trainable = [p for p in adapter.parameters() if p.requires_grad]
     assert trainable, f"{name} trains nothing"
-    assert sum(p.numel() for p in trainable) == method.trainable_count(model, Anatomy.of(model))
+    assert sum(p.numel() for p in trainable) == method.trainable_count(adapter, Anatomy.of(model))
 
     out = adapter(**inputs(head)).logits
     assert out.shape[0] == 2 and torch.isfinite(out).all()
@@ -180,3 +182,46 @@ def test_inference_state_alone_reproduces_the_logits(name: str, backbone: str, h
         a, b = trained(**inputs(head)).logits, fresh(**inputs(head)).logits
     torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
     assert size <= save_adapter(trained, tmp_path / "trained.safetensors")[1] + 1024
+
+
+def declared_config_type(cls: type) -> type | None:
+    """The type ``self.config`` has for a type checker: a ``config`` annotation of the class
+    or its nearest ancestor, or the ``X`` of its nearest ``Method[X]`` base."""
+    for klass in cls.__mro__:
+        if "config" in klass.__dict__.get("__annotations__", {}) and klass is not Method:
+            return typing.get_type_hints(klass)["config"]
+        for base in klass.__dict__.get("__orig_bases__", ()):
+            if typing.get_origin(base) is Method:
+                return typing.get_args(base)[0]
+    return None
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_config_is_typed_as_the_method_parses_it(name: str) -> None:
+    cls = METHODS.get(name)
+    assert declared_config_type(cls) is cls.Config
+
+
+def test_a_config_unlike_the_type_parameter_is_rejected() -> None:
+    with pytest.raises(TypeError, match="is a Method\\[LoraConfig\\] but its Config MethodConfig"):
+        class Wrong(Method[LoraConfig]):
+            Config = MethodConfig
+
+            def attach(self, model, ctx):
+                raise NotImplementedError
+
+
+def test_trainable_count_defaults_to_the_adapters_trainable_parameters() -> None:
+    class Bias(Method[MethodConfig]):  # not registered: the registry stays as it is
+        uses_prefix_length = False
+
+        def attach(self, model, ctx):
+            adapter = Adapter(model)
+            adapter.shift = torch.nn.Parameter(torch.zeros(5))
+            return adapter
+
+    loaded = load_backbone("tiny-llama", "causal_lm")
+    model = copy.deepcopy(loaded.model)
+    method = Bias(MethodConfig(), None)
+    adapter = method.attach(model, AttachContext(loaded.tokenizer, Anatomy.of(model), 0))
+    assert method.trainable_count(adapter, Anatomy.of(model)) == 5

@@ -51,7 +51,7 @@ def test_free_memory_shape_and_count(per_head: bool) -> None:
     G, d_phi = (H, d_h) if per_head else (1, H * d_h)
     assert ad.memory.shape == (L, G, d_phi, d_phi)  # d_phi = d_v: phi acts elementwise on q
     expected = L * H * d_h ** 2 if per_head else L * (H * d_h) ** 2
-    assert method.trainable_count(ad.model, Anatomy.of(ad.model)) == expected
+    assert method.trainable_count(ad, Anatomy.of(ad.model)) == expected
     assert sum(p.numel() for p in ad.parameters() if p.requires_grad) == expected
     assert torch.count_nonzero(ad.memory) == 0
 
@@ -59,7 +59,7 @@ def test_free_memory_shape_and_count(per_head: bool) -> None:
 def test_low_rank_count_uses_the_prefix_length() -> None:
     method, ad, _ = attach("prefix_tuning_plus_lowrank", "tiny-llama", "causal_lm", prefix_length=5)
     assert ad.keys.shape == ad.values.shape == (2, 1, 5, 32)
-    assert method.trainable_count(ad.model, Anatomy.of(ad.model)) == 2 * 5 * 2 * 32
+    assert method.trainable_count(ad, Anatomy.of(ad.model)) == 2 * 5 * 2 * 32
     assert torch.count_nonzero(ad.values) == 0
 
 

@@ -20,7 +20,7 @@ from bench.run.matrix import expand
 from bench.run.trainer import evaluate
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS
-from tasks.base import DataSettings, DataUnavailableError, Task
+from tasks.base import DataSettings, DataUnavailableError, DecodeSettings, Task
 from tasks.lm_eval_tasks import LmEvalTask
 
 ALL_TASKS = TASKS.names()
@@ -145,6 +145,27 @@ def test_formulation_choice_and_errors():
         choose_formulation("generation", sst2, True)
     with pytest.raises(ConfigError, match="does not fit task 'e2e_nlg'"):
         choose_formulation("verbalizer", e2e, True)
+
+
+def test_decode_is_declared_with_a_greedy_default():
+    """``Task.decode`` is part of the contract: a generation task that does not set it is
+    decoded greedily with at most 64 new tokens; E2E sets beam 5."""
+    tokenizer = load_backbone("tiny-gpt2", "causal_lm").tokenizer
+
+    class Plain(Task):
+        name, kind = "plain_generation", "generation"
+
+        def load(self, split, data):
+            raise NotImplementedError
+
+        def compute_metrics(self, predictions, examples):
+            return {}
+
+    assert Plain.decode == DecodeSettings(num_beams=1, max_new_tokens=64)
+    kwargs = Generation(Plain(), tokenizer, 32).generate_kwargs()
+    assert (kwargs["num_beams"], kwargs["max_new_tokens"]) == (1, 64) and "length_penalty" not in kwargs
+    kwargs = Generation(TASKS.get("e2e_nlg"), tokenizer, 32).generate_kwargs()
+    assert (kwargs["num_beams"], kwargs["length_penalty"], kwargs["early_stopping"]) == (5, 1.0, True)
 
 
 @pytest.mark.parametrize("task_name", ["glue/qqp", "glue/mnli_matched", "glue/qnli", "lm_eval/boolq"])

@@ -170,7 +170,7 @@ class Generation(Formulation):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         bos = tokenizer.bos_token_id
         self.lead = [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
-        self.decode = getattr(task, "decode", None)
+        self.decode = task.decode
         self._new_tokens = 0
         self._gen_seconds = 0.0
 
@@ -227,13 +227,12 @@ class Generation(Formulation):
 
     def generate_kwargs(self) -> dict[str, Any]:
         d = self.decode
-        kwargs: dict[str, Any] = {"num_beams": getattr(d, "num_beams", 1),
-                                  "max_new_tokens": getattr(d, "max_new_tokens", 64),
+        kwargs: dict[str, Any] = {"num_beams": d.num_beams, "max_new_tokens": d.max_new_tokens,
                                   "do_sample": False, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
                                   "use_cache": True}
-        if kwargs["num_beams"] > 1:
-            kwargs.update(early_stopping=True, length_penalty=getattr(d, "length_penalty", 1.0))
-        if getattr(d, "no_repeat_ngram_size", 0):
+        if d.num_beams > 1:
+            kwargs.update(early_stopping=True, length_penalty=d.length_penalty)
+        if d.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = d.no_repeat_ngram_size
         return kwargs
 
