@@ -31,14 +31,9 @@ def _folder(option: str, path: Path) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.core.registry import RegistryError, import_plugins
     from bench.run.matrix import load_suite
     from tasks import DataSettings
 
-    try:
-        import_plugins(args.plugin or [])  # before the suite is read: it may name their plugins
-    except RegistryError as err:
-        raise ConfigError(f"--plugin: {err}") from None
     cells = load_suite(args.config, args.suite)
     for key in ("method", "task", "backbone"):
         wanted = getattr(args, key)
@@ -82,11 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed,
                        executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()),
                        reproducible_mode=args.deterministic)
-    print(f"ran {counts['ran']} cells ({counts['failed']} failed), "
+    print(f"ran {counts['ran']} cells: {counts['ran'] - counts['failed']} ok, {counts['failed']} failed; "
           f"skipped {counts['skipped']} finished or running elsewhere")
     if not args.no_render:
         cmd_render(args)
-    return 1 if counts["failed"] and args.strict else 0
+    # a failed cell is data (its row is kept), but a run that produced one did not succeed
+    return 1 if counts["failed"] and not args.allow_failures else 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -226,12 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: the suite's executor table, else local)")
     run.add_argument("--executor-option", action="append", metavar="KEY=VALUE",
                      help="executor option, e.g. address=auto, gpus_per_cell=1, partition=gpu (repeatable)")
-    run.add_argument("--plugin", action="append", metavar="MODULE",
-                     help="import this module first (it registers methods/tasks/backbones; repeatable)")
     run.add_argument("--retry-failed", action="store_true", help="re-run only cells whose last record failed")
     run.add_argument("--dry-run", action="store_true", help="validate and list the cells, train nothing")
     run.add_argument("--no-render", action="store_true", help="skip rendering tables afterwards")
-    run.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
+    run.add_argument("--allow-failures", action="store_true",
+                     help="exit 0 even if a cell failed (default: exit 1; the failed rows are kept either way)")
+    run.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; old scripts
     run.set_defaults(func=cmd_run)
 
     render = sub.add_parser("render", help="records -> leaderboard tables")
@@ -250,7 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.run import rerun  # each module owns its subcommand's options
     for module in (compare, rerun, verdicts):
         module.add_subcommand(sub)
+    for command in sub.choices.values():  # every command sees the plugins its records or suite name
+        command.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE",
+                             help="import this module or .py file first (it registers methods, tasks, "
+                                  "backbones; repeatable)")
     return p
+
+
+def _import_plugins(args: argparse.Namespace) -> None:
+    """The --plugin modules and files, imported before anything reads a suite or records;
+    files as absolute paths, so that workers started elsewhere import the same file."""
+    from bench.core.registry import RegistryError, import_plugins, is_plugin_path
+
+    args.plugin = [str(Path(p).expanduser().resolve()) if is_plugin_path(p) else p for p in args.plugin or []]
+    try:
+        import_plugins(args.plugin)
+    except RegistryError as err:
+        raise ConfigError(f"--plugin: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        _import_plugins(args)
         if getattr(args, "needs_task_facts", False):  # a reporting command: it imports no task itself
             from tasks import task_facts
 

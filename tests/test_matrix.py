@@ -64,7 +64,9 @@ def test_ids_are_stable_and_distinct():
     (lambda s: s.update(train={"lr": "fast"}), "key 'lr' has value 'fast'"),
     (lambda s: s.update(train={"learning_rate": 1}), "unknown key(s) 'learning_rate'"),
     (lambda s: s.update(method_args={"prefix_tuning": {"init": "magic"}}), "init 'magic' is not one of"),
-    (lambda s: s.update(exclude=[{"methd": "lora"}]), "exclude[0] has unknown key"),
+    (lambda s: s.update(exclude=[{"methd": "lora"}]), "exclude[0]: unknown key(s) 'methd' (did you mean 'method'?)"),
+    (lambda s: s.update(train={"train_step": 5}), "'train_step' (did you mean 'train_steps'?)"),
+    (lambda s: s.update(prefix_length=[5]), "'prefix_length' (did you mean 'prefix_lengths'?)"),
     (lambda s: s.update(overrides={"full_finetune": {"lr": 1.0}}), "not on this suite's axis"),
 ])
 def test_bad_config_errors_name_the_value(mutate, needle):

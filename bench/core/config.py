@@ -4,6 +4,7 @@ per-method overrides -> one frozen object; unknown keys and wrong types are erro
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -40,6 +41,15 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return True
 
 
+def unknown_keys(where: str, unknown: list[str], valid: list[str] | tuple[str, ...]) -> str:
+    """The message for keys that are not valid: each with the valid key it most resembles
+    (a typo such as ``train_step`` names ``train_steps``), then every valid key."""
+    def one(key: str) -> str:
+        hint = difflib.get_close_matches(str(key), list(valid), n=1)
+        return f"{key!r} (did you mean {hint[0]!r}?)" if hint else repr(key)
+    return f"{where}: unknown key(s) {', '.join(one(k) for k in unknown)}; valid keys: {', '.join(valid)}"
+
+
 def check_fields(cls: type, values: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``values``: unknown keys and wrong types raise ConfigError
     naming ``where``, the key, the value and what is allowed."""
@@ -49,9 +59,7 @@ def check_fields(cls: type, values: dict[str, Any], where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(names)}"
-        )
+        raise ConfigError(unknown_keys(where, unknown, names))
     clean = {}
     for key, value in values.items():
         tp = hints[key]

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -41,6 +44,7 @@ class Registry(Generic[T]):
         self.instances = instances  # True: plugins are objects of `base`; else subclasses
         self._items: dict[str, T] = {}
         self._entry_points_loaded = False
+        self.broken: list[str] = []  # entry points that failed to load: named, skipped
 
     # -- registration -------------------------------------------------------------
     def register(self, name: str) -> Callable[[T], T]:
@@ -108,17 +112,52 @@ class Registry(Generic[T]):
         for ep in entry_points(group=group):
             # Importing the module runs its @register decorators. An entry point that
             # names an object which is not yet registered is registered under ep.name.
-            obj = ep.load()
-            if not isinstance(obj, type(importlib)) and obj not in self._items.values():
-                self.add(ep.name, obj)
+            # One broken installed package must not break every command: it is named and skipped.
+            try:
+                obj = ep.load()
+                if not isinstance(obj, type(importlib)) and obj not in self._items.values():
+                    self.add(ep.name, obj)
+            except Exception as err:  # anything its import raises
+                message = (f"skipping the {group} entry point {ep.name!r} ({ep.value}): "
+                           f"{type(err).__name__}: {err}")
+                self.broken.append(message)
+                print(f"prefix-bench: warning: {message}", file=sys.stderr)
+
+
+def is_plugin_path(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or "\\" in spec
 
 
 def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
-    """Import the plugin modules a user names explicitly (``--plugin my_pkg.my_method``);
-    their import registers their plugins. Only names given here or declared as entry points
-    are ever imported: nothing is loaded from paths found in data or configs."""
-    for module in modules:
+    """Import the plugins a user names explicitly: a module (``--plugin my_pkg.my_method``)
+    or a Python file (``--plugin ./my_method.py``); their import registers their plugins.
+    Only what is named here or declared as an entry point is ever imported: nothing is
+    loaded from paths found in data or configs."""
+    for spec in modules:
         try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise RegistryError(f"plugin module {module!r} could not be imported: {err}") from None
+            if is_plugin_path(spec):
+                _import_file(Path(spec))
+            else:
+                importlib.import_module(spec)
+        except Exception as err:  # a missing file or module, or anything its import raised
+            raise RegistryError(f"plugin {spec!r} could not be imported: {type(err).__name__}: {err}") from None
+
+
+def _import_file(path: Path) -> None:
+    """Import a plugin file once per process, as a module named after its resolved path."""
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ImportError(f"no such file {path}")
+    name = "prefix_bench_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path.with_suffix("")))
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise

@@ -4,6 +4,7 @@ so no cell can change the weights another cell sees."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,17 +66,20 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     if reproducible_mode:
         reproducible.export_env()  # inherited by every worker this driver starts
     held = locks.DriverClaims(Path(results_dir), log, fingerprints)
+    progress = Progress(len(todo))
     try:
         for last_look, pending in ((False, todo), (True, None)):
             pending = held.recheck() if last_look else pending
             for record in executor.run(held.take(pending, last_look), job, log):
                 held.release(record.cell_id)
-                _report(record, counts, len(todo), job.run_id, log)
+                _report(record, counts, progress, job.run_id, log)
     finally:
         held.release_all()
     if held.elsewhere:
         log(f"{len(held.elsewhere)} cell(s) still running elsewhere, left to that run")
     counts["skipped"] = len(cells) - counts["ran"]
+    if progress.errors:
+        log(progress.failure_summary())
     return counts
 
 
@@ -89,9 +93,42 @@ def pinned_cells(cells: list[Cell], executor: Executor | None = None, threads: i
     return [c.pinned(threads, deterministic) for c in cells]
 
 
-def _report(record: ResultRecord, counts: dict[str, int], total: int, run_id: str,
+class Progress:
+    """Cell k of n, the time so far and an estimate of the time left (the mean time per cell
+    this run has taken so far, times the cells left), and the failed cells' errors."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.monotonic()
+        self.errors: dict[str, list[str]] = {}
+
+    def step(self) -> str:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        return f"[{self.done}/{self.total}, {_clock(elapsed)} elapsed, ~{_clock(left)} left]"
+
+    def failed(self, record: ResultRecord) -> None:
+        first = (str(record.error).strip().splitlines() or ["(no error text)"])[0][:300]
+        self.errors.setdefault(first, []).append(
+            f"{record.method}/{record.task}/{record.backbone}/P={record.prefix_length}/seed={record.seed}")
+
+    def failure_summary(self) -> str:
+        lines = [f"{sum(map(len, self.errors.values()))} cell(s) failed:"]
+        for error, where in sorted(self.errors.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+            lines.append(f"  {len(where)} x {error}  [{shown}]")
+        return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _report(record: ResultRecord, counts: dict[str, int], progress: Progress, run_id: str,
             log: Callable[[str], None]) -> None:
-    head = (f"[{counts['ran'] + 1}/{total}] {record.method} {record.task} {record.backbone} "
+    head = (f"{progress.step()} {record.method} {record.task} {record.backbone} "
             f"P={record.prefix_length} seed={record.seed}")
     if record.run_id != run_id:  # a worker found the row of another run and did not train
         log(f"{head}: finished elsewhere meanwhile, not run again")
@@ -99,6 +136,7 @@ def _report(record: ResultRecord, counts: dict[str, int], total: int, run_id: st
     counts["ran"] += 1
     if record.status != "ok":
         counts["failed"] += 1
+        progress.failed(record)
         log(f"{head}: FAILED {record.error}")
     else:
         flag = " (collapsed to one class)" if record.collapsed else ""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.core.config import LIMITS, ConfigError, TrainConfig, at_most, check_fields
+from bench.core.config import LIMITS, ConfigError, TrainConfig, at_most, check_fields, unknown_keys
 from bench.core.identity import cell_identity
 from bench.core.safe_names import check_name
 from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
@@ -130,8 +130,8 @@ def _expand_composite(doc: dict[str, Any], suite: str, spec: dict[str, Any], sou
     with this suite's name. Lets one suite pair each task with its own backbones and budget."""
     unknown = sorted(set(spec) - set(COMPOSITE_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: a suite with 'include' takes only {', '.join(COMPOSITE_KEYS)}; "
-                          f"unknown key(s) {', '.join(map(repr, unknown))}")
+        raise ConfigError(unknown_keys(f"{where}: a suite with 'include' takes only {', '.join(COMPOSITE_KEYS)}",
+                                       unknown, COMPOSITE_KEYS))
     parts = _check_list(where, "include", spec["include"], str)
     cells: dict[str, Cell] = {}
     for part in parts:
@@ -163,7 +163,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         return _expand_composite(doc, suite, spec, source, where, _seen)
     unknown = sorted(set(spec) - set(SUITE_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(SUITE_KEYS)}")
+        raise ConfigError(unknown_keys(where, unknown, SUITE_KEYS))
     missing = [a for a in AXES if a not in spec]
     if missing:
         raise ConfigError(f"{where}: missing axis/axes {missing}")
@@ -202,7 +202,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
             raise ConfigError(f"{where}: exclude[{i}] must be a non-empty table")
         bad = sorted(set(ex) - set(EXCLUDE_KEYS))
         if bad:
-            raise ConfigError(f"{where}: exclude[{i}] has unknown key(s) {bad}; valid: {', '.join(EXCLUDE_KEYS)}")
+            raise ConfigError(unknown_keys(f"{where}: exclude[{i}]", bad, EXCLUDE_KEYS))
 
     identities: dict[tuple[str, str], dict[str, Any]] = {}
     cells: dict[str, Cell] = {}

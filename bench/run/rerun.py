@@ -104,11 +104,13 @@ def seed_spread_tolerance(records: list[ResultRecord], record: ResultRecord) -> 
     return SPREAD_FACTOR * statistics.stdev(siblings.values()), len(siblings)
 
 
-def _pinned_child(cell, data, device, results_dir, threads: int, conn) -> None:
+def _pinned_child(cell, data, device, results_dir, threads: int, conn, plugins: tuple[str, ...] = ()) -> None:
+    from bench.core.registry import import_plugins
     from bench.measure import reproducible
     from bench.run.cell import run_cell
 
     try:
+        import_plugins(plugins)  # a fresh process knows only the built-in plugins
         reproducible.enter_worker(threads)
         conn.send(run_cell(cell, data, device, results_dir))
     except Exception as err:  # sent back and raised in the parent
@@ -116,7 +118,7 @@ def _pinned_child(cell, data, device, results_dir, threads: int, conn) -> None:
     conn.close()
 
 
-def _run_pinned(cell, data, device, results_dir, threads: int) -> ResultRecord:
+def _run_pinned(cell, data, device, results_dir, threads: int, plugins: tuple[str, ...] = ()) -> ResultRecord:
     """``run_cell`` in a fresh process with the pinned kernels (the mode needs a process
     that has run no kernel yet)."""
     import multiprocessing
@@ -126,7 +128,7 @@ def _run_pinned(cell, data, device, results_dir, threads: int) -> ResultRecord:
     reproducible.export_env()
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_pinned_child, args=(cell, data, device, results_dir, threads, send))
+    proc = ctx.Process(target=_pinned_child, args=(cell, data, device, results_dir, threads, send, plugins))
     proc.start()
     send.close()
     try:
@@ -166,7 +168,7 @@ def _recorded_threads(record: ResultRecord, default: int) -> int:
 
 
 def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOLERANCE,
-              results_dir: Path | None = None) -> Reproduction:
+              results_dir: Path | None = None, plugins: tuple[str, ...] = ()) -> Reproduction:
     """Re-run ``record``'s cell (nothing is appended to any records file), in reproducible
     mode when the record was made in it."""
     from bench.core.identity import cell_identity, identity_changes
@@ -188,7 +190,7 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
     now = dataclasses.replace(cell, identity=cell_identity(METHODS.get(cell.method), TASKS.get(cell.task)))
     if reproducible.is_pinned(record.kernels):
         threads = _recorded_threads(record, reproducible.DEFAULT_THREADS)
-        rerun = _run_pinned(now, data, device, results_dir, threads)
+        rerun = _run_pinned(now, data, device, results_dir, threads, plugins)
     else:
         rerun = run_cell(now, data, device, results_dir)
     return Reproduction(record, rerun, tolerance, tuple(identity_changes(cell.identity, now.identity)))
@@ -220,7 +222,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"reproducing {record.cell_id}: {record.method} {record.task} {record.backbone} "
           f"P={record.prefix_length} seed={record.seed}")
     scratch = Path(args.keep) if args.keep else None
-    rep = reproduce(record, DataSettings.from_env(args.data_dir), device, tolerance, scratch)
+    rep = reproduce(record, DataSettings.from_env(args.data_dir), device, tolerance, scratch,
+                    tuple(getattr(args, "plugin", None) or ()))
     print(f"recorded {record.main_metric} = {record.main_score!r}")
     print(f"re-run   {rep.rerun.main_metric} = {rep.rerun.main_score!r}")
     print(f"delta {rep.delta:+.6g}, tolerance {tolerance:g}; final loss "
