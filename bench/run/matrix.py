@@ -127,7 +127,9 @@ def _train_table(where: str, table: Any) -> dict[str, Any]:
 def _expand_composite(doc: dict[str, Any], suite: str, spec: dict[str, Any], source: str, where: str,
                       seen: tuple[str, ...]) -> list[Cell]:
     """A suite made of other suites (``include = [...]``): the union of their cells, labelled
-    with this suite's name. Lets one suite pair each task with its own backbones and budget."""
+    with this suite's name. Lets one suite pair each task with its own backbones and budget.
+    A name the file does not define is looked up among the built-in suites (bench/suites.toml),
+    so a user's file can extend ``default`` or ``smoke`` without copying them."""
     unknown = sorted(set(spec) - set(COMPOSITE_KEYS))
     if unknown:
         raise ConfigError(unknown_keys(f"{where}: a suite with 'include' takes only {', '.join(COMPOSITE_KEYS)}",
@@ -137,7 +139,13 @@ def _expand_composite(doc: dict[str, Any], suite: str, spec: dict[str, Any], sou
     for part in parts:
         if part in seen or part == suite:
             raise ConfigError(f"{where}: include {part!r} makes a cycle ({' -> '.join((*seen, suite, part))})")
-        for cell in expand(doc, part, source, _seen=(*seen, suite)):
+        part_doc, part_source = doc, source
+        if part not in (doc.get("suites") or {}) and Path(source) != DEFAULT_SUITES:
+            part_doc, part_source = load_toml(DEFAULT_SUITES), str(DEFAULT_SUITES)
+            if part not in (part_doc.get("suites") or {}):
+                raise ConfigError(f"{where}: include {part!r}: no such suite in {source} or among the built-in "
+                                  f"suites ({', '.join(sorted(part_doc.get('suites') or {}))})")
+        for cell in expand(part_doc, part, part_source, _seen=(*seen, suite)):
             cells.setdefault(cell.id, dataclasses.replace(cell, suite=suite))
     return list(cells.values())
 

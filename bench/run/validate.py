@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bench.core.config import ConfigError
-from bench.run.backbones import BACKBONES, BackboneUnavailableError, resolve_source
+from bench.run.backbones import BACKBONES, BackboneUnavailableError, check_backbone
 from bench.run.data import load_split
 from bench.run.formulations import choose_formulation
 from bench.run.matrix import Cell
@@ -16,7 +16,8 @@ from tasks.base import DataUnavailableError
 
 def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
     """Raises ConfigError naming the bad value: unknown names, bad method options, a
-    formulation the backbone cannot run, missing or unreadable data, an empty split."""
+    formulation the backbone cannot run, a backbone whose tokenizer or config does not load
+    (a missing package), missing or unreadable data, an empty split."""
     for cell in cells:
         where = f"cell {cell.method}/{cell.task}/{cell.backbone}/P={cell.prefix_length}/seed={cell.seed}"
         for registry, name in ((METHODS, cell.method), (TASKS, cell.task), (BACKBONES, cell.backbone)):
@@ -30,7 +31,7 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
         choose_formulation(cfg.formulation, task, backbone.causal)
         try:
             task.check_available(data)
-            resolve_source(backbone, cell.backbone_source)
+            check_backbone(backbone.name, cell.backbone_source)
         except (DataUnavailableError, BackboneUnavailableError, ValueError) as err:
             raise ConfigError(f"{where}: {err}") from None
         # Read the data now (cached for the run): a malformed or unreadable file is a config
