@@ -36,7 +36,7 @@ def flatten(text: object) -> str:
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
           "[": "{[}", "]": "{]}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
-          "≠": r"$\neq$"}  # the unstable-cell mark: no text-mode glyph in LaTeX's utf8 input
+          "≠": r"$\neq$", "⚠": "(!)"}  # marks of ours with no text-mode glyph in LaTeX's utf8 input
 
 
 def latex_text(text: object) -> str:

@@ -34,6 +34,7 @@ th.asc::after { content: " ▲"; } th.desc::after { content: " ▼"; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 .note { color: #666; font-size: 13px; }
 td.failed { color: #a00; cursor: help; }
+.banner { background: #fff3cd; border: 1px solid #e0c060; padding: 6px 10px; font-weight: bold; }
 """
 
 # Click a header: sort rows by that column's data-sort (numbers) or text; click again to flip.
@@ -100,7 +101,12 @@ def slice_html(v: SliceView) -> str:
     notes = {n.number: n.text for n in v.notes.values()}
     parts = [f'<section id="{html_text(v.stem)}"><h2>{html_text(v.title)}: {html_text(v.metric)}</h2>',
              f'<p class="note">mean ± std over seeds, n and 95% bootstrap CI; {direction} is better. '
-             "Click a header to sort.</p>", table_html(v.board, f"board-{v.stem}", notes)]
+             "Click a header to sort.</p>"]
+    if v.banner:
+        parts.append(f'<p class="banner">{html_text(v.banner)}</p>')
+    if v.context:
+        parts.append(f'<p class="note">{html_text(v.context)}</p>')
+    parts.append(table_html(v.board, f"board-{v.stem}", notes))
     if notes:
         parts.append('<p class="note">Failed runs (left out of every statistic):</p><ul class="note">'
                      + "".join(f"<li>{html_text(notes[k])}</li>" for k in sorted(notes)) + "</ul>")

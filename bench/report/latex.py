@@ -37,6 +37,7 @@ def slice_latex(v: SliceView) -> str:
     # failed runs: one line each below the table, so the caption stays short
     notes = "".join(f"\\par {latex_text(n.text)}\n" for n in sorted(v.notes.values(), key=lambda n: n.number))
     notes += "".join(f"\\par {latex_text(t)}\n" for t in v.unstable)
+    notes += "".join(f"\\par {latex_text(t)}\n" for t in (v.banner, v.context) if t)
     if notes:
         notes = "\\smallskip{\\footnotesize\n" + notes + "\\par}\n"
     label = latex_label("tab:" + v.stem)

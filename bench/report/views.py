@@ -17,7 +17,7 @@ from bench.core.record import PROCESS_PEAK
 from bench.core.records import ResultRecord, latest_by_cell
 from bench.core.safe_names import unique_stems
 from bench.core.task_facts import Facts, corpus_metrics, higher_is_better
-from bench.report import failures, instability, pareto, sensitivity, subsets
+from bench.report import context, failures, instability, pareto, sensitivity, subsets
 from bench.report.escape import map_text, markdown, url_path
 from bench.report.failures import Note, length_key
 from bench.report.stats import MIN_PAIRS, Summary, compare_methods, fmt_p, summarize
@@ -196,6 +196,8 @@ class SliceView:
     subset_note: str = ""  # bench/report/subsets.py: rows scored on part of the evaluation split
     # bench/report/instability.py: cells that move between machines or seeds by more than their noise
     unstable: list[str] = field(default_factory=list)
+    context: str = ""  # bench/report/context.py: what made the rows
+    banner: str = ""  # random-weight backbones
 
     @property
     def stem(self) -> str:
@@ -213,6 +215,7 @@ def build_views(records: list[ResultRecord], facts: Facts | None = None) -> list
     direction (bench/core/task_facts.py; a task not in it: higher is better)."""
     facts = facts or {}
     df, bad = records_frame(records), failed_frame(records)
+    kept = newest_experiments(records)[0]
     left_out = df.attrs["left_out"]
     slices = sorted(set(zip(df["task"], df["backbone"], strict=True)) |
                     set(zip(bad["task"], bad["backbone"], strict=True)), key=lambda tb: (str(tb[0]), str(tb[1])))
@@ -231,7 +234,9 @@ def build_views(records: list[ResultRecord], facts: Facts | None = None) -> list
                                pareto.table(g, hib), bool(g["collapsed"].any()),
                                left_out=left_out.get((task, backbone), 0), notes=notes,
                                subset_note=subsets.note(g, corpus_metrics(facts, task)),
-                               unstable=[u.text for u in unstable]))
+                               unstable=[u.text for u in unstable],
+                               context=context.context_line(mine := [r for r in kept if (r.task, r.backbone) == (task, backbone)]),
+                               banner=context.random_banner(mine or [r for r in records if (r.task, r.backbone) == (task, backbone)])))
     stems = unique_stems((v.task, v.backbone) for v in views)
     for v in views:
         v.file_stem = stems[(v.task, v.backbone)]
@@ -318,7 +323,8 @@ def pareto_display(p: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | 
 def slice_markdown(v: SliceView, images: bool = True) -> str:
     direction = "higher" if v.higher_is_better else "lower"
     parts = [f"## {markdown(v.title)}: {markdown(v.metric)} (mean ± std over seeds, 95% bootstrap CI; "
-             f"{direction} is better)", _md(v.board)]
+             f"{direction} is better)"] + [f"**{markdown(v.banner)}**"] * bool(v.banner) + \
+            [markdown(v.context)] * bool(v.context) + [_md(v.board)]
     if v.notes:
         parts.append("Failed runs (left out of every statistic):\n\n" + "\n".join(
             f"- {markdown(n.text)}" for n in sorted(v.notes.values(), key=lambda n: n.number)))
