@@ -98,11 +98,22 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"no records in {_results_dir(args)}", file=sys.stderr)
         return 1
     records = _current_cells_only(records, args)
-    for path in render(records, _tables_dir(args), facts=task_facts()):
+    for path in render(records, _tables_dir(args), facts=task_facts(), order=_suite_order(args)):
         print(f"wrote {path}")
         if path.name == "leaderboard.md" and not args.quiet:
             print(path.read_text(encoding="utf-8"))
     return 0
+
+
+def _suite_order(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """The suite's (task, backbone) pairs in the order its file lists them (None: no such suite)."""
+    from bench.run.matrix import load_suite
+
+    try:
+        cells = load_suite(args.config, args.suite)
+    except ConfigError:
+        return None
+    return list(dict.fromkeys((c.task, c.backbone) for c in cells))
 
 
 def _current_cells_only(records: list, args: argparse.Namespace) -> list:

@@ -49,3 +49,15 @@ def test_screenshot_shows_the_table(tmp_path):
     assert np.all(np.abs(empty - HEADER_RGB) < 2 / 255, axis=-1).sum() < 100  # a few anti-aliased pixels
     changed = np.any(np.abs(shot - empty) > 0.1, axis=-1).mean()
     assert changed > 0.05, f"the page with tables differs from the bare page in only {changed:.1%} of pixels"
+
+
+SUMMARY_RGB = np.array([0xDC, 0xEF, 0xE0]) / 255  # #summary th in bench/report/html_page.py
+
+
+def test_the_summary_is_visible_without_scrolling(tmp_path):
+    """On a 1200×900 screen the summary table's header is on the first screen."""
+    tables = tmp_path / "tables"
+    render(make_records(), tables)
+    shot = screenshot(tables / "index.html", tmp_path)
+    summary_px = np.all(np.abs(shot - SUMMARY_RGB) < 2 / 255, axis=-1).sum()
+    assert summary_px > 2000, f"the summary header covers only {summary_px} pixels of the first screen"

@@ -46,7 +46,9 @@ def test_every_output_is_written(rendered):
     for suffix in (".md", ".csv", ".tex", "__scores.csv", "__paired.csv", "__sensitivity.csv",
                    "__sensitivity_curve.csv", "__pareto.csv", "__sensitivity.png", "__pareto.png"):
         assert (rendered / f"{stem}{suffix}").stat().st_size > 0, suffix
-    assert (rendered / "leaderboard.md").read_text().startswith("## glue/sst2 on minilm-l6")
+    board = (rendered / "leaderboard.md").read_text()
+    assert board.startswith("# Summary: every method on every table")  # the answer first
+    assert board.index("## Prefix methods against LoRA") < board.index("## glue/sst2 on minilm-l6")
     for png in rendered.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -149,7 +151,9 @@ def test_html_page_parses_to_sortable_tables_with_embedded_plots(rendered):
     assert [r[0]["text"] for r in rows] == ["lora", "prefix_tuning", "prefix_tuning_plus", "residual_prefix"]
     plus_p20 = rows[2][2]
     assert plus_p20["text"].startswith("0.8703 ± ") and float(plus_p20["sort"]) == pytest.approx(0.8703)
-    assert {t["id"].split("-")[0] for t in parser.tables} == {"board", "paired", "sensitivity", "pareto"}
+    assert {t["id"].split("-")[0] for t in parser.tables} == {"summary", "verdicts", "board", "paired",
+                                                              "sensitivity", "pareto"}
+    assert parser.tables[0]["id"] == "summary"  # the page opens with the answer
     assert parser.images == 2 and parser.scripts == 1
 
 
@@ -164,8 +168,8 @@ def test_two_slices_get_two_sections(tmp_path):
     written = render(recs, tmp_path, plots=False, facts=task_facts())
     assert {p.name for p in written if p.suffix == ".md"} == {
         "glue_sst2__minilm-l6.md", "glue_rte__minilm-l6.md", "leaderboard.md", "glue_average.md"}
-    # two slices and the GLUE average: three top-level sections, the first at the start
-    assert (tmp_path / "leaderboard.md").read_text().count("\n## ") == 2
+    # below the summary: the verdicts, two slices and the GLUE average
+    assert (tmp_path / "leaderboard.md").read_text().count("\n## ") == 4
 
 
 def test_runs_without_scores_or_costs_render_without_crashing(tmp_path):

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.report.escape import html_text
 from bench.report.failures import MARK
+from bench.report.summary import PICKED_NOTE, SUMMARY_TITLE, VERDICTS_TITLE
 from bench.report.views import COLLAPSE_NOTE, OLDER_NOTE, SliceView, paired_display, pareto_display, sensitivity_display
 
 _NUMBER = re.compile(r"^[+−-]?[\d,]*\.?\d+(?:[eE][+-]?\d+)?")
@@ -34,6 +35,7 @@ th.asc::after { content: " ▲"; } th.desc::after { content: " ▼"; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 .note { color: #666; font-size: 13px; }
 td.failed { color: #a00; cursor: help; }
+#summary th { background: #dcefe0; }
 .banner { background: #fff3cd; border: 1px solid #e0c060; padding: 6px 10px; font-weight: bold; }
 """
 
@@ -133,9 +135,25 @@ def slice_html(v: SliceView) -> str:
     return "\n".join(parts) + "</section>"
 
 
-def page(views: list[SliceView], title: str = "prefix-bench leaderboard") -> str:
+def summary_html(overview: pd.DataFrame, verdicts: pd.DataFrame) -> str:
+    """The answer first (bench/report/summary.py): methods × tables, then the verdicts."""
+    if overview.empty:
+        return ""
+    parts = [f'<section id="answer"><h2>{html_text(SUMMARY_TITLE)}</h2>', table_html(overview, "summary")]
+    if overview.astype(str).apply(lambda c: c.str.contains(r"\*\)", regex=True)).any().any():
+        parts.append(f'<p class="note">{html_text(PICKED_NOTE)}</p>')
+    if len(verdicts):
+        parts += [f"<h3>{html_text(VERDICTS_TITLE)}</h3>", table_html(verdicts, "verdicts")]
+    return "\n".join(parts) + "</section>"
+
+
+def page(views: list[SliceView], overview: pd.DataFrame | None = None, verdicts: pd.DataFrame | None = None,
+         title: str = "prefix-bench leaderboard") -> str:
     toc = "".join(f'<li><a href="#{html_text(v.stem)}">{html_text(v.title)}</a></li>' for v in views)
     body = "\n".join(slice_html(v) for v in views)
+    top = summary_html(overview if overview is not None else pd.DataFrame(),
+                       verdicts if verdicts is not None else pd.DataFrame())
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html_text(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html_text(title)}</h1><ul>{toc}</ul>\n{body}\n"
+            f"<style>{STYLE}</style></head><body><h1>{html_text(title)}</h1>{top}\n"
+            f"<h2>Per table</h2><ul>{toc}</ul>\n{body}\n"
             f"<script>{SCRIPT}</script></body></html>\n")

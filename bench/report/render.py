@@ -24,15 +24,18 @@ from bench.core.task_facts import Facts
 from bench.report import failures, html_page, latex
 from bench.report.escape import csv_cell, map_text
 from bench.report.glue_board import glue_average_table
-from bench.report.views import _md, build_views, slice_markdown
+from bench.report.summary import summary_markdown, summary_table, versus_references
+from bench.report.views import _md, build_views, records_frame, slice_markdown
 
 
-def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts: Facts | None = None) -> list[Path]:
+def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts: Facts | None = None,
+           order: list[tuple[str, str]] | None = None) -> list[Path]:
     """Write every table, plot and page for ``records`` under ``out_dir``; returns the paths.
     ``facts`` (``tasks.task_facts()``) gives metric directions, corpus-level metrics and the
-    GLUE average; without it every metric is higher-is-better and no average is drawn."""
+    GLUE average; without it every metric is higher-is-better and no average is drawn.
+    ``order``: the suite's (task, backbone) order for the summary and the per-table detail."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    views = build_views(records, facts)
+    views = build_views(records, facts, order)
     written: list[Path] = []
 
     def out(name: str) -> Path:  # every write goes through this guard (bench/core/safe_names.py)
@@ -43,10 +46,12 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
             from bench.report import plots as plotting
             flat = v.scores[v.scores["prefix_length"].isna() & v.scores["mean"].notna()][["method", "mean"]]
             title = f"{v.title}: {v.metric}"
-            if v.sens_curve["mean"].notna().any():
+            # no plot of fewer than two points: a curve needs a method run at two lengths
+            curve = v.sens_curve.dropna(subset=["mean"])
+            if len(curve) and curve.groupby("method").size().max() >= 2:
                 v.images["sensitivity"] = plotting.sensitivity_plot(
                     v.sens_curve, flat, title, v.metric, out(f"{v.stem}__sensitivity.png"))
-            if v.pareto["score"].notna().any():
+            if v.pareto["score"].notna().sum() >= 2:
                 v.images["pareto"] = plotting.pareto_plot(v.pareto, title, v.metric, out(f"{v.stem}__pareto.png"))
         md = out(f"{v.stem}.md")
         md.write_text(slice_markdown(v), encoding="utf-8")
@@ -67,11 +72,16 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
         _csv(glue, out("glue_average.csv"))
         written += [out("glue_average.md"), out("glue_average.csv")]
     if views:
+        df = records_frame(records)
+        overview, verdicts = summary_table(df, facts, order), versus_references(df, facts, order)
+        head = summary_markdown(overview, verdicts)
+        if len(overview):
+            written += [_csv(overview, out("summary.csv")), _csv(verdicts, out("verdicts.csv"))]
         board = out("leaderboard.md")
-        board.write_text("\n".join([slice_markdown(v, images=False) for v in views] + [glue_md] * bool(glue_md)),
-                         encoding="utf-8")
+        board.write_text("\n".join([head] * bool(head) + [slice_markdown(v, images=False) for v in views]
+                                   + [glue_md] * bool(glue_md)), encoding="utf-8")
         page = out("index.html")
-        page.write_text(html_page.page(views), encoding="utf-8")
+        page.write_text(html_page.page(views, overview, verdicts), encoding="utf-8")
         written += [board, page]
     return written
 

@@ -209,16 +209,20 @@ class SliceView:
         return f"{self.task} on {self.backbone}"
 
 
-def build_views(records: list[ResultRecord], facts: Facts | None = None) -> list[SliceView]:
+def build_views(records: list[ResultRecord], facts: Facts | None = None,
+                order: list[tuple[str, str]] | None = None) -> list[SliceView]:
     """One view per (task, backbone) with a run, ok or failed: a slice whose runs all
     failed still gets its table, every cell marked failed. ``facts`` gives each metric's
-    direction (bench/core/task_facts.py; a task not in it: higher is better)."""
+    direction (bench/core/task_facts.py; a task not in it: higher is better). Views follow
+    ``order`` (the suite's), then any other slice alphabetically."""
     facts = facts or {}
     df, bad = records_frame(records), failed_frame(records)
     kept = newest_experiments(records)[0]
     left_out = df.attrs["left_out"]
     slices = sorted(set(zip(df["task"], df["backbone"], strict=True)) |
                     set(zip(bad["task"], bad["backbone"], strict=True)), key=lambda tb: (str(tb[0]), str(tb[1])))
+    rank = {s: i for i, s in enumerate(order or [])}
+    slices.sort(key=lambda s: rank.get(s, len(rank)))  # stable: the rest stay alphabetical
     views = []
     for task, backbone in slices:
         g = df[(df["task"] == task) & (df["backbone"] == backbone)]
