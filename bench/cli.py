@@ -189,6 +189,39 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """Check a data folder: each task's splits are found and readable offline, with their
+    sizes; exit 1 naming what is missing."""
+    from tasks import TASKS, DataSettings
+    from tasks.base import DataUnavailableError, find_data_dir
+
+    folder, origin = (args.data_dir, "--data-dir") if args.data_dir else find_data_dir()
+    print(f"data folder: {folder or '(none)'} (from {origin})")
+    data = DataSettings.from_env(folder or "", allow_hub=False) if folder else DataSettings(None, False)
+    names = sorted({c.task for c in _suite_cells(args)}) if args.suite else TASKS.names()
+    missing = []
+    for name in names:
+        task = TASKS.get(name)
+        try:
+            task.check_available(data)
+            sizes = [f"{split} {len(task.load(split, data).examples):,}" for split in (task.train_split, task.eval_split)]
+            print(f"  ok       {name:28} {', '.join(sizes)}")
+        except (DataUnavailableError, OSError, ValueError, KeyError) as err:
+            missing.append(name)
+            print(f"  MISSING  {name:28} {str(err).splitlines()[0][:200]}")
+    if missing:
+        print(f"{len(missing)} of {len(names)} task(s) cannot run offline from this folder: {', '.join(missing)}")
+        return 1
+    print(f"all {len(names)} task(s) can run offline from this folder")
+    return 0
+
+
+def _suite_cells(args: argparse.Namespace) -> list:
+    from bench.run.matrix import load_suite
+
+    return load_suite(args.config, args.suite)
+
+
 MAX_THREADS = LIMITS["threads"][0]
 
 
@@ -246,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--all-records", action="store_true",
                         help="render every record, also of cells the suite no longer defines")
     render.set_defaults(func=cmd_render)
+
+    data = sub.add_parser("data", help="check a data folder: which tasks can run offline from it")
+    data.add_argument("action", choices=["check"])
+    data.add_argument("--data-dir", default=None, help="the folder (default: $PREFIX_BENCH_DATA_DIR, the user "
+                      "config's data_dir, or the default folder; see the README)")
+    data.add_argument("--suite", default=None, help="check only this suite's tasks (default: every task)")
+    data.add_argument("--config", default=None, help="suite TOML file (default: bench/suites.toml)")
+    data.set_defaults(func=cmd_data)
 
     lst = sub.add_parser("list", help="list methods, tasks, backbones, suites")
     lst.add_argument("what", nargs="?", default="all", choices=["methods", "tasks", "backbones", "executors", "suites", "all"])

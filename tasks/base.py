@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bench.core.config import ConfigError
 from bench.core.registry import Registry
 from bench.core.task_facts import TaskFacts
 
@@ -42,11 +43,45 @@ class DataSettings:
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None,
                  allow_hub: bool | None = None) -> DataSettings:
-        raw = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+        """The data folder, first found of: ``data_dir`` (--data-dir), $PREFIX_BENCH_DATA_DIR,
+        ``data_dir`` in the user config file (``user_config_file()``), the default folder
+        ``default_data_dir()`` when it exists; else none (the hub)."""
+        raw = data_dir if data_dir is not None else find_data_dir()[0]
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
             os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes")
         hub = (not offline) if allow_hub is None else allow_hub
         return cls(Path(raw).expanduser().resolve() if raw else None, hub)
+
+
+def user_config_file() -> Path:
+    root = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(root) / "prefix-bench" / "config.toml"
+
+
+def default_data_dir() -> Path:
+    root = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(root) / "prefix-bench" / "data"
+
+
+def find_data_dir() -> tuple[str | None, str]:
+    """(the data folder, where that choice came from), without --data-dir."""
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV], f"${DATA_DIR_ENV}"
+    config = user_config_file()
+    if config.is_file():
+        import tomllib
+
+        try:
+            value = tomllib.loads(config.read_text(encoding="utf-8")).get("data_dir")
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"{config}: cannot read the user config: {err}") from None
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{config}: data_dir must be a folder path, got {value!r}")
+            return value, str(config)
+    if default_data_dir().is_dir():
+        return str(default_data_dir()), "the default folder"
+    return None, "none found (the hub)"
 
 
 @dataclass
