@@ -132,9 +132,10 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
         return records
     # a row's id also hashes the threads and deterministic setting it ran with: match the
     # suite's cells under each setting the rows were pinned to
-    pins = {(cfg.get("threads", 0), cfg.get("deterministic", False)) for cfg in (r.config for r in records)
-            if isinstance(cfg, dict)}
-    ids = {c.pinned(t, d).id for t, d in pins if isinstance(t, int) and isinstance(d, bool) for c in cells}
+    pins = {(cfg.get("threads", 0), cfg.get("deterministic", False), cfg.get("weights", ""))
+            for cfg in (r.config for r in records) if isinstance(cfg, dict)}
+    ids = {c.pinned(t, d, w).id for t, d, w in pins
+           if isinstance(t, int) and isinstance(d, bool) and isinstance(w, str) for c in cells}
     kept = [r for r in records if r.cell_id in ids]
     stale = len({r.cell_id for r in records} - ids)
     if not kept:

@@ -95,3 +95,26 @@ def test_rows_of_an_older_identity_are_left_out_not_averaged(tmp_path, capsys):
     assert main(["compare", folder, folder]) == 0
     out = capsys.readouterr()
     assert "left out 2 older row(s)" in out.err and "0.5000 (n=1)" in out.out
+
+
+def test_different_weights_of_one_backbone_are_refused(tmp_path, base, capsys):
+    """The offline 4-bit SmolLM2 and the hub's bf16 checkpoint share a name, not weights."""
+    def weighted(tag):
+        return [dataclasses.replace(r, config={**r.config, "weights": tag}) for r in base]
+
+    a = write(tmp_path / "a", weighted("gguf-q4_1-dequantised-fp32"))
+    b = write(tmp_path / "b", weighted("hub-bf16"))
+    assert main(["compare", a, b]) == 2
+    err = capsys.readouterr().err
+    assert "different weights" in err and "gguf-q4_1-dequantised-fp32" in err and "hub-bf16" in err
+    assert main(["compare", a, a]) == 0
+
+
+def test_a_cells_weights_are_part_of_its_id():
+    from bench.run.driver import pinned_cells
+    from bench.run.matrix import load_suite
+
+    cell = load_suite(None, "smoke")[0]
+    pinned = pinned_cells([cell])[0]
+    assert pinned.weights == "original-fp32"  # MiniLM: the same weights offline and online
+    assert pinned.id != pinned.pinned(pinned.threads, pinned.deterministic, "hub-bf16").id

@@ -128,7 +128,7 @@ def test_kill_9_at_random_moments_loses_no_finished_cell(tmp_path, data_dir):
     records, problems = read_records(results)
     assert problems == []
     ok = [r for r in records if r.status == "ok"]
-    cells = [c.pinned(1, False) for c in load_suite(suite, "kill")]  # as run: --threads 1
+    cells = [c.pinned(1, False, "random-init") for c in load_suite(suite, "kill")]  # as run: --threads 1
     assert sorted(r.cell_id for r in ok) == sorted(c.id for c in cells), f"seed {seed}: each cell exactly once"
     assert all(r.status == "ok" for r in records)  # a kill is not a failure: nothing else was written
     from safetensors.torch import load_file

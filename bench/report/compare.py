@@ -70,6 +70,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
                                                        dropna=False):
         s = summarize(g["main_score"])
         rows.append({"method": method, "task": task, "backbone": backbone,
+                     "weights": ", ".join(sorted({w for w in g.get("weights", pd.Series(dtype=str)) if w})),
                      "prefix_length": None if pd.isna(plen) else int(plen), "metric": g["main_metric"].iloc[0],
                      "mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n,
                      "seeds": ",".join(str(x) for x in sorted(g["seed"])),
@@ -111,6 +112,14 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, th: Thresholds, a_failed: p
     aa, bb = aggregate(a), aggregate(b)
     index_a = {cell_name(r): r for _, r in aa.iterrows()}
     index_b = {cell_name(r): r for _, r in bb.iterrows()}
+    different = sorted(f"{n} (A: {index_a[n]['weights'] or 'unknown'}, B: {index_b[n]['weights'] or 'unknown'})"
+                       for n in set(index_a) & set(index_b)
+                       if index_a[n]["weights"] and index_b[n]["weights"]
+                       and index_a[n]["weights"] != index_b[n]["weights"])
+    if different:  # e.g. the offline 4-bit SmolLM2 against the hub's bf16 checkpoint: not one model
+        raise ConfigError(f"A and B ran different weights of the same backbone, so their numbers are not "
+                          f"comparable: {'; '.join(different[:5])}" + (f" and {len(different) - 5} more"
+                                                                     if len(different) > 5 else ""))
     fail_a, fail_b = failed_by_cell(a_failed), failed_by_cell(b_failed)
     cells_a, cells_b = set(index_a) | set(fail_a), set(index_b) | set(fail_b)
     rows, regressions = [], []

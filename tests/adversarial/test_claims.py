@@ -65,7 +65,7 @@ class Holder:
 
 
 def _pinned(cell, threads=1):
-    return cell.pinned(threads, torch.are_deterministic_algorithms_enabled())
+    return cell.pinned(threads, torch.are_deterministic_algorithms_enabled(), "random-init")
 
 
 def test_a_claim_is_exclusive_and_dies_with_its_holder(tmp_path):

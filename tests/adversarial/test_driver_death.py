@@ -42,7 +42,7 @@ def assert_each_cell_once(results: Path, seeds: int, suite: Path | None = None) 
     assert [r.status for r in records] == ["ok"] * len(records), [r.error for r in records]
     assert sorted(r.seed for r in records) == list(range(seeds)) and len({r.cell_id for r in records}) == seeds
     if suite is not None:  # as run: --threads 1
-        assert sorted(r.cell_id for r in records) == sorted(c.pinned(1, False).id for c in load_suite(suite, "adv"))
+        assert sorted(r.cell_id for r in records) == sorted(c.pinned(1, False, "random-init").id for c in load_suite(suite, "adv"))
     assert list((results / "claims").iterdir()) == []  # every claim released
 
 

@@ -33,7 +33,7 @@ def torch_settings():
 
 def test_the_id_hashes_threads_and_deterministic(cells):
     (cell,) = cells
-    ids = {cell.id, cell.pinned(1, False).id, cell.pinned(2, False).id, cell.pinned(1, True).id}
+    ids = {cell.id, cell.pinned(1, False, "random-init").id, cell.pinned(2, False, "random-init").id, cell.pinned(1, True).id}
     assert len(ids) == 4
     assert cell.pinned(0, False).id == cell.id  # unpinned is threads = 0
     assert cell.pinned(2, False).resolved()["threads"] == 2  # stored with the row, so reproducible
@@ -46,7 +46,7 @@ def test_another_thread_count_is_another_cell_with_its_own_row(cells, data, tmp_
     rows = read_records(tmp_path)[0]
     (cell,) = cells
     assert [(r.cell_id, r.kernels["threads"], r.kernels["deterministic_algorithms"], r.config["threads"])
-            for r in rows] == [(cell.pinned(1, False).id, "1", "false", 1), (cell.pinned(2, False).id, "2", "false", 2)]
+            for r in rows] == [(cell.pinned(1, False, "random-init").id, "1", "false", 1), (cell.pinned(2, False, "random-init").id, "2", "false", 2)]
     again = run_cells(cells, tmp_path, data, "cpu", log=lambda s: None, threads=2)
     assert again["ran"] == 0 and again["skipped"] == 1
 
@@ -61,4 +61,4 @@ def test_a_child_worker_runs_with_the_drivers_deterministic_setting(cells, data,
     (row,) = read_records(tmp_path)[0]
     assert row.status == "ok", row.error
     assert (row.cell_id, row.kernels["threads"], row.kernels["deterministic_algorithms"]) == (
-        cells[0].pinned(1, True).id, "1", "true")
+        cells[0].pinned(1, True, "random-init").id, "1", "true")
