@@ -17,7 +17,16 @@ import pandas as pd
 from bench.report.escape import html_text
 from bench.report.failures import MARK
 from bench.report.summary import PICKED_NOTE, SUMMARY_TITLE, VERDICTS_TITLE
-from bench.report.views import COLLAPSE_NOTE, OLDER_NOTE, SliceView, paired_display, pareto_display, sensitivity_display
+from bench.report.views import (
+    COLLAPSE_NOTE,
+    NOISY,
+    NOISY_NOTE,
+    OLDER_NOTE,
+    SliceView,
+    paired_display,
+    pareto_display,
+    sensitivity_display,
+)
 
 _NUMBER = re.compile(r"^[+−-]?[\d,]*\.?\d+(?:[eE][+-]?\d+)?")
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -115,6 +124,8 @@ def slice_html(v: SliceView) -> str:
     if v.unstable:
         parts.append('<p class="note">Unstable cells:</p><ul class="note">'
                      + "".join(f"<li>{html_text(t)}</li>" for t in v.unstable) + "</ul>")
+    if v.board["train tok/s"].astype(str).str.endswith(NOISY).any():
+        parts.append(f'<p class="note">{html_text(NOISY_NOTE)}</p>')
     if v.collapsed:
         parts.append(f'<p class="note">{html_text(COLLAPSE_NOTE)}</p>')
     if v.subset_note:

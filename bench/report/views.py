@@ -136,6 +136,7 @@ def leaderboard(df: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | No
     notes = notes or {}
     lengths, has_none = _length_columns(df, notes)
     columns = [f"P={p}" for p in lengths] + ([NO_PREFIX] if has_none else [])
+    speed = df.groupby("method")["train_tokens_per_s"].agg(["mean", "std", "count"]) if len(df) else None
     out = []
     for method in sorted(set(df["method"]) | {m for m, _ in notes}):
         g = df[df["method"] == method]
@@ -155,12 +156,31 @@ def leaderboard(df: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | No
             continue
         row["trainable params"] = f"{int(g['trainable_params'].median()):,}"
         row["deployed size"] = human_bytes(g["inference_bytes"].median())
-        row["train tok/s"] = f"{g['train_tokens_per_s'].mean():.0f}"
+        row["train tok/s"] = _speed(method, speed)
         row["eval tok/s"] = f"{g['eval_tokens_per_s'].mean():.0f}"
         row["peak memory"] = human_bytes(g["peak_memory_bytes"].max()) + (
             "‡" if (g["peak_memory_kind"] == PROCESS_PEAK).any() else "")
         out.append(row)
     return pd.DataFrame(out, columns=["method", *columns, *COST_COLUMNS])
+
+
+NOISY = "~"
+NOISY_NOTE = (f"{NOISY} training throughput whose spread over its runs (seeds, prefix lengths) is larger than "
+              "its gap to the nearest method's: the speed ranking there is noise (a shared machine moves "
+              "throughput a lot).")
+
+
+def _speed(method: str, speed: pd.DataFrame | None) -> str:
+    """Mean train tok/s over the method's runs (seeds and lengths), ± their std with two or more,
+    and the noise mark."""
+    if speed is None or method not in speed.index:
+        return "—"
+    mean, std, n = speed.loc[method, "mean"], speed.loc[method, "std"], speed.loc[method, "count"]
+    if n < 2 or pd.isna(std):
+        return f"{mean:.0f}"
+    others = speed.drop(index=method)["mean"]
+    gap = (others - mean).abs().min() if len(others) else math.inf
+    return f"{mean:.0f} ± {std:.0f}" + (NOISY if std > gap else "")
 
 
 def paired_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -334,6 +354,8 @@ def slice_markdown(v: SliceView, images: bool = True) -> str:
     if v.notes:
         parts.append("Failed runs (left out of every statistic):\n\n" + "\n".join(
             f"- {markdown(n.text)}" for n in sorted(v.notes.values(), key=lambda n: n.number)))
+    if v.board["train tok/s"].astype(str).str.endswith(NOISY).any():
+        parts.append(NOISY_NOTE)
     if v.unstable:
         parts.append("Unstable cells:\n\n" + "\n".join(f"- {markdown(t)}" for t in v.unstable))
     if v.collapsed:
