@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.core.record_formats import write_parquet
 from bench.core.records import ResultRecord
 from bench.core.safe_names import inside
 from bench.core.task_facts import Facts
@@ -82,7 +83,7 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
                                    + [glue_md] * bool(glue_md)), encoding="utf-8")
         page = out("index.html")
         page.write_text(html_page.page(views, overview, verdicts), encoding="utf-8")
-        written += [board, page]
+        written += [board, page, write_parquet(records, out("records.parquet"))]  # the rows, as data
     return written
 
 
