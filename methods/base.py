@@ -20,13 +20,16 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
 
 from bench.core.config import ConfigError, check_fields
 from bench.core.registry import Registry
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,17 @@ class Adapter(nn.Module):
         """Per-step values worth recording (e.g. gate openings). Default: nothing."""
         return {}
 
+    def peft_export(self, task_type: str) -> tuple[PeftConfig, dict[str, torch.Tensor]] | None:
+        """This adapter in HF PEFT's format (``prefix-bench export --format peft``): a PEFT
+        config for ``task_type`` ("CAUSAL_LM", "SEQ_CLS") and the method's tensors keyed as
+        ``peft.get_peft_model_state_dict`` keys them, such that PEFT's model built from that
+        config on the same backbone and holding those tensors computes this adapter's
+        logits. The method's own tensors only: a task head is the harness's to add. None
+        (the default): the method has no PEFT equivalent; the method class says which PEFT
+        type it exports to in ``Method.peft_export_type``. Raise ConfigError, naming the
+        option, when only this configuration of an exportable method has none."""
+        return None
+
     # -- what the harness's FLOP count needs (bench/measure/flops.py) --------------------------------
     # The harness counts the backbone's own matrix products itself: every Linear/Conv1D in its
     # layers at every position, attention over the positions and keys, the output layer, and
@@ -247,6 +261,9 @@ class Method(ABC, Generic[C]):
     # Part of every cell id (bench/core/identity.py), beside a digest of the method's source:
     # bump it to mark a change of behaviour the source digest cannot see (e.g. a dependency).
     version: ClassVar[str] = "1"
+    # The PEFT method (a ``peft.PeftType`` name) this method's adapters export to through
+    # ``Adapter.peft_export``; None: no PEFT equivalent. The contract test checks both agree.
+    peft_export_type: ClassVar[str | None] = None
     # True when attaching leaves the model's function unchanged (a zero-initialised update):
     # the contract test then requires the base logits from the freshly attached adapter
     identity_at_init: ClassVar[bool] = False

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.core.config import ConfigError
 from methods.base import Adapter, Anatomy, AttachContext, check_state, with_positions
 
 
@@ -236,6 +237,25 @@ class KVPrefixAdapter(Adapter):
         kv = expected[self.PREFIX_KEY]
         self._folded = state[self.PREFIX_KEY].to(device=kv.device, dtype=kv.dtype).clone()
         self._deployed = True
+
+    def peft_export(self, task_type: str) -> tuple[Any, dict[str, torch.Tensor]] | None:
+        """PEFT's prefix tuning without its projection (``prefix_projection=False``): its
+        ``prompt_encoder`` embedding is the deployed prefix, in ``kv_to_flat``'s layout, by
+        key/value heads (tests/test_prefix_equivalence.py). None when inference reads more
+        than the prefix (``inference_parameters``, e.g. gates on attention)."""
+        import peft
+
+        if self.inference_parameters:
+            return None
+        if not self.shift_positions:
+            raise ConfigError("shift_positions = false keeps the backbone's own positions under the prefix; "
+                              "PEFT's prefix tuning always starts the inputs' positions after it, so this "
+                              "adapter has no PEFT equivalent (train with shift_positions = true to export)")
+        config = peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.prefix_length,
+                                         prefix_projection=False)
+        with torch.no_grad():
+            flat = kv_to_flat(self._kv().detach().float()).contiguous().clone()
+        return config, {"prompt_embeddings": flat}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._deployed = False  # the generator is back: fold recomputes the prefix from it

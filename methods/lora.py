@@ -4,8 +4,10 @@ measures against. The matrix's prefix-length axis does not apply to it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -47,9 +49,10 @@ class PeftAdapter(Adapter):
     """Wraps a model with LoRA layers injected by PEFT; only the PEFT-trainable tensors form
     the adapter."""
 
-    def __init__(self, model: nn.Module, anatomy: Anatomy) -> None:
+    def __init__(self, model: nn.Module, anatomy: Anatomy, peft_config: Any = None) -> None:
         super().__init__(model)
         self.anatomy = anatomy
+        self.peft_config = peft_config  # the peft.LoraConfig the layers were injected with
 
     def _pairs(self) -> Iterator[tuple[str, nn.Linear, nn.Linear]]:
         """(name of the adapted module, A, B) for every LoRA update in the model."""
@@ -59,6 +62,20 @@ class PeftAdapter(Adapter):
             if isinstance(module, LoraLayer):
                 for key in module.lora_A:
                     yield name, module.lora_A[key], module.lora_B[key]
+
+    def peft_export(self, task_type: str) -> tuple[Any, dict[str, Any]]:
+        """The LoRA config we injected with, its targets named as the adapted modules' own
+        names, and A and B under the keys PEFT saves them with."""
+        if self.peft_config is None:
+            raise ValueError("this LoRA adapter was built without its peft.LoraConfig; attach it with Lora.attach")
+        pairs = list(self._pairs())
+        config = dataclasses.replace(self.peft_config, task_type=task_type,
+                                     target_modules=sorted({name.rsplit(".", 1)[-1] for name, _, _ in pairs}))
+        state = {}
+        for name, A, B in pairs:
+            state[f"base_model.model.{name}.lora_A.weight"] = A.weight.detach().contiguous().clone()
+            state[f"base_model.model.{name}.lora_B.weight"] = B.weight.detach().contiguous().clone()
+        return config, state
 
     def inserted_modules(self) -> list[nn.Module]:
         return [m for _, A, B in self._pairs() for m in (A, B)]
@@ -86,6 +103,7 @@ class Lora(Method[LoraConfig]):
     uses_prefix_length = False
     default_lr = 1e-3
     identity_at_init = True
+    peft_export_type = "LORA"
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> PeftAdapter:
         import peft
@@ -95,7 +113,7 @@ class Lora(Method[LoraConfig]):
                                  target_modules=list(c.target_modules) if c.target_modules else None)
         # inject in place: the model keeps its own class and forward signature
         peft.inject_adapter_in_model(config, model)
-        return PeftAdapter(model, ctx.anatomy).to(ctx.device)
+        return PeftAdapter(model, ctx.anatomy, config).to(ctx.device)
 
     def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """r * (in + out) for each adapted linear layer (A: r x in, B: out x r)."""

@@ -96,6 +96,14 @@ class SoftPromptAdapter(Adapter):
                 **kwargs: Any) -> Any:
         return self.model(**self._extend(input_ids, attention_mask, kwargs))
 
+    def peft_export(self, task_type: str) -> tuple[Any, dict[str, torch.Tensor]]:
+        """PEFT's prompt tuning: its prompt embedding is our prompt. PEFT puts the prompt in
+        front of the whole row, so a left-padded row differs (we put it next to the text)."""
+        import peft
+
+        config = peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=self.prompt.shape[0])
+        return config, {"prompt_embeddings": self.prompt.detach().float().contiguous().clone()}
+
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:
         # with inputs_embeds only, generate returns just the new tokens; put the prompt back
@@ -114,6 +122,7 @@ class PromptTuning(Method[PromptTuningConfig]):
     paper = "Lester et al., EMNLP 2021, https://aclanthology.org/2021.emnlp-main.243"
     Config = PromptTuningConfig
     default_lr = 3e-2
+    peft_export_type = "PROMPT_TUNING"
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> SoftPromptAdapter:
         return SoftPromptAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)

@@ -172,6 +172,9 @@ class ResidualPrefix(PrefixTuning):
     Config = ResidualPrefixConfig
     config: ResidualPrefixConfig
     default_lr = 1e-2
+    # the residual block folds into the prefix, but the gates reweight attention to the
+    # prefix keys for every query, which no key/value tensor can express: no PEFT equivalent
+    peft_export_type = None
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> ResidualPrefixAdapter:
         return ResidualPrefixAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)

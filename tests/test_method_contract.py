@@ -225,3 +225,23 @@ def test_trainable_count_defaults_to_the_adapters_trainable_parameters() -> None
     method = Bias(MethodConfig(), None)
     adapter = method.attach(model, AttachContext(loaded.tokenizer, Anatomy.of(model), 0))
     assert method.trainable_count(adapter, Anatomy.of(model)) == 5
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_peft_export_type_is_what_the_adapter_exports(name: str) -> None:
+    """``Method.peft_export_type`` (what ``prefix-bench export`` lists) and the adapter's
+    ``peft_export`` agree: both absent, or a config of that PEFT type whose tensors fit it
+    (tests/test_peft_export.py checks the logits)."""
+    cls = METHODS.get(name)
+    _, _, adapter, _ = attach(name, "tiny-llama", "causal_lm")
+    exported = adapter.peft_export("CAUSAL_LM")
+    if cls.peft_export_type is None:
+        assert exported is None, f"{name} exports to PEFT but declares no peft_export_type"
+        return
+    assert exported is not None, f"{name} declares peft_export_type {cls.peft_export_type} but exports nothing"
+    config, tensors = exported
+    def plain(x):  # PEFT's enums are str subclasses; their value is the plain name
+        return str(getattr(x, "value", x))
+
+    assert plain(config.peft_type) == cls.peft_export_type and plain(config.task_type) == "CAUSAL_LM"
+    assert tensors and all(isinstance(t, torch.Tensor) and not t.requires_grad for t in tensors.values())
