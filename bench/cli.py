@@ -296,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
 
     from bench.report import compare, verdicts
-    from bench.run import rerun  # each module owns its subcommand's options
-    for module in (compare, rerun, verdicts):
+    from bench.run import export, rerun  # each module owns its subcommand's options
+    for module in (compare, rerun, export, verdicts):
         module.add_subcommand(sub)
     for command in sub.choices.values():  # every command sees the plugins its records or suite name
         command.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE",
