@@ -97,6 +97,7 @@ class PrefixTuning(Method):
     paper = "Li & Liang, ACL 2021, https://aclanthology.org/2021.acl-long.353"
     Config = PrefixTuningConfig
     default_lr = 1e-3
+    packable = True  # KVPrefixAdapter.packed_forward: one prefix per row
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> PrefixTuningAdapter:
         return PrefixTuningAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)
