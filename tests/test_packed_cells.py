@@ -170,7 +170,7 @@ def test_packs_group_cells_that_differ_only_in_seed_lr_and_prefix_length():
     other_batch = dataclasses.replace(pt[0], train={**pt[0].train, "batch_size": 8})
     assert packed.pack_key(other_batch) != packed.pack_key(pt[0])
     assert packed.pack_key(next(c for c in cells if c.method == "lora")) is None
-    ordered = sorted(cells, key=packed.sort_key)
+    ordered = packed.ordered(cells[::-1])
     groups = list(packed.packs(ordered, 3))
     assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 3, 3]  # lora 2 x alone; 4 + 4 in packs of <= 3
     for group in groups:

@@ -53,7 +53,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     # validate_cells has read every task's data: its fingerprints cost nothing more
     fingerprints = {t: data_fingerprint(t, data) for t in {c.task for c in cells}}
     plan = staleness.plan(cells, records, fingerprints, retry_failed)
-    todo = sorted(plan.todo, key=packed.sort_key)  # share loaded backbones and data; packable cells adjacent
+    todo = packed.ordered(plan.todo)  # share loaded backbones and data; cells that can pack adjacent
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
     if plan.stale:
         log(plan.describe())

@@ -77,10 +77,16 @@ def pack_key(cell: Cell) -> str | None:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-def sort_key(cell: Cell) -> tuple[str, str, str]:
-    """An order that puts cells that share a loaded backbone and data, then cells that can
-    pack together, next to each other."""
-    return cell.backbone, cell.task, pack_key(cell) or ""
+def ordered(cells: Iterable[Cell]) -> list[Cell]:
+    """Cells that share a loaded backbone and data next to each other (by backbone, then
+    task), and within them cells that can pack together next to each other, at the place
+    of the first of them; otherwise the given order."""
+    cells = sorted(cells, key=lambda c: (c.backbone, c.task))
+    keys = [pack_key(c) or ("alone", i) for i, c in enumerate(cells)]
+    first: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return [cells[i] for i in sorted(range(len(cells)), key=lambda i: first[keys[i]])]
 
 
 def packs(cells: Iterable[Cell], size: int) -> Iterator[list[Cell]]:
