@@ -18,6 +18,7 @@ import inspect
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -132,15 +133,18 @@ def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
                              f"expected {tuple(expected[name].shape)}")
 
 
-def with_positions(model: nn.Module, kwargs: dict[str, Any], offset: int = 0) -> dict[str, Any]:
+def with_positions(model: nn.Module, kwargs: dict[str, Any], offset: int | torch.Tensor = 0) -> dict[str, Any]:
     """``kwargs`` with ``position_ids`` from the attention mask (plus ``offset``) when the
-    caller gave none. Given positions are the text's own and get the offset too."""
+    caller gave none. Given positions are the text's own and get the offset too. ``offset``
+    is a number, or a (batch, 1) tensor of one offset per row (packed adapters' prefixes)."""
     positions = kwargs.get("position_ids")
     mask = kwargs.get("attention_mask")
     if positions is None and mask is not None and mask.dim() == 2:
         positions = positions_from_mask(mask)
     if positions is None or not takes_positions(model):
         return kwargs
+    if isinstance(offset, torch.Tensor):
+        return dict(kwargs, position_ids=positions + offset.to(positions.dtype))
     return dict(kwargs, position_ids=positions + offset if offset else positions)
 
 
@@ -205,6 +209,16 @@ class Adapter(nn.Module):
         type it exports to in ``Method.peft_export_type``. Raise ConfigError, naming the
         option, when only this configuration of an exportable method has none."""
         return None
+    @classmethod
+    def packed_forward(cls, adapters: Sequence[Adapter], rows: Sequence[int], **kwargs: Any) -> Any:
+        """One forward of ``adapters[0]``'s backbone over a batch whose first ``rows[0]`` rows
+        belong to ``adapters[0]``, the next ``rows[1]`` to ``adapters[1]``, and so on: each
+        row as its own adapter alone would compute it (up to float rounding). The adapters
+        are of this class, attached by one method config (prefix lengths may differ) to
+        copies of one frozen backbone. Implemented where ``Method.packable`` is set; the
+        harness (bench/run/packed.py) then trains several cells in one pass."""
+        raise NotImplementedError(f"{cls.__name__} cannot run packed with other adapters")
+
 
     # -- what the harness's FLOP count needs (bench/measure/flops.py) --------------------------------
     # The harness counts the backbone's own matrix products itself: every Linear/Conv1D in its
@@ -268,6 +282,10 @@ class Method(ABC, Generic[C]):
     # the contract test then requires the base logits from the freshly attached adapter
     identity_at_init: ClassVar[bool] = False
     config: C
+    # True when several cells of this method can train in one batched pass (bench/run/packed.py):
+    # attaching leaves every backbone weight frozen and unchanged, all trainable state is the
+    # method's own (besides a task head), and the adapter implements ``packed_forward``
+    packable: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass of ``Method[X]`` parses options with ``Config``, a subclass of ``X``."""

@@ -9,9 +9,11 @@ against PEFT's tensor for tensor. Rotary backbones treat cached keys as already 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.core.config import ConfigError
@@ -32,6 +34,16 @@ def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
         for k, v in (layer.unbind(0) for layer in kv.unbind(0))
     )
     return DynamicCache(layers)
+
+
+def packed_cache(kv: torch.Tensor, owner: torch.Tensor) -> Any:
+    """kv: (K, L, 2, H_kv, P, d_h), one prefix per adapter; owner: (B,) the adapter of each
+    row -> a DynamicCache whose row b holds adapter ``owner[b]``'s prefix. One gather, whose
+    backward adds each row's gradient into its own adapter's slot only."""
+    from transformers import DynamicCache
+
+    rows = kv.index_select(0, owner)  # (B, L, 2, H_kv, P, d_h)
+    return DynamicCache(tuple(tuple(layer.unbind(1)) for layer in rows.unbind(1)))
 
 
 def flat_to_kv(flat: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
@@ -150,6 +162,32 @@ class KVPrefixAdapter(Adapter):
                                 offset=self.prefix_length if self.shift_positions else 0)
         kwargs["attention_mask"] = mask
         return self.model(input_ids=input_ids, past_key_values=build_cache(self._kv(), batch), **kwargs)
+
+    @classmethod
+    def packed_forward(cls, adapters: Sequence[KVPrefixAdapter], rows: Sequence[int],
+                       input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                       **kwargs: Any) -> Any:
+        """Each row with its own adapter's prefix, through ``adapters[0]``'s backbone.
+
+        Prefixes shorter than the longest (P) are padded in front to P slots that the
+        attention mask hides, so a row attends to exactly its own P_k prefix keys; its text
+        positions are shifted by its own P_k (when shifting), as alone."""
+        model, device = adapters[0].model, input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        P = max(a.prefix_length for a in adapters)
+        owner = torch.repeat_interleave(torch.arange(len(adapters), device=device),
+                                        torch.tensor(list(rows), device=device))
+        kv = torch.stack([F.pad(a._kv(), (0, 0, P - a.prefix_length, 0)) for a in adapters])
+        slots = torch.arange(P, device=device)
+        hidden = torch.tensor([P - a.prefix_length for a in adapters], device=device)
+        prefix_mask = (slots.unsqueeze(0) >= hidden.unsqueeze(1)).index_select(0, owner)
+        offsets = torch.tensor([a.prefix_length if a.shift_positions else 0 for a in adapters], device=device)
+        kwargs.setdefault("use_cache", False)
+        kwargs = with_positions(model, dict(kwargs, attention_mask=attention_mask),
+                                offset=offsets.index_select(0, owner).unsqueeze(1))
+        kwargs["attention_mask"] = torch.cat([prefix_mask.to(attention_mask.dtype), attention_mask], dim=1)
+        return model(input_ids=input_ids, past_key_values=packed_cache(kv, owner), **kwargs)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:

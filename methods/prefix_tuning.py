@@ -98,6 +98,7 @@ class PrefixTuning(Method[PrefixTuningConfig]):
     Config = PrefixTuningConfig
     default_lr = 1e-3
     peft_export_type = "PREFIX_TUNING"  # the folded prefix, without the MLP
+    packable = True  # KVPrefixAdapter.packed_forward: one prefix per row
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> PrefixTuningAdapter:
         return PrefixTuningAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)

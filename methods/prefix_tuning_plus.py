@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +146,7 @@ class MemoryAdapter(Adapter):
             self.keys = nn.Parameter(torch.randn(a.num_layers, self.groups, rank, d, generator=g) * std)  # A
             self.values = nn.Parameter(torch.zeros(a.num_layers, self.groups, rank, d))  # B
         self._queries: dict[int, torch.Tensor] = {}
+        self._packed: list[tuple[MemoryAdapter, int]] | None = None  # set by packed_forward
         self._handles = []
         for i, module in enumerate(find_modules(model, hooks.query, a.num_layers)):
             self._handles.append(module.register_forward_hook(self._keep_query(i, hooks.query_slice)))
@@ -166,14 +168,33 @@ class MemoryAdapter(Adapter):
                 raise RuntimeError(f"prefix_tuning_plus: layer {layer}'s query hook did not run")
             attn = args[0]
             feats = self.phi(q.view(*q.shape[:-1], self.groups, -1))  # (..., G, d_phi)
-            if self.rank is None:
-                memory = torch.einsum("...gd,gde->...ge", feats, self.memory[layer].to(q.dtype))
-            else:
-                A, B = self.keys[layer].to(q.dtype), self.values[layer].to(q.dtype)
-                memory = torch.einsum("...gd,grd->...gr", feats, A)
-                memory = torch.einsum("...gr,gre->...ge", memory, B)
+            if self._packed is None:
+                memory = self._memory(layer, feats)
+            else:  # packed_forward: each adapter's memory on its own rows
+                bounds = torch.tensor([0, *(n for _, n in self._packed)]).cumsum(0).tolist()
+                memory = torch.cat([a._memory(layer, feats[lo:hi]) for (a, _), lo, hi
+                                    in zip(self._packed, bounds, bounds[1:], strict=False)])
             return (attn + memory.reshape(attn.shape),) + tuple(args[1:])
         return hook
+
+    def _memory(self, layer: int, feats: torch.Tensor) -> torch.Tensor:
+        """phi(q)^T M for features (..., G, d_phi) -> (..., G, d_v)."""
+        if self.rank is None:
+            return torch.einsum("...gd,gde->...ge", feats, self.memory[layer].to(feats.dtype))
+        A, B = self.keys[layer].to(feats.dtype), self.values[layer].to(feats.dtype)
+        memory = torch.einsum("...gd,grd->...gr", feats, A)
+        return torch.einsum("...gr,gre->...ge", memory, B)
+
+    @classmethod
+    def packed_forward(cls, adapters: Sequence[MemoryAdapter], rows: Sequence[int], **kwargs: Any) -> Any:
+        """``adapters[0]``'s backbone, its hooks adding each adapter's memory to that adapter's
+        rows (a low-rank memory's rank may differ between adapters)."""
+        lead = adapters[0]
+        lead._packed = list(zip(adapters, rows, strict=True))
+        try:
+            return lead(**kwargs)
+        finally:
+            lead._packed = None
 
     def memory_matrix(self, layer: int) -> torch.Tensor:
         """M for one layer: (G, d_phi, d_v) (the low-rank form: A^T B)."""
@@ -211,6 +232,7 @@ class PrefixTuningPlus(Method[PrefixTuningPlusConfig]):
     default_lr = 1e-3
     version = "2"  # 1 was the low-rank form, now prefix_tuning_plus_lowrank
     identity_at_init = True
+    packable = True  # MemoryAdapter.packed_forward: each adapter's memory on its own rows
 
     def rank(self) -> int | None:
         return None

@@ -8,6 +8,7 @@ available but trains much worse, as the paper reports.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,29 @@ def next_to_text(attention_mask: torch.Tensor, P: int) -> torch.Tensor:
     return torch.where(j < lead, j + P, torch.where(j < lead + P, j - lead, j))
 
 
+def extend(model: nn.Module, prompt: torch.Tensor, shown: torch.Tensor | None, input_ids: torch.Tensor,
+           attention_mask: torch.Tensor | None, kwargs: dict[str, Any], positions: bool) -> dict[str, Any]:
+    """``model``'s inputs with ``prompt`` (batch, P, d) placed right before each row's first
+    real token; ``shown`` (batch, P) masks prompt slots out (None: every slot is real)."""
+    batch, P = input_ids.shape[0], prompt.shape[1]
+    embeds = model.get_input_embeddings()(input_ids)
+    prompt = prompt.to(embeds.dtype)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    ones = torch.ones(batch, P, dtype=attention_mask.dtype, device=attention_mask.device)
+    prompt_mask = ones if shown is None else shown.to(attention_mask.dtype)
+    order = next_to_text(attention_mask, P)
+    out = dict(kwargs, inputs_embeds=torch.cat([prompt, embeds], 1).gather(
+                   1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])),
+               attention_mask=torch.cat([prompt_mask, attention_mask], 1).gather(1, order))
+    if kwargs.get("token_type_ids") is not None:
+        tt = kwargs["token_type_ids"]
+        out["token_type_ids"] = torch.cat([torch.zeros_like(ones, dtype=tt.dtype), tt], 1).gather(1, order)
+    if kwargs.get("position_ids") is not None:
+        raise ValueError("prompt_tuning derives positions from the attention mask; got position_ids")
+    return with_positions(model, out) if positions else out
+
+
 class SoftPromptAdapter(Adapter):
     def __init__(self, model: nn.Module, ctx: AttachContext, P: int, config: PromptTuningConfig) -> None:
         super().__init__(model)
@@ -75,22 +99,24 @@ class SoftPromptAdapter(Adapter):
         In front of the whole row, a left-padded row's prompt would sit before its padding;
         next to the text, the row reads the same in any batch (with positions from the mask).
         ``positions=False`` leaves them to ``generate``, which derives them from the mask."""
-        batch, P = input_ids.shape[0], self.prompt.shape[0]
-        embeds = self.model.get_input_embeddings()(input_ids)
-        prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        ones = torch.ones(batch, P, dtype=attention_mask.dtype, device=attention_mask.device)
-        order = next_to_text(attention_mask, P)
-        out = dict(kwargs, inputs_embeds=torch.cat([prompt, embeds], 1).gather(
-                       1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])),
-                   attention_mask=torch.cat([ones, attention_mask], 1).gather(1, order))
-        if kwargs.get("token_type_ids") is not None:
-            tt = kwargs["token_type_ids"]
-            out["token_type_ids"] = torch.cat([torch.zeros_like(ones, dtype=tt.dtype), tt], 1).gather(1, order)
-        if kwargs.get("position_ids") is not None:
-            raise ValueError("prompt_tuning derives positions from the attention mask; got position_ids")
-        return with_positions(self.model, out) if positions else out
+        prompt = self.prompt.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+        return extend(self.model, prompt, None, input_ids, attention_mask, kwargs, positions)
+
+    @classmethod
+    def packed_forward(cls, adapters: Sequence[SoftPromptAdapter], rows: Sequence[int],
+                       input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                       **kwargs: Any) -> Any:
+        """Each row with its own adapter's prompt, through ``adapters[0]``'s backbone. A prompt
+        shorter than the longest (P) is followed by slots the attention mask hides, so its
+        first vector stays first (an encoder's head reads position 0) and the text's
+        positions, counted over unmasked tokens, start after the row's own P_k."""
+        P = max(a.prompt.shape[0] for a in adapters)
+        prompt = torch.cat([nn.functional.pad(a.prompt, (0, 0, 0, P - a.prompt.shape[0])).unsqueeze(0).expand(n, -1, -1)
+                            for a, n in zip(adapters, rows, strict=True)])
+        shown = torch.cat([(torch.arange(P, device=input_ids.device) < a.prompt.shape[0]).unsqueeze(0).expand(n, -1)
+                           for a, n in zip(adapters, rows, strict=True)])
+        model = adapters[0].model
+        return model(**extend(model, prompt, shown, input_ids, attention_mask, kwargs, True))
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
@@ -123,6 +149,7 @@ class PromptTuning(Method[PromptTuningConfig]):
     Config = PromptTuningConfig
     default_lr = 3e-2
     peft_export_type = "PROMPT_TUNING"
+    packable = True  # SoftPromptAdapter.packed_forward: one prompt per row
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> SoftPromptAdapter:
         return SoftPromptAdapter(model, ctx, self.prefix_length, self.config).to(ctx.device)

@@ -38,7 +38,7 @@ BERT in transformers 5 are tested). Gate values are reported every step via ``st
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,16 +64,19 @@ def _gated_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value
 
     log_gates = _LOG_GATES.get()
     if log_gates is not None:
-        P, kv_len = log_gates.shape[0], key.shape[2]
+        P, kv_len = log_gates.shape[-1], key.shape[2]
         if kv_len < P:
             raise RuntimeError(f"gated prefix: {kv_len} keys, fewer than the {P} prefix keys")
         floor = torch.finfo(query.dtype).min
+        # (P,): one gate per prefix slot for every row; (B, P): packed adapters, a row's own
+        lead = log_gates.shape[:-1]
         bias = torch.cat([log_gates.to(query.dtype).clamp_min(floor),
-                          torch.zeros(kv_len - P, dtype=query.dtype, device=query.device)])
+                          torch.zeros(*lead, kv_len - P, dtype=query.dtype, device=query.device)], -1)
+        bias = bias.view(-1 if lead else 1, 1, 1, kv_len)
         if attention_mask is None:
             if query.shape[2] > 1 and getattr(module, "is_causal", False):
                 raise RuntimeError("gated prefix: a causal layer received no mask")
-            attention_mask = bias.view(1, 1, 1, kv_len)
+            attention_mask = bias
         else:
             if attention_mask.dtype == torch.bool:
                 attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype,
@@ -157,6 +160,16 @@ class ResidualPrefixAdapter(PrefixTuningAdapter):
     def forward(self, **kwargs: Any) -> Any:
         with log_gates(nn.functional.logsigmoid(self.gate_logit)):
             return super().forward(**kwargs)
+
+    @classmethod
+    def packed_forward(cls, adapters: Sequence[ResidualPrefixAdapter], rows: Sequence[int],
+                       **kwargs: Any) -> Any:
+        """Each row with its own adapter's gates (padded slots get 0; the mask hides them)."""
+        P = max(a.prefix_length for a in adapters)
+        gates = torch.cat([nn.functional.pad(nn.functional.logsigmoid(a.gate_logit), (P - a.prefix_length, 0))
+                           .unsqueeze(0).expand(n, -1) for a, n in zip(adapters, rows, strict=True)])
+        with log_gates(gates):
+            return super().packed_forward(adapters, rows, **kwargs)
 
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         with torch.no_grad(), log_gates(nn.functional.logsigmoid(self.gate_logit).detach()):

@@ -83,6 +83,10 @@ class ResultRecord:
     finished_at: str = ""
     # the driver run that wrote the row: tells a row this run produced from one it found
     run_id: str = ""
+    # cells trained together in one pass with this one, itself included (bench/run/packed.py);
+    # None: trained alone. Optional and added without a schema bump: older rows read as None,
+    # and an older reader ignores it (the row is otherwise the same in form)
+    packed_with: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

@@ -106,11 +106,13 @@ def prepare(cell: Cell, data: DataSettings, device: torch.device) -> CellRun:
                    wall_start=time.perf_counter())
 
 
-def attach(run: CellRun) -> None:
+def attach(run: CellRun, share_frozen: bool = False) -> None:
+    """``share_frozen``: the copy shares the backbone's frozen weights instead of copying
+    them (packed cells, bench/run/packed.py: their methods leave those weights unchanged)."""
     cell = run.cell
     seed_everything(cell.seed)
     memory.reset_peak(run.device)
-    model = copy.deepcopy(run.loaded.model)
+    model = copy_backbone(run.loaded.model, run.formulation.head == "seq_cls", share_frozen)
     head = head_parameters(model) if run.formulation.head == "seq_cls" else []
     if head:
         reset_head(model, cell.seed)
@@ -126,14 +128,16 @@ def attach(run: CellRun) -> None:
 
 
 def train_stage(run: CellRun) -> None:
-    def periodic(step: int) -> float:
-        res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
-                       desc="eval")
-        run.periodic_eval_seconds += res.seconds
-        return run.task.compute_metrics(res.predictions, run.eval_examples)[run.task.main_metric]
-
     run.stats = train(run.adapter, run.formulation, run.train_examples, run.cfg, run.cell.seed, run.device,
-                      desc=f"train {run.label}", periodic_eval=periodic)
+                      desc=f"train {run.label}", periodic_eval=lambda step: periodic_eval(run))
+
+
+def periodic_eval(run: CellRun) -> float:
+    """The main score on the evaluation examples now (a point of the convergence curve)."""
+    res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
+                   desc="eval")
+    run.periodic_eval_seconds += res.seconds
+    return run.task.compute_metrics(res.predictions, run.eval_examples)[run.task.main_metric]
 
 
 def evaluate_stage(run: CellRun) -> None:
@@ -206,6 +210,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def copy_backbone(model: nn.Module, fresh_head: bool, share_frozen: bool = False) -> nn.Module:
+    """A copy of the shared backbone for one cell. With ``share_frozen`` its frozen weights are
+    the shared tensors themselves (the copy costs no weight memory); a head the cell draws
+    afresh (``fresh_head``) is still copied."""
+    if not share_frozen:
+        return copy.deepcopy(model)
+    own = {id(p) for p in head_parameters(model)} if fresh_head else set()
+    memo: dict[int, Any] = {id(p): p for p in model.parameters() if not p.requires_grad and id(p) not in own}
+    return copy.deepcopy(model, memo)
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:

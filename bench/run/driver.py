@@ -15,7 +15,7 @@ from bench.core.record_check import problem_summary
 from bench.core.records import ResultRecord, read_records
 from bench.core.torn_tail import set_aside_torn_tail
 from bench.measure import reproducible
-from bench.run import locks, staleness
+from bench.run import locks, packed, staleness
 from bench.run.backbones import weights_of
 from bench.run.data import data_fingerprint
 from bench.run.executors import CellJob, Executor, LocalExecutor
@@ -55,7 +55,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     # validate_cells has read every task's data: its fingerprints cost nothing more
     fingerprints = {t: data_fingerprint(t, data) for t in {c.task for c in cells}}
     plan = staleness.plan(cells, records, fingerprints, retry_failed)
-    todo = sorted(plan.todo, key=lambda c: (c.backbone, c.task))  # share loaded backbones and data
+    todo = packed.ordered(plan.todo)  # share loaded backbones and data; cells that can pack adjacent
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
     if plan.stale:
         log(plan.describe())

@@ -21,6 +21,15 @@ from tasks.base import Example, Task
 Batch = dict[str, torch.Tensor]
 
 
+def spans(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, end) of each group of ``rows[i]`` consecutive rows."""
+    out, lo = [], 0
+    for n in rows:
+        out.append((lo, lo + n))
+        lo += n
+    return out
+
+
 class Formulation(ABC):
     name: str = ""
     head: str = ""  # which AutoModel class the backbone is loaded as
@@ -44,10 +53,17 @@ class Formulation(ABC):
 
     def train_loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """The training objective for one batch (the trainer calls only this)."""
+        return self.train_losses(model, batch, [len(batch["labels"])])[0]
+
+    def train_losses(self, model: torch.nn.Module, batch: Batch, rows: Sequence[int]) -> list[torch.Tensor]:
+        """The objective of each group of consecutive rows (the first ``rows[0]``, then the
+        next ``rows[1]``, ...) from one forward of the whole batch: each is ``train_loss`` of
+        its group's rows alone (bench/run/packed.py trains several cells in one batch)."""
         scores = self.scores(model, batch)
+        labels = batch["labels"]
         if self.task.kind == "regression":
-            return F.mse_loss(scores.float(), batch["labels"].float())
-        return F.cross_entropy(scores.float(), batch["labels"])
+            return [F.mse_loss(scores[lo:hi].float(), labels[lo:hi].float()) for lo, hi in spans(rows)]
+        return [F.cross_entropy(scores[lo:hi].float(), labels[lo:hi]) for lo, hi in spans(rows)]
 
     def predict(self, model: torch.nn.Module, batch: Batch) -> list:
         """Predictions for one batch (the evaluator calls only this): class ids, floats or texts."""
@@ -210,7 +226,7 @@ class Generation(Formulation):
     def scores(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         raise NotImplementedError("a generation formulation has no class scores")
 
-    def train_loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    def train_losses(self, model: torch.nn.Module, batch: Batch, rows: Sequence[int]) -> list[torch.Tensor]:
         labels = batch["labels"]
         is_target = (labels != -100).any(0)
         first = int(is_target.nonzero()[0]) if bool(is_target.any()) else labels.shape[1] - 1
@@ -222,8 +238,9 @@ class Generation(Formulation):
         out = model(**self.model_inputs(batch), logits_to_keep=keep, use_cache=False)
         logits = out.logits[:, :-1]
         targets = labels[:, start + 1:]
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=-100)
+        # a group's mean over its own target tokens: positions before its targets are -100
+        return [F.cross_entropy(logits[lo:hi].float().reshape(-1, logits.shape[-1]), targets[lo:hi].reshape(-1),
+                                ignore_index=-100) for lo, hi in spans(rows)]
 
     def generate_kwargs(self) -> dict[str, Any]:
         d = self.decode

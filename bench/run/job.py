@@ -12,7 +12,9 @@ of the next run never both record one cell.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,32 +50,75 @@ def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
     """Run one cell wherever this is called and append its row (ok or failed). It runs under
     the cell's run lock, after waiting for any other process still computing it; a cell that
     is finished on this data by then is not run again and its row is returned instead."""
-    import_plugins(job.plugins)  # a fresh worker knows only the built-in plugins
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    _enter(job)
     with locks.run_lock(job.results_dir, cell.id):
         data = _data_fingerprint(cell, job)
         found = locks.stored_finished_row(job.results_dir, cell.id, data)
         if found is not None:
             return found
-        started = provenance.now()
-        try:
-            if job.reproducible:
-                reproducible.enter_worker(job.threads or reproducible.DEFAULT_THREADS)
+        return _store(cell, job, data, _alone(cell, job))
+
+
+def execute_pack(cells: list[Cell], job: CellJob, log: Callable[[str], None] = print) -> list[ResultRecord]:
+    """Run cells of one pack key (bench/run/packed.py) in one training pass and append each
+    cell's row, as ``execute_cell`` does for one: under every cell's run lock (taken in id
+    order, so two processes never wait on each other), skipping cells finished meanwhile.
+    Cells the pass does not compute (they cannot pack, or the pass failed) run alone."""
+    if len(cells) < 2 or job.reproducible:  # a packed cell's bits depend on its pack
+        return [execute_cell(cell, job) for cell in cells]
+    from bench.run import packed
+
+    _enter(job)
+    with contextlib.ExitStack() as held:
+        for cell in sorted(cells, key=lambda c: c.id):
+            held.enter_context(locks.run_lock(job.results_dir, cell.id))
+        data = {cell.id: _data_fingerprint(cell, job) for cell in cells}
+        found = {cell.id: locks.stored_finished_row(job.results_dir, cell.id, data[cell.id]) for cell in cells}
+        todo = [cell for cell in cells if found[cell.id] is None]
+        together: dict[str, ResultRecord] = {}
+        if len(todo) > 1:
             device = provenance.pick_device(job.device)
-            record = run_cell(cell, job.data, device, Path(job.results_dir))
-            if job.isolated and record.peak_memory_kind == "cpu_peak_rss_process":
-                record.peak_memory_kind = "cpu_peak_rss_cell"
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:  # a failed cell is data (NaN loss, OOM, bugs): record it, go on
-            record = failed_record(cell, err, started)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # after a CUDA OOM the next cell needs the memory back
-        record.run_id = job.run_id
-        record.data_fingerprint = record.data_fingerprint or data or ""  # a failed try: what it ran on
-        if append_record(job.results_dir, record, once=True) is None:
-            return locks.stored_finished_row(job.results_dir, cell.id, data) or record
+            together = packed.train_together(todo, job.data, device, Path(job.results_dir), log)
+        rows = []
+        for cell in cells:
+            row = found[cell.id]
+            if row is None:
+                row = _store(cell, job, data[cell.id], together.get(cell.id) or _alone(cell, job))
+            rows.append(row)
+    return rows
+
+
+def _enter(job: CellJob) -> None:
+    import_plugins(job.plugins)  # a fresh worker knows only the built-in plugins
+    if job.threads:
+        torch.set_num_threads(job.threads)
+
+
+def _alone(cell: Cell, job: CellJob) -> ResultRecord:
+    """The cell's row from running it alone: ok, or failed with the reason."""
+    started = provenance.now()
+    try:
+        if job.reproducible:
+            reproducible.enter_worker(job.threads or reproducible.DEFAULT_THREADS)
+        device = provenance.pick_device(job.device)
+        record = run_cell(cell, job.data, device, Path(job.results_dir))
+        if job.isolated and record.peak_memory_kind == "cpu_peak_rss_process":
+            record.peak_memory_kind = "cpu_peak_rss_cell"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # a failed cell is data (NaN loss, OOM, bugs): record it, go on
+        record = failed_record(cell, err, started)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # after a CUDA OOM the next cell needs the memory back
+    return record
+
+
+def _store(cell: Cell, job: CellJob, data: str | None, record: ResultRecord) -> ResultRecord:
+    """Append ``record`` unless the cell is finished meanwhile; the row that stands."""
+    record.run_id = job.run_id
+    record.data_fingerprint = record.data_fingerprint or data or ""  # a failed try: what it ran on
+    if append_record(job.results_dir, record, once=True) is None:
+        return locks.stored_finished_row(job.results_dir, cell.id, data) or record
     return record
 
 

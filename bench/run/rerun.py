@@ -60,6 +60,8 @@ class Reproduction:
             out.append(f"git {a.git_sha[:10] or '?'} -> {b.git_sha[:10]}")
         if a.device != b.device:
             out.append(f"device {a.device or '?'} -> {b.device}")
+        if a.packed_with != b.packed_with:  # bench/run/packed.py: equal up to float rounding
+            out.append(f"trained {_packing(a)} -> {_packing(b)}")
         for key in sorted(set(a.kernels) | set(b.kernels)):
             if a.kernels.get(key) != b.kernels.get(key):
                 out.append(f"{key} {a.kernels.get(key, '-')} -> {b.kernels.get(key, '-')}")
@@ -67,6 +69,10 @@ class Reproduction:
             if a.versions.get(pkg) != b.versions.get(pkg):
                 out.append(f"{pkg} {a.versions.get(pkg, '-')} -> {b.versions.get(pkg, '-')}")
         return out
+
+
+def _packing(record: ResultRecord) -> str:
+    return f"in a pack of {record.packed_with}" if record.packed_with else "alone"
 
 
 def find_record(results_dir: Path, cell_id: str) -> ResultRecord:
