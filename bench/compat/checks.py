@@ -24,7 +24,10 @@ from methods import METHODS, Adapter, Anatomy, AttachContext
 from methods.base import load_adapter, load_inference_adapter
 
 P = 4  # prefix length for the methods that take one
-TOL = 1e-5  # fp32 agreement: padding, attention kernels, folding, save/load, PEFT
+# fp32 agreement (padding, attention kernels, folding, save/load, PEFT): 1e-5 of the logits'
+# largest magnitude, at least 1e-5 (a 30-layer model's logits reach ~30, and summation order
+# alone moves them by ~1e-5 of that; the defects these checks catch move them by 1e-2 to 1)
+TOL = 1e-5
 GEN_TOL = 1e-4  # per-step generation logits and beam scores, cached vs not (longer float paths)
 BF16_REL = 0.05  # bf16 logits within 5% of the fp32 logits' largest magnitude ...
 BF16_BASE_FACTOR = 3.0  # ... or within 3x the backbone's own bf16 error, whichever is larger
@@ -107,14 +110,21 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
+def scale(a: list[torch.Tensor]) -> float:
+    return max(x.float().abs().max().item() for x in a)
+
+
 def logits(adapter: nn.Module, subject: Subject, rows: list[list[int]], **kw: Any) -> list[torch.Tensor]:
     with torch.no_grad():
         return subject.real(adapter(**subject.batch(rows), **kw).logits, rows)
 
 
-def agree(what: str, diff: float, tol: float = TOL) -> str:
-    if not diff <= tol:  # NaN fails
-        raise CheckFailed(f"{what}: max |Δ| {diff:.2g} > {tol:g}")
+def agree(what: str, diff: float, magnitude: float, tol: float = TOL) -> str:
+    """Pass when ``diff`` is within ``tol`` of ``magnitude`` (the compared values' largest,
+    floored at 1); else CheckFailed with both numbers."""
+    limit = tol * max(1.0, magnitude)
+    if not diff <= limit:  # NaN fails
+        raise CheckFailed(f"{what}: max |Δ| {diff:.2g} > {limit:.2g}")
     return f"max |Δ| {diff:.1e}"
 
 
@@ -167,7 +177,7 @@ def check_padding(s: Subject) -> str:
     adapter = s.adapter()
     together = logits(adapter, s, TEXTS)
     alone = [logits(adapter, s, [row])[0] for row in TEXTS]
-    return agree("alone vs padded batch", max_diff(together, alone))
+    return agree("alone vs padded batch", max_diff(together, alone), scale(together))
 
 
 def _causal_only(s: Subject) -> None:
@@ -190,8 +200,8 @@ def check_greedy(s: Subject) -> str:
     cached, fresh = (_generate(adapter, s, c, output_logits=True) for c in (True, False))
     if not torch.equal(cached.sequences, fresh.sequences):
         raise CheckFailed("greedy tokens differ with and without the cache")
-    diff = max((a - b).abs().max().item() for a, b in zip(cached.logits, fresh.logits, strict=True))
-    return agree("step logits with vs without cache", diff, GEN_TOL)
+    diff = max_diff(list(cached.logits), list(fresh.logits))
+    return agree("step logits with vs without cache", diff, scale(list(cached.logits)), GEN_TOL)
 
 
 def check_beam(s: Subject) -> str:
@@ -208,7 +218,7 @@ def check_beam(s: Subject) -> str:
             raise CheckFailed(f"row {i}: beams differ with and without the cache")
         worst = max(worst, (cached.sequences_scores[rows].sort().values
                             - fresh.sequences_scores[rows].sort().values).abs().max().item())
-    return agree("beam scores with vs without cache", worst, GEN_TOL)
+    return agree("beam scores with vs without cache", worst, cached.sequences_scores.abs().max().item(), GEN_TOL)
 
 
 def _gradients(adapter: Adapter, s: Subject) -> dict[str, torch.Tensor | None]:
@@ -228,14 +238,14 @@ def check_checkpointing(s: Subject) -> str:
         raise NotApplicable(f"{type(adapter.model).__name__} does not support gradient checkpointing")
     adapter.model.gradient_checkpointing_enable()
     ckpt = _gradients(adapter, s)
-    worst, scale = 0.0, 0.0
+    worst, largest = 0.0, 0.0
     for name, g in plain.items():
         if (g is None) != (ckpt[name] is None):
             raise CheckFailed(f"{name}: gradient {'lost' if ckpt[name] is None else 'appeared'} under checkpointing")
         if g is not None:
             worst = max(worst, (g - ckpt[name]).abs().max().item())
-            scale = max(scale, g.abs().max().item())
-    return agree("gradients with vs without checkpointing", worst, TOL * max(1.0, scale))
+            largest = max(largest, g.abs().max().item())
+    return agree("gradients with vs without checkpointing", worst, largest)
 
 
 def set_attention(model: nn.Module, implementation: str) -> None:
@@ -257,7 +267,7 @@ def check_attention(s: Subject) -> str:
                                 f"{first_line(err)}") from None
         models[impl] = model
     outs = {impl: logits(s.adapter(m), s, TEXTS) for impl, m in models.items()}
-    return agree("SDPA vs eager", max_diff(outs["sdpa"], outs["eager"]))
+    return agree("SDPA vs eager", max_diff(outs["sdpa"], outs["eager"]), scale(outs["eager"]))
 
 
 def check_bf16(s: Subject) -> str:
@@ -276,8 +286,7 @@ def check_bf16(s: Subject) -> str:
         base32 = s.real(s.base(**with_positions(s.base, batch)).logits, TEXTS)
         base16 = s.real(half(**with_positions(half, batch)).logits, TEXTS)
     own = max_diff(base32, base16)
-    scale = max(x.abs().max().item() for x in ref)
-    tol = max(BF16_REL * scale, BF16_BASE_FACTOR * own)
+    tol = max(BF16_REL * scale(ref), BF16_BASE_FACTOR * own)
     diff = max_diff(ref, low)
     if not diff <= tol:
         raise CheckFailed(f"bf16 vs fp32: max |Δ| {diff:.2g} > {tol:.2g} (backbone's own {own:.2g})")
@@ -299,17 +308,17 @@ def check_save_load(s: Subject) -> str:
         fresh = s.attach(seed=1).eval()
         load_adapter(fresh, path)
         fresh.fold()
-        worst = agree_max(worst, "loaded trained state", max_diff(ref, logits(fresh, s, TEXTS)))
+        worst = agree_max(worst, "loaded trained state", max_diff(ref, logits(fresh, s, TEXTS)), scale(ref))
         path, _ = save_state(trained.inference_state_dict(), Path(tmp) / "deployed.safetensors")
         deployed = s.attach(seed=1).eval()
         load_inference_adapter(deployed, path)
         deployed.fold()
-        worst = agree_max(worst, "loaded deployed state", max_diff(ref, logits(deployed, s, TEXTS)))
+        worst = agree_max(worst, "loaded deployed state", max_diff(ref, logits(deployed, s, TEXTS)), scale(ref))
     return f"max |Δ| {worst:.1e}"
 
 
-def agree_max(worst: float, what: str, diff: float) -> float:
-    agree(what, diff)
+def agree_max(worst: float, what: str, diff: float, magnitude: float) -> float:
+    agree(what, diff, magnitude)
     return max(worst, diff)
 
 
@@ -350,9 +359,12 @@ def check_peft(s: Subject) -> str:
     elif form == "prompt":
         config = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=P)
     else:
+        from methods.lora import default_targets
+
         c = METHODS.get(s.method).Config()
+        targets = list(c.target_modules) if c.target_modules else default_targets(s.base, Anatomy.of(s.base).model_type)
         config = peft.LoraConfig(task_type=task, r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
-                                 target_modules=list(c.target_modules) if c.target_modules else None)
+                                 target_modules=targets)
     pm = peft.get_peft_model(copy.deepcopy(s.base), config).eval()
     with torch.no_grad():
         if form == "prefix":
@@ -369,11 +381,12 @@ def check_peft(s: Subject) -> str:
     rows = [[r] for r in TEXTS]
     ref = [logits(adapter, s, r)[0] for r in rows]
     exported = [logits(pm, s, r)[0] for r in rows]
-    worst = agree_max(0.0, "PEFT model vs ours", max_diff(ref, exported))
+    worst = agree_max(0.0, "PEFT model vs ours", max_diff(ref, exported), scale(ref))
     with tempfile.TemporaryDirectory() as tmp:
         pm.save_pretrained(tmp)
         loaded = peft.PeftModel.from_pretrained(copy.deepcopy(s.base), tmp).eval()
-        worst = agree_max(worst, "PEFT reloaded vs ours", max_diff(ref, [logits(loaded, s, r)[0] for r in rows]))
+        worst = agree_max(worst, "PEFT reloaded vs ours", max_diff(ref, [logits(loaded, s, r)[0] for r in rows]),
+                          scale(ref))
     return f"{form}: max |Δ| {worst:.1e}"
 
 
@@ -385,8 +398,8 @@ def check_fold(s: Subject) -> str:
     folded = logits(adapter, s, TEXTS)
     adapter.unfold()
     again = logits(adapter, s, TEXTS)
-    agree("unfolded again", max_diff(unfolded, again))
-    return agree("folded vs unfolded", max_diff(unfolded, folded))
+    agree("unfolded again", max_diff(unfolded, again), scale(unfolded))
+    return agree("folded vs unfolded", max_diff(unfolded, folded), scale(unfolded))
 
 
 def check_identity(s: Subject) -> str:
@@ -399,7 +412,7 @@ def check_identity(s: Subject) -> str:
     rows = [[r] for r in TEXTS]
     with torch.no_grad():
         base = [s.base(input_ids=torch.tensor(r)).logits[0] for r in rows]
-    return agree("attached vs backbone", max_diff(base, [logits(adapter, s, r)[0] for r in rows]))
+    return agree("attached vs backbone", max_diff(base, [logits(adapter, s, r)[0] for r in rows]), scale(base))
 
 
 def first_line(err: BaseException) -> str:

@@ -84,7 +84,7 @@ def run_cell(subject: Subject, feature: Feature) -> dict[str, Any]:
     if status == FAIL:
         note = upstream_note(subject.method, subject.architecture, feature.name, detail)
         if note:
-            cell["upstream"] = note
+            cell["note"] = note
     return cell
 
 

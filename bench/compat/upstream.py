@@ -1,6 +1,7 @@
-"""Failures whose cause is in transformers or PEFT, not in our code: each rule matches a
-failing cell and says so in it, with the upstream issue where one is known. Rules are
-checked in order; the first that matches names the cause."""
+"""Known causes of failing cells: each rule matches a failing cell and says whose the cause
+is -- transformers' or PEFT's (with the upstream issue where one is known), or ours and not
+fixed yet (with why). Rules are checked in order; the first that matches names the cause.
+A failure no rule names is new: find its cause, then fix it or add a rule."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Upstream:
+class Upstream:  # a known cause (the name is historical: ours can be here too)
     feature: str  # the column ("*": any)
     detail: str  # regex searched in the cell's error text
     note: str  # what the cell says: whose bug, and the issue if known
@@ -17,7 +18,25 @@ class Upstream:
     architectures: str = ".*"  # regex over architecture names
 
 
-RULES: tuple[Upstream, ...] = ()
+KV_PREFIX = "prefix_tuning|p_tuning_v2|residual_prefix"
+RULES: tuple[Upstream, ...] = (
+    Upstream("checkpointing", r"size of tensor|gradient lost",
+             "transformers: GPT2Model passes its blocks no cache under gradient checkpointing "
+             "(modeling_gpt2.py, `past_key_values if not (self.gradient_checkpointing and self.training)`), "
+             "so the prefix is dropped; our read-only prefix cache is kept by every model that leaves it to "
+             "the layers (`_can_checkpoint_with_cache`). See https://github.com/huggingface/peft/issues/869",
+             methods=KV_PREFIX, architectures="gpt2"),
+    Upstream("checkpointing", r"size of tensor|gradient lost",
+             "transformers: checkpointed layers drop `past_key_values` (this release has no "
+             "`_can_checkpoint_with_cache` for layers that only read the cache), and with it the prefix. "
+             "See https://github.com/huggingface/peft/issues/869",
+             methods=KV_PREFIX),
+    Upstream("padding", r"alone vs padded batch",
+             "ours, open: sliding-window layers count cache slots, and left padding sits between the cached "
+             "prefix and the text, so a padded row's prefix leaves the window sooner than the same row's alone "
+             "(right padding, or windows longer than prefix + text, are unaffected)",
+             methods=KV_PREFIX, architectures="mistral-swa|gemma2"),
+)
 
 
 def upstream_note(method: str, architecture: str, feature: str, detail: str) -> str | None:

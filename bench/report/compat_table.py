@@ -6,7 +6,7 @@ torch, no method, no task.
 A document: ``{"schema", "versions": {"transformers", "torch", "peft", "python"}, "features":
 [{"name", "title", "doc"}], "methods": [...], "architectures": [{"name", "causal", "note",
 "source"}], "skipped": {arch: why}, "cells": [{"method", "architecture", "feature", "status"
-(pass | fail | n/a), "detail", "upstream"?, "seconds"}], "seconds", "pinned"}``.
+(pass | fail | n/a), "detail", "note"? (whose cause: transformers', PEFT's, or ours and open), "seconds"}], "seconds", "pinned"}``.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ class _Notes:
 
 def cell_text(cell: dict[str, Any]) -> str:
     text = cell["detail"]
-    if cell.get("upstream"):
-        text += f" — upstream: {cell['upstream']}"
+    if cell.get("note"):
+        text += f" — {cell['note']}"
     return text
 
 
