@@ -198,15 +198,21 @@ class MemoryAdapter(Adapter):
             if q is None:
                 raise RuntimeError(f"prefix_tuning_plus: layer {layer}'s query hook did not run")
             attn = args[0]
-            feats = self.phi(q.view(*q.shape[:-1], self.groups, -1))  # (..., G, d_phi)
+            # in the memory's own precision (fp32 on a bf16 backbone: the sums over d_phi and r
+            # in bf16 drift 6x the backbone's own bf16 error on SmolLM2), cast once at the end
+            dtype = torch.promote_types(q.dtype, self._memory_dtype())
+            feats = self.phi(q.to(dtype).view(*q.shape[:-1], self.groups, -1))  # (..., G, d_phi)
             if self.rank is None:
-                memory = torch.einsum("...gd,gde->...ge", feats, self.memory[layer].to(q.dtype))
+                memory = torch.einsum("...gd,gde->...ge", feats, self.memory[layer].to(dtype))
             else:
-                A, B = self.keys[layer].to(q.dtype), self.values[layer].to(q.dtype)
+                A, B = self.keys[layer].to(dtype), self.values[layer].to(dtype)
                 memory = torch.einsum("...gd,grd->...gr", feats, A)
                 memory = torch.einsum("...gr,gre->...ge", memory, B)
-            return (attn + memory.reshape(attn.shape),) + tuple(args[1:])
+            return (attn + memory.reshape(attn.shape).to(attn.dtype),) + tuple(args[1:])
         return hook
+
+    def _memory_dtype(self) -> torch.dtype:
+        return (self.memory if self.rank is None else self.values).dtype
 
     def memory_matrix(self, layer: int) -> torch.Tensor:
         """M for one layer: (G, d_phi, d_v) (the low-rank form: A^T B)."""

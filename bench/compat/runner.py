@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from bench.compat.architectures import ARCHITECTURES, Architecture, real_available
-from bench.compat.checks import FEATURES, Feature, NotApplicable, Subject, first_line, zero_dropout
+from bench.compat.checks import _DEPTH, FEATURES, Feature, NotApplicable, Subject, first_line, zero_dropout
 from bench.compat.upstream import upstream_note
 from bench.report.compat_table import SCHEMA
 
@@ -70,6 +70,7 @@ def build_base(arch: Architecture) -> tuple[torch.nn.Module, Any]:
 
 def run_cell(subject: Subject, feature: Feature) -> dict[str, Any]:
     start = time.perf_counter()
+    depth = _DEPTH.set(subject.base.config.get_text_config().num_hidden_layers)
     try:
         with torch.enable_grad():
             detail = feature.check(subject)
@@ -79,6 +80,8 @@ def run_cell(subject: Subject, feature: Feature) -> dict[str, Any]:
     except Exception as err:  # the cell's failure, never the run's
         status = FAIL
         detail = first_line(err) if type(err).__name__ == "CheckFailed" else f"{type(err).__name__}: {first_line(err)}"
+    finally:
+        _DEPTH.reset(depth)
     cell = {"method": subject.method, "architecture": subject.architecture, "feature": feature.name,
             "status": status, "detail": detail, "seconds": round(time.perf_counter() - start, 3)}
     if status == FAIL:

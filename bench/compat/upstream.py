@@ -36,6 +36,12 @@ RULES: tuple[Upstream, ...] = (
              "prefix and the text, so a padded row's prefix leaves the window sooner than the same row's alone "
              "(right padding, or windows longer than prefix + text, are unaffected)",
              methods=KV_PREFIX, architectures="mistral-swa|gemma2"),
+    Upstream("bf16", r"bf16 vs fp32",
+             "ours, open (depends on the init): prefix_tuning's default prefix (a random MLP over word "
+             "embeddings) gives SmolLM2 keys unlike its own, and the prefixed model's outputs become "
+             "ill-conditioned (its fp32 padding error is 30x the other methods' too); p_tuning_v2, whose "
+             "prefix is real tokens' activations, stays at the backbone's own bf16 error",
+             methods="prefix_tuning", architectures="smollm2-135m"),
 )
 
 
