@@ -89,6 +89,14 @@ def readers_keep_cache(model: nn.Module) -> Iterator[None]:
             del layer._can_checkpoint_with_cache  # back to the class's own value
 
 
+def has_sliding_window(model: nn.Module) -> bool:
+    """Whether any attention layer of ``model`` is windowed (a sliding window in use)."""
+    config = model.config.get_text_config()
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return True
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
+
+
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the backbone computes in (a prefix must match its keys)."""
     dtype = getattr(model, "dtype", None)
@@ -199,9 +207,48 @@ class KVPrefixAdapter(Adapter):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
-        batch = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        shift = self._left_padding_to_move(attention_mask, kwargs)
+        if shift is None:
+            return self._forward(input_ids, attention_mask, **kwargs)
+        # text first, padding after it: index j of a row reads its column (j + pad) mod T
+        T = input_ids.shape[1]
+        order = (torch.arange(T, device=input_ids.device).unsqueeze(0) + shift.unsqueeze(1)) % T
+        back = (torch.arange(T, device=input_ids.device).unsqueeze(0) - shift.unsqueeze(1)) % T
+        moved = {k: v.gather(1, order) if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == T else v
+                 for k, v in kwargs.items()}
+        out = self._forward(input_ids.gather(1, order), attention_mask.gather(1, order), **moved)
+
+        def restore(t: torch.Tensor) -> torch.Tensor:
+            return t.gather(1, back.view(*back.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
+
+        if getattr(out, "logits", None) is not None and out.logits.dim() == 3 and out.logits.shape[1] == T:
+            out.logits = restore(out.logits)
+        if getattr(out, "hidden_states", None) is not None:
+            out.hidden_states = tuple(restore(h) for h in out.hidden_states)
+        return out
+
+    def _left_padding_to_move(self, attention_mask: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Each row's count of left padding when it must move behind the text, else None.
+
+        Sliding-window layers (Mistral, Gemma 2's local layers) measure the window in cache
+        slots, and left padding sits between the cached prefix and the text: a padded row would
+        lose the prefix from its window sooner than the same row alone. With the padding
+        after the text (causal attention never looks at it) every row reads the same in any
+        batch. Done for a forward that returns no cache, labels or attention maps (whose
+        layout would change), on a causal model with a sliding window, when a row has left
+        padding (contiguous: a mask of zeros then ones)."""
+        if not self.anatomy.is_causal or kwargs.get("use_cache") or kwargs.get("labels") is not None \
+                or kwargs.get("output_attentions") or attention_mask.dim() != 2 or not has_sliding_window(self.model):
+            return None
+        lead = (attention_mask == 0).long().cumprod(1).sum(1)
+        if not bool(lead.any()) or not bool((attention_mask.sum(1) + lead == attention_mask.shape[1]).all()):
+            return None
+        return lead
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        batch = input_ids.shape[0]
         mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
                           attention_mask], dim=1)
         kwargs.setdefault("use_cache", False)

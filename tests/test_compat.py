@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from bench.compat import cli, runner
-from bench.compat.checks import FEATURE_NAMES
+from bench.compat.architectures import ARCHITECTURES
+from bench.compat.checks import FEATURE_NAMES, FEATURES, Subject
 from bench.core.registry import import_plugins
 from bench.report import compat_table
 from methods import METHODS
@@ -27,6 +28,17 @@ def plugin():
     for name in (module.FOLD, module.POSITIONS):
         METHODS._items.pop(name, None)
     sys.modules.pop(PLUGIN, None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """As ``python -m bench.compat`` runs: tiny models on a shared machine are fastest on one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def statuses(doc: dict) -> dict[str, str]:
@@ -93,3 +105,41 @@ def test_a_partial_run_keeps_the_other_cells() -> None:
     assert statuses(merged) == {"fold": "pass", "train": "pass"} and merged["partial"]
     assert compat_table.changes(old, merged) == ["test_broken_fold × llama-gqa × fold: fail -> pass"]
     assert compat_table.regressions(old, merged) == []
+
+
+# Cells that failed before the fixes the matrix led to (each is a claim of the committed table)
+FIXED = [
+    ("prefix_tuning", "llama-gqa", "checkpointing"),  # the prefix cache was dropped by checkpointed layers
+    ("residual_prefix", "llama-gqa", "checkpointing"),  # the gates were lost in the checkpoint's replay
+    ("p_tuning_v2", "qwen2", "bf16"),  # fp32 prefix keys in a bf16 model
+    ("residual_prefix", "gemma2", "train"),  # forced SDPA, which Gemma 2 refuses (soft-capping)
+    ("residual_prefix", "mistral-swa", "greedy"),  # sliding cache layers evicted the gated prefix
+    ("prefix_tuning", "mistral-swa", "padding"),  # left padding pushed the prefix out of the window
+    ("lora", "roberta", "identity"),  # positions from 0 instead of padding_idx + 1
+    ("prefix_tuning", "roberta", "peft"),
+    ("lora", "phi3", "train"),  # PEFT has no default LoRA targets for Phi-3
+    ("prefix_tuning_plus", "phi3", "padding"),  # no hooks for fused qkv / GPT-NeoX / Qwen2 ...
+    ("prefix_tuning_plus_lowrank", "gpt-neox", "train"),
+]
+
+
+@pytest.mark.parametrize("method,architecture,feature", FIXED)
+def test_fixed_cells_pass(method: str, architecture: str, feature: str) -> None:
+    arch = ARCHITECTURES[architecture]
+    base, tokenizer = runner.build_base(arch)
+    check = next(f for f in FEATURES if f.name == feature)
+    cell = runner.run_cell(Subject(method, architecture, base, tokenizer, arch.causal), check)
+    assert cell["status"] == "pass", cell["detail"]
+
+
+def test_the_sliding_window_padding_check_catches_the_defect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without moving left padding behind the text, a prefix on a sliding-window model
+    depends on the batch's padding, and the padding check says so."""
+    import methods.kv_prefix
+
+    monkeypatch.setattr(methods.kv_prefix, "has_sliding_window", lambda model: False)
+    arch = ARCHITECTURES["mistral-swa"]
+    base, tokenizer = runner.build_base(arch)
+    check = next(f for f in FEATURES if f.name == "padding")
+    cell = runner.run_cell(Subject("prefix_tuning", "mistral-swa", base, tokenizer, True), check)
+    assert cell["status"] == "fail" and "alone vs padded batch" in cell["detail"]

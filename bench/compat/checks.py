@@ -272,7 +272,7 @@ def check_attention(s: Subject) -> str:
             set_attention(model, impl)
         except Exception as err:
             raise NotApplicable(f"transformers refuses {impl} for {type(model).__name__}: "
-                                f"{first_line(err)}") from None
+                                f"{first_line(err).split('. ')[0]}") from None
         models[impl] = model
     outs = {impl: logits(s.adapter(m), s, TEXTS) for impl, m in models.items()}
     return agree("SDPA vs eager", max_diff(outs["sdpa"], outs["eager"]), scale(outs["eager"]))

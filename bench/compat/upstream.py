@@ -31,11 +31,6 @@ RULES: tuple[Upstream, ...] = (
              "`_can_checkpoint_with_cache` for layers that only read the cache), and with it the prefix. "
              "See https://github.com/huggingface/peft/issues/869",
              methods=KV_PREFIX),
-    Upstream("padding", r"alone vs padded batch",
-             "ours, open: sliding-window layers count cache slots, and left padding sits between the cached "
-             "prefix and the text, so a padded row's prefix leaves the window sooner than the same row's alone "
-             "(right padding, or windows longer than prefix + text, are unaffected)",
-             methods=KV_PREFIX, architectures="mistral-swa|gemma2"),
     Upstream("bf16", r"bf16 vs fp32",
              "ours, open (depends on the init): prefix_tuning's default prefix (a random MLP over word "
              "embeddings) gives SmolLM2 keys unlike its own, and the prefixed model's outputs become "
