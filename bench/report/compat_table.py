@@ -204,6 +204,13 @@ def markdown_index(docs: list[dict[str, Any]]) -> str:
             for (m, a, f), statuses in diffs:
                 lines.append(f"| {markdown(m)} | {markdown(a)} | {markdown(f)} | "
                              + " | ".join(SYMBOL.get(s, "—") for s in statuses) + " |")
+    for d in docs:
+        failing: dict[str, list[str]] = {}
+        for c in d["cells"]:
+            if c["status"] == FAIL:
+                failing.setdefault(cell_text(c), []).append(f"{c['method']} × {c['architecture']} × {c['feature']}")
+        lines += ["", f"## Failures under transformers {markdown(d['versions']['transformers'])}", ""]
+        lines += [f"- {markdown(', '.join(where))}: {markdown(text)}" for text, where in failing.items()] or ["None."]
     lines += ["", "The HTML page [index.html](index.html) shows every version's table with each cell's detail "
               "on hover; the raw results are the `.json` files beside this one."]
     return "\n".join(lines) + "\n"
