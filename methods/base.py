@@ -17,6 +17,7 @@ import functools
 import inspect
 import types
 import typing
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,6 +111,26 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
+def first_position(model: nn.Module) -> int:
+    """The position id of a row's first real token: 0, except for embeddings that count from
+    past the padding index (RoBERTa and its kin: ``padding_idx + 1``, padding at
+    ``padding_idx``), whose pretrained position table is laid out that way. Asked on every
+    forward, so answered once per model."""
+    if model not in _FIRST_POSITION:
+        start = 0
+        for module in model.modules():
+            pad = getattr(module, "padding_idx", None)
+            if isinstance(pad, int) and hasattr(module, "create_position_ids_from_input_ids") \
+                    and hasattr(module, "position_embeddings"):
+                start = pad + 1
+                break
+        _FIRST_POSITION[model] = start
+    return _FIRST_POSITION[model]
+
+
+_FIRST_POSITION: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
 def takes_positions(model: nn.Module) -> bool:
     """Whether ``model.forward`` accepts ``position_ids`` (every HF decoder and BERT does).
     Asked on every forward, so answered once per class."""
@@ -135,12 +156,16 @@ def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
 
 def with_positions(model: nn.Module, kwargs: dict[str, Any], offset: int | torch.Tensor = 0) -> dict[str, Any]:
     """``kwargs`` with ``position_ids`` from the attention mask (plus ``offset``) when the
-    caller gave none. Given positions are the text's own and get the offset too. ``offset``
-    is a number, or a (batch, 1) tensor of one offset per row (packed adapters' prefixes)."""
+    caller gave none, counted from the model's ``first_position``. Given positions are the
+    text's own and get the offset too. ``offset`` is a number, or a (batch, 1) tensor of one
+    offset per row (packed adapters' prefixes)."""
     positions = kwargs.get("position_ids")
     mask = kwargs.get("attention_mask")
-    if positions is None and mask is not None and mask.dim() == 2:
+    if positions is None and mask is not None and mask.dim() == 2 and takes_positions(model):
         positions = positions_from_mask(mask)
+        start = first_position(model)
+        if start:
+            positions = (positions + start).masked_fill(mask == 0, start - 1)
     if positions is None or not takes_positions(model):
         return kwargs
     if isinstance(offset, torch.Tensor):

@@ -9,7 +9,9 @@ against PEFT's tensor for tensor. Rotary backbones treat cached keys as already 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,20 +22,87 @@ from bench.core.config import ConfigError
 from methods.base import Adapter, Anatomy, AttachContext, check_state, with_positions
 
 
-def build_cache(kv: torch.Tensor, batch_size: int) -> Any:
+def build_cache(kv: torch.Tensor, batch_size: int, read_only: bool = False) -> Any:
     """kv: (L, 2, H_kv, P, d_h) -> a DynamicCache with the prefix for ``batch_size`` rows.
 
     The per-layer tensors are ``unbind`` views, not ``kv[i, 0]`` indexing: the backward of
     each index writes a zero tensor the size of all of ``kv`` and adds it in, 2L times
     (quadratic in depth), where ``unbind``'s backward is one ``stack``. Rows are ``expand`` views: no copy of the
-    prefix per example (PEFT computes it per example)."""
+    prefix per example (PEFT computes it per example).
+
+    ``read_only``: each layer hands back prefix + the new keys without keeping them (one
+    forward that returns no cache). Gradient checkpointing replays a layer's forward in the
+    backward pass; a cache that grew in the first pass would give the replay the text's keys
+    twice, so transformers drops the cache of a checkpointed layer unless the layer only reads
+    it (``readers_keep_cache``)."""
     from transformers import DynamicCache
 
     layers = tuple(
         (k.unsqueeze(0).expand(batch_size, -1, -1, -1), v.unsqueeze(0).expand(batch_size, -1, -1, -1))
         for k, v in (layer.unbind(0) for layer in kv.unbind(0))
     )
-    return DynamicCache(layers)
+    layer_class = _read_only_layer() if read_only else None
+    if layer_class is None:
+        return DynamicCache(layers)
+    cache = DynamicCache()
+    cache.layers = []
+    for k, v in layers:
+        layer = layer_class()
+        layer.keep(k, v)
+        cache.layers.append(layer)
+    return cache
+
+
+@functools.cache
+def _read_only_layer() -> type | None:
+    """A DynamicLayer whose ``update`` returns the cached keys plus the new ones and keeps
+    nothing; None on a transformers without per-layer cache classes."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class ReadOnlyLayer(DynamicLayer):
+        def keep(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            super().update(key_states, value_states)
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return ReadOnlyLayer
+
+
+@contextlib.contextmanager
+def readers_keep_cache(model: nn.Module) -> Iterator[None]:
+    """While a forward runs with a read-only prefix cache: let transformers' checkpointed
+    layers keep it (``_can_checkpoint_with_cache``, for layers that only read the cache).
+    Without that they drop ``past_key_values``, and with it the prefix. A no-op where
+    transformers has no such switch (the prefix is then lost under checkpointing) or nothing
+    is checkpointed."""
+    layers = [m for m in model.modules()
+              if getattr(m, "gradient_checkpointing", False) is True and hasattr(m, "_can_checkpoint_with_cache")]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # back to the class's own value
+
+
+def has_sliding_window(model: nn.Module) -> bool:
+    """Whether any attention layer of ``model`` is windowed (a sliding window in use)."""
+    config = model.config.get_text_config()
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return True
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the backbone computes in (a prefix must match its keys)."""
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
 
 
 def packed_cache(kv: torch.Tensor, owner: torch.Tensor) -> Any:
@@ -150,9 +219,48 @@ class KVPrefixAdapter(Adapter):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
-        batch = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        shift = self._left_padding_to_move(attention_mask, kwargs)
+        if shift is None:
+            return self._forward(input_ids, attention_mask, **kwargs)
+        # text first, padding after it: index j of a row reads its column (j + pad) mod T
+        T = input_ids.shape[1]
+        order = (torch.arange(T, device=input_ids.device).unsqueeze(0) + shift.unsqueeze(1)) % T
+        back = (torch.arange(T, device=input_ids.device).unsqueeze(0) - shift.unsqueeze(1)) % T
+        moved = {k: v.gather(1, order) if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == T else v
+                 for k, v in kwargs.items()}
+        out = self._forward(input_ids.gather(1, order), attention_mask.gather(1, order), **moved)
+
+        def restore(t: torch.Tensor) -> torch.Tensor:
+            return t.gather(1, back.view(*back.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
+
+        if getattr(out, "logits", None) is not None and out.logits.dim() == 3 and out.logits.shape[1] == T:
+            out.logits = restore(out.logits)
+        if getattr(out, "hidden_states", None) is not None:
+            out.hidden_states = tuple(restore(h) for h in out.hidden_states)
+        return out
+
+    def _left_padding_to_move(self, attention_mask: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Each row's count of left padding when it must move behind the text, else None.
+
+        Sliding-window layers (Mistral, Gemma 2's local layers) measure the window in cache
+        slots, and left padding sits between the cached prefix and the text: a padded row would
+        lose the prefix from its window sooner than the same row alone. With the padding
+        after the text (causal attention never looks at it) every row reads the same in any
+        batch. Done for a forward that returns no cache, labels or attention maps (whose
+        layout would change), on a causal model with a sliding window, when a row has left
+        padding (contiguous: a mask of zeros then ones)."""
+        if not self.anatomy.is_causal or kwargs.get("use_cache") or kwargs.get("labels") is not None \
+                or kwargs.get("output_attentions") or attention_mask.dim() != 2 or not has_sliding_window(self.model):
+            return None
+        lead = (attention_mask == 0).long().cumprod(1).sum(1)
+        if not bool(lead.any()) or not bool((attention_mask.sum(1) + lead == attention_mask.shape[1]).all()):
+            return None
+        return lead
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        batch = input_ids.shape[0]
         mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
                           attention_mask], dim=1)
         kwargs.setdefault("use_cache", False)
@@ -161,7 +269,13 @@ class KVPrefixAdapter(Adapter):
         kwargs = with_positions(self.model, dict(kwargs, attention_mask=attention_mask),
                                 offset=self.prefix_length if self.shift_positions else 0)
         kwargs["attention_mask"] = mask
-        return self.model(input_ids=input_ids, past_key_values=build_cache(self._kv(), batch), **kwargs)
+        # in the backbone's dtype (a bf16 model cannot attend to fp32 keys); read-only unless
+        # the caller asked for the cache back
+        kv = self._kv().to(model_dtype(self.model))
+        if kwargs["use_cache"]:
+            return self.model(input_ids=input_ids, past_key_values=build_cache(kv, batch), **kwargs)
+        with readers_keep_cache(self.model):
+            return self.model(input_ids=input_ids, past_key_values=build_cache(kv, batch, read_only=True), **kwargs)
 
     @classmethod
     def packed_forward(cls, adapters: Sequence[KVPrefixAdapter], rows: Sequence[int],
@@ -205,7 +319,15 @@ class KVPrefixAdapter(Adapter):
         mask = torch.cat([self.prefix_mask(batch, input_ids.device).to(attention_mask.dtype),
                           attention_mask], dim=1)
         with torch.no_grad():
-            kv = self._kv().detach()
+            kv = self._kv().detach().to(model_dtype(self.model))
+        if kwargs.get("use_cache", True) is not False and kwargs.get("past_key_values") is None:
+            # a cache of full layers: the one generate makes from the config gives sliding-window
+            # layers (Mistral, Gemma 2) that drop the oldest keys, the prefix first, so the prefix
+            # would no longer be the first P keys (residual_prefix's gates sit there); the
+            # window itself is the mask's job, and stays
+            from transformers import DynamicCache
+
+            kwargs["past_key_values"] = DynamicCache()
         handle = self.model.register_forward_pre_hook(
             lambda module, args, kw: (args, self._generation_inputs(kv, kw)), with_kwargs=True)
         try:

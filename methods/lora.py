@@ -32,7 +32,8 @@ class LoraConfig(MethodConfig):
     alpha: int = field(default=16, metadata={"help": "scaling numerator (update scaled by alpha/r)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
     target_modules: tuple[str, ...] | None = field(default=None, metadata={
-        "help": "module names to adapt; None: PEFT's default for the architecture (q and v)"})
+        "help": "module names to adapt; None: PEFT's default for the architecture (q and v), else the "
+                "model's query/value or fused qkv projection"})
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -43,6 +44,26 @@ class LoraConfig(MethodConfig):
                               "is not low-rank")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+# Attention projections to adapt when PEFT has no default for a model type (it has none for
+# Phi-3): the first naming the model uses, queries and values as PEFT's defaults choose.
+FALLBACK_TARGETS = (("q_proj", "v_proj"), ("qkv_proj",), ("query_key_value",), ("c_attn",), ("query", "value"),
+                    ("Wqkv",))
+
+
+def default_targets(model: nn.Module, model_type: str) -> list[str]:
+    """PEFT's default target modules for ``model_type``, else ``FALLBACK_TARGETS``' first match."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+    if model_type in defaults:
+        return list(defaults[model_type])
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for targets in FALLBACK_TARGETS:
+        if set(targets) <= names:
+            return list(targets)
+    raise ConfigError(f"lora: PEFT has no default target modules for model type {model_type!r} and none of "
+                      f"{[list(t) for t in FALLBACK_TARGETS]} is in the model; set target_modules")
 
 
 class PeftAdapter(Adapter):
@@ -109,17 +130,15 @@ class Lora(Method[LoraConfig]):
         import peft
 
         c = self.config
-        config = peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
-                                 target_modules=list(c.target_modules) if c.target_modules else None)
+        targets = list(c.target_modules) if c.target_modules else default_targets(model, ctx.anatomy.model_type)
+        config = peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=targets)
         # inject in place: the model keeps its own class and forward signature
         peft.inject_adapter_in_model(config, model)
         return PeftAdapter(model, ctx.anatomy, config).to(ctx.device)
 
     def trainable_count(self, adapter: Adapter, anatomy: Anatomy) -> int:
         """r * (in + out) for each adapted linear layer (A: r x in, B: out x r)."""
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
-
-        targets = self.config.target_modules or defaults[anatomy.model_type]
+        targets = self.config.target_modules or default_targets(adapter.model, anatomy.model_type)
         total = 0
         for name, module in adapter.model.named_modules():
             if name.split(".")[-1] in targets and hasattr(module, "weight"):

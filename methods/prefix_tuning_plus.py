@@ -42,7 +42,9 @@ be, and is our reading), the gelu alternative, the exact shape of M (we take d_p
 the layer's query/output width), and that the term enters before the output projection.
 
 The memory is added by hooks on the attention's query and output projections, found by
-name through a small per-architecture table (LLaMA-family, GPT-2, BERT).
+name through a small per-architecture table (LLaMA-family incl. Mistral, Qwen2, Gemma; Phi-3's
+and GPT-2's fused projections, GPT-NeoX's per-head interleaved one; BERT, RoBERTa), with
+unfused LLaMA- or BERT-style names tried for any other model type.
 """
 
 from __future__ import annotations
@@ -68,14 +70,42 @@ class Hooks:
 
     query: str  # regex over module names; group 1 is the layer index
     output: str
-    query_slice: bool = False  # the query module emits [q, k, v] fused (GPT-2's c_attn)
+    # how the query module's output holds the query: "whole" (it is the query), "first" (a
+    # fused [q, k, v] projection, q first: GPT-2's c_attn, Phi-3's qkv_proj) or "per_head"
+    # (GPT-NeoX's query_key_value: per head [q, k, v], each head_dim wide)
+    layout: str = "whole"
 
 
+_LLAMA = Hooks(r"layers\.(\d+)\.self_attn\.q_proj$", r"layers\.(\d+)\.self_attn\.o_proj$")
+_BERT = Hooks(r"layer\.(\d+)\.attention\.self\.query$", r"layer\.(\d+)\.attention\.output\.dense$")
 ARCHITECTURES: dict[str, Hooks] = {
-    "llama": Hooks(r"layers\.(\d+)\.self_attn\.q_proj$", r"layers\.(\d+)\.self_attn\.o_proj$"),
-    "gpt2": Hooks(r"h\.(\d+)\.attn\.c_attn$", r"h\.(\d+)\.attn\.c_proj$", query_slice=True),
-    "bert": Hooks(r"layer\.(\d+)\.attention\.self\.query$", r"layer\.(\d+)\.attention\.output\.dense$"),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2"),
+                    _LLAMA),
+    "phi3": Hooks(r"layers\.(\d+)\.self_attn\.qkv_proj$", r"layers\.(\d+)\.self_attn\.o_proj$", layout="first"),
+    "gpt_neox": Hooks(r"layers\.(\d+)\.attention\.query_key_value$", r"layers\.(\d+)\.attention\.dense$",
+                      layout="per_head"),
+    "gpt2": Hooks(r"h\.(\d+)\.attn\.c_attn$", r"h\.(\d+)\.attn\.c_proj$", layout="first"),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra"), _BERT),
 }
+# Tried, in order, for a model type not in the table: separate (unfused) query projections,
+# whose output is the query whatever the family.
+FALLBACKS = (_LLAMA, _BERT)
+
+
+def hooks_for(model: nn.Module, model_type: str, num_layers: int) -> Hooks:
+    """The table's hooks for ``model_type``; else the first unfused naming that finds one
+    query and one output module per layer; else ConfigError naming what is supported."""
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    for hooks in FALLBACKS:
+        try:
+            find_modules(model, hooks.query, num_layers), find_modules(model, hooks.output, num_layers)
+        except RuntimeError:
+            continue
+        return hooks
+    raise ConfigError(f"prefix_tuning_plus does not know where attention lives in model type "
+                      f"{model_type!r} (no q_proj/o_proj or BERT-style query per layer); supported: "
+                      f"{', '.join(sorted(ARCHITECTURES))}")
 
 
 def find_modules(model: nn.Module, pattern: str, num_layers: int) -> list[nn.Module]:
@@ -127,11 +157,9 @@ class MemoryAdapter(Adapter):
                  config: PrefixTuningPlusConfig) -> None:
         super().__init__(model)
         a = ctx.anatomy
-        if a.model_type not in ARCHITECTURES:
-            raise ConfigError(f"prefix_tuning_plus does not know where attention lives in model type "
-                              f"{a.model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
-        hooks = ARCHITECTURES[a.model_type]
+        hooks = hooks_for(model, a.model_type, a.num_layers)
         self.config = config
+        self.head_dim = a.head_dim
         self.rank = rank
         self.num_layers = a.num_layers
         self.d_q = a.num_heads * a.head_dim
@@ -149,16 +177,21 @@ class MemoryAdapter(Adapter):
         self._packed: list[tuple[MemoryAdapter, int]] | None = None  # set by packed_forward
         self._handles = []
         for i, module in enumerate(find_modules(model, hooks.query, a.num_layers)):
-            self._handles.append(module.register_forward_hook(self._keep_query(i, hooks.query_slice)))
+            self._handles.append(module.register_forward_hook(self._keep_query(i, hooks.layout)))
         for i, module in enumerate(find_modules(model, hooks.output, a.num_layers)):
             self._handles.append(module.register_forward_pre_hook(self._add_memory(i)))
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         return feature_map(self.config.feature_map, x)
 
-    def _keep_query(self, layer: int, fused: bool):
+    def _keep_query(self, layer: int, layout: str):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            self._queries[layer] = output[..., :self.d_q] if fused else output
+            if layout == "first":
+                output = output[..., :self.d_q]
+            elif layout == "per_head":
+                heads = self.d_q // self.head_dim
+                output = output.view(*output.shape[:-1], heads, 3 * self.head_dim)[..., :self.head_dim].flatten(-2)
+            self._queries[layer] = output
         return hook
 
     def _add_memory(self, layer: int):
@@ -167,18 +200,24 @@ class MemoryAdapter(Adapter):
             if q is None:
                 raise RuntimeError(f"prefix_tuning_plus: layer {layer}'s query hook did not run")
             attn = args[0]
-            feats = self.phi(q.view(*q.shape[:-1], self.groups, -1))  # (..., G, d_phi)
+            # in the memory's own precision (fp32 on a bf16 backbone: the sums over d_phi and r
+            # in bf16 drift 6x the backbone's own bf16 error on SmolLM2), cast once at the end
+            dtype = torch.promote_types(q.dtype, self._memory_dtype())
+            feats = self.phi(q.to(dtype).view(*q.shape[:-1], self.groups, -1))  # (..., G, d_phi)
             if self._packed is None:
                 memory = self._memory(layer, feats)
             else:  # packed_forward: each adapter's memory on its own rows
                 bounds = torch.tensor([0, *(n for _, n in self._packed)]).cumsum(0).tolist()
                 memory = torch.cat([a._memory(layer, feats[lo:hi]) for (a, _), lo, hi
                                     in zip(self._packed, bounds, bounds[1:], strict=False)])
-            return (attn + memory.reshape(attn.shape),) + tuple(args[1:])
+            return (attn + memory.reshape(attn.shape).to(attn.dtype),) + tuple(args[1:])
         return hook
 
+    def _memory_dtype(self) -> torch.dtype:
+        return (self.memory if self.rank is None else self.values).dtype
+
     def _memory(self, layer: int, feats: torch.Tensor) -> torch.Tensor:
-        """phi(q)^T M for features (..., G, d_phi) -> (..., G, d_v)."""
+        """phi(q)^T M for features (..., G, d_phi) -> (..., G, d_v), in the features' dtype."""
         if self.rank is None:
             return torch.einsum("...gd,gde->...ge", feats, self.memory[layer].to(feats.dtype))
         A, B = self.keys[layer].to(feats.dtype), self.values[layer].to(feats.dtype)

@@ -29,15 +29,19 @@ the ``claims-stability`` suite (bench/suites.toml) runs both with prefix_tuning'
 those settings, gates fully open with the residual branch closed (its LayerNorm gain 0, as
 attached) is exactly prefix_tuning (tests/test_claims_stability.py).
 
-The bias is applied by a registered transformers attention function that wraps SDPA and
-adds the log-gates to the prefix columns of the mask (prefix keys come first in the cache);
-it works for every model that dispatches through ``AttentionInterface`` (LLaMA, GPT-2 and
-BERT in transformers 5 are tested). Gate values are reported every step via ``step_log``.
+The bias is applied by a registered transformers attention function that wraps the model's
+attention kernel (its own eager attention when the model was set to eager, e.g. Gemma 2 with
+its logit soft-capping; else SDPA) and adds the log-gates to the prefix columns of the mask
+(prefix keys come first in the cache); it works for every model that dispatches through
+``AttentionInterface`` (tested on the architectures of ``python -m bench.compat``). Gate values are reported every step via ``step_log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import sys
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -50,7 +54,9 @@ from bench.core.config import ConfigError
 from methods.base import Adapter, Anatomy, AttachContext, register_method
 from methods.prefix_tuning import MAX_WIDTH, PrefixTuning, PrefixTuningAdapter, PrefixTuningConfig
 
-GATED_ATTENTION = "prefix_bench_gated_sdpa"
+# One gated implementation per underlying kernel: the model's own eager attention (e.g.
+# Gemma 2's, with its logit soft-capping, which SDPA cannot do) or SDPA.
+GATED_ATTENTION = {"sdpa": "prefix_bench_gated_sdpa", "eager": "prefix_bench_gated_eager"}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 # The log-gates of the forward pass in progress (None: plain SDPA). A context variable, not
@@ -58,45 +64,84 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 _LOG_GATES: ContextVar[torch.Tensor | None] = ContextVar("prefix_bench_log_gates", default=None)
 
 
+# The same log-gates passed as a keyword through the model's forward, which transformers
+# hands on to every attention call: gradient checkpointing replays a layer in the backward
+# pass, outside the forward's context, with the keywords the layer was first called with.
+GATES_KWARG = "prefix_bench_log_gates"
+
+
+def _gated_mask(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The additive mask with the log-gates added on the prefix keys' columns (``kwargs``
+    loses the gates' keyword)."""
+    log_gates = kwargs.pop(GATES_KWARG, None)
+    if log_gates is None:
+        log_gates = _LOG_GATES.get()
+    if log_gates is None:
+        return attention_mask
+    P, kv_len = log_gates.shape[-1], key.shape[2]
+    if kv_len < P:
+        raise RuntimeError(f"gated prefix: {kv_len} keys, fewer than the {P} prefix keys")
+    floor = torch.finfo(query.dtype).min
+    # (P,): one gate per prefix slot for every row; (B, P): packed adapters, a row's own
+    lead = log_gates.shape[:-1]
+    bias = torch.cat([log_gates.to(query.dtype).clamp_min(floor),
+                      torch.zeros(*lead, kv_len - P, dtype=query.dtype, device=query.device)], -1)
+    bias = bias.view(-1 if lead else 1, 1, 1, kv_len)
+    if attention_mask is None:
+        if query.shape[2] > 1 and getattr(module, "is_causal", False):
+            raise RuntimeError("gated prefix: a causal layer received no mask")
+        return bias
+    if attention_mask.dtype == torch.bool:
+        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype,
+                                     device=query.device).masked_fill(~attention_mask, floor)
+    # eager slices the mask to the keys; masked entries stay at the dtype's minimum (finite,
+    # as transformers keeps them)
+    return (attention_mask[..., :kv_len] + bias).clamp_min(floor)
+
+
 def _gated_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    log_gates = _LOG_GATES.get()
-    if log_gates is not None:
-        P, kv_len = log_gates.shape[-1], key.shape[2]
-        if kv_len < P:
-            raise RuntimeError(f"gated prefix: {kv_len} keys, fewer than the {P} prefix keys")
-        floor = torch.finfo(query.dtype).min
-        # (P,): one gate per prefix slot for every row; (B, P): packed adapters, a row's own
-        lead = log_gates.shape[:-1]
-        bias = torch.cat([log_gates.to(query.dtype).clamp_min(floor),
-                          torch.zeros(*lead, kv_len - P, dtype=query.dtype, device=query.device)], -1)
-        bias = bias.view(-1 if lead else 1, 1, 1, kv_len)
-        if attention_mask is None:
-            if query.shape[2] > 1 and getattr(module, "is_causal", False):
-                raise RuntimeError("gated prefix: a causal layer received no mask")
-            attention_mask = bias
-        else:
-            if attention_mask.dtype == torch.bool:
-                attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype,
-                                             device=query.device).masked_fill(~attention_mask, floor)
-            # masked entries stay at the dtype's minimum (finite, as transformers keeps them)
-            attention_mask = (attention_mask + bias).clamp_min(floor)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, _gated_mask(module, query, key, attention_mask, kwargs),
+                                  **kwargs)
+
+
+def _gated_eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise RuntimeError(f"residual_prefix: {type(module).__name__}'s module has no eager_attention_forward")
+    return eager(module, query, key, value, _gated_mask(module, query, key, attention_mask, kwargs), **kwargs)
 
 
 def use_gated_attention(model: nn.Module) -> None:
-    """Switch ``model`` to SDPA with the log-gate bias (registered once per process)."""
+    """Switch ``model`` to its attention with the log-gate bias: its own eager attention when
+    it was set to eager (as Gemma 2 is: its soft-capping has no SDPA form), else SDPA."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-    AttentionInterface.register(GATED_ATTENTION, _gated_sdpa)
-    AttentionMaskInterface.register(GATED_ATTENTION, sdpa_mask)
+    AttentionInterface.register(GATED_ATTENTION["sdpa"], _gated_sdpa)
+    AttentionMaskInterface.register(GATED_ATTENTION["sdpa"], sdpa_mask)
+    AttentionInterface.register(GATED_ATTENTION["eager"], _gated_eager)
+    AttentionMaskInterface.register(GATED_ATTENTION["eager"], eager_mask)
     if not getattr(model, "_can_set_attn_implementation", lambda: False)():
         raise ConfigError(f"residual_prefix needs a model that dispatches attention through "
                           f"transformers' AttentionInterface; {type(model).__name__} does not")
-    model.set_attn_implementation(GATED_ATTENTION)
+    current = getattr(model.config, "_attn_implementation", None)
+    kernel = "eager" if current in ("eager", GATED_ATTENTION["eager"]) else "sdpa"
+    model.set_attn_implementation(GATED_ATTENTION[kernel])
+
+
+def takes_kwargs(model: nn.Module) -> bool:
+    """Whether ``model.forward`` passes extra keywords on (transformers' models do, to attention)."""
+    return _takes_kwargs(type(model))
+
+
+@functools.cache
+def _takes_kwargs(cls: type) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.forward).parameters.values())
 
 
 @contextlib.contextmanager
@@ -158,7 +203,10 @@ class ResidualPrefixAdapter(PrefixTuningAdapter):
         return torch.sigmoid(self.gate_logit)
 
     def forward(self, **kwargs: Any) -> Any:
-        with log_gates(nn.functional.logsigmoid(self.gate_logit)):
+        gates = nn.functional.logsigmoid(self.gate_logit)
+        if takes_kwargs(self.model):
+            kwargs[GATES_KWARG] = gates
+        with log_gates(gates):
             return super().forward(**kwargs)
 
     @classmethod
