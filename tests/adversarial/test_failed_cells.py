@@ -64,7 +64,8 @@ def stem_file(tables, suffix: str) -> Path:
 
 def md_board(text: str) -> dict[str, list[str]]:
     """The first markdown table as {method: cells}, header under ''."""
-    lines = [line for line in text.split("\n\n")[1].splitlines() if line.startswith("|")]
+    table = next(part for part in text.split("\n\n") if part.startswith("|"))
+    lines = [line for line in table.splitlines() if line.startswith("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     return {"": rows[0]} | {r[0]: r for r in rows[2:]}
 
