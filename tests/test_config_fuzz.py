@@ -144,7 +144,7 @@ def _suite_file(tmp_path: Path, text: str) -> Path:
     (("seeds = [0]", "seeds = [0]\ntrain = { lr = \"fast\" }"), r"key 'lr' has value 'fast', expected"),
     (("seeds = [0]", "seeds = [0]\ntrain = { lr = nan }"), r"key 'lr' has value nan, expected a finite number"),
     (("seeds = [0]", "seeds = [0]\ntrain = { train_steps = 0 }"), r"train_steps must be > 0, got 0"),
-    (("seeds = [0]", "seeds = [0]\ntrain = { batchsize = 4 }"), r"unknown key\(s\) 'batchsize'; valid keys: lr"),
+    (("seeds = [0]", "seeds = [0]\ntrain = { batchsize = 4 }"), r"unknown key\(s\) 'batchsize' \(did you mean 'batch_size'\?\); valid keys: lr"),
     (("seeds = [0]", "seeds = [0]\nmethod_args.lora = { r = 0 }"), r"method_args.lora.*r must be >= 1, got 0"),
     (("seeds = [0]", "seeds = [0]\nmethod_args.lora = { rank = 4 }"), r"unknown key\(s\) 'rank'; valid keys: r"),
     (("seeds = [0]", "seeds = [0]\noverrides.full_finetune = { lr = 1.0 }"),
@@ -223,7 +223,7 @@ def no_model(monkeypatch):
     (["--suite", "nosuch"], "unknown suite 'nosuch'", "tiny"),
     (["--executor", "dask"], "unknown executor 'dask'", "ray"),
     (["--executor", "ray", "--executor-option", "gpu=1"], "unknown key(s) 'gpu'", "gpus_per_cell"),
-    (["--plugin", "no_such_plugin_module"], "plugin module 'no_such_plugin_module'", "could not be imported"),
+    (["--plugin", "no_such_plugin_module"], "plugin 'no_such_plugin_module'", "could not be imported"),
 ])
 def test_cli_rejects_bad_names_before_any_model(no_model, capsys, tmp_path, data_dir, argv, needle, valid):
     from bench.cli import main
