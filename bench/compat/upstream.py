@@ -43,7 +43,8 @@ RULES: tuple[Upstream, ...] = (
              architectures="gemma2"),
     Upstream("peft", r"does not support past key values",
              "PEFT 0.21.2: its check for cache support rejects this release's BERT/RoBERTa for prefix tuning "
-             "(our own prefix reaches them through the cache)"),
+             "(our own prefix reaches them through the cache); the same check broke on an earlier transformers "
+             "change, https://github.com/huggingface/peft/pull/2662"),
     Upstream("*", r"unexpected keyword argument 'past_key_values'",
              "transformers 4.x: BERT/RoBERTa sequence classifiers take no past_key_values, so a prefix carried "
              "in the cache cannot reach them (PEFT's prefix tuning has the same limit there)"),
@@ -51,10 +52,11 @@ RULES: tuple[Upstream, ...] = (
              "transformers 4.x: BERT-family attention predates AttentionInterface, so residual_prefix's gates "
              "have no way into it", methods="residual_prefix"),
     Upstream("bf16", r"bf16 vs fp32",
-             "ours, open (depends on the init): prefix_tuning's default prefix (a random MLP over word "
-             "embeddings) gives SmolLM2 keys unlike its own, and the prefixed model's outputs become "
-             "ill-conditioned (its fp32 padding error is 30x the other methods' too); p_tuning_v2, whose "
-             "prefix is real tokens' activations, stays at the backbone's own bf16 error",
+             "ours, open, cause not established: with prefix_tuning's default prefix (a random MLP over word "
+             "embeddings) SmolLM2 drifts ~12x the backbone's own bf16 error under transformers 5.x but not "
+             "under 4.57.6, and its fp32 padding error is 30x the other methods' (ill-conditioned attention to "
+             "keys unlike the model's own?); p_tuning_v2, whose prefix is real tokens' activations, stays at "
+             "the backbone's own error",
              methods="prefix_tuning", architectures="smollm2-135m"),
 )
 
