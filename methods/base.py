@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import types
 import typing
 import weakref
@@ -120,8 +121,10 @@ def first_position(model: nn.Module) -> int:
         start = 0
         for module in model.modules():
             pad = getattr(module, "padding_idx", None)
-            if isinstance(pad, int) and hasattr(module, "create_position_ids_from_input_ids") \
-                    and hasattr(module, "position_embeddings"):
+            # the rule is a method of the embeddings (transformers 5) or a function of its module (4.x)
+            counts_past_padding = hasattr(module, "create_position_ids_from_input_ids") or hasattr(
+                sys.modules.get(type(module).__module__), "create_position_ids_from_input_ids")
+            if isinstance(pad, int) and counts_past_padding and hasattr(module, "position_embeddings"):
                 start = pad + 1
                 break
         _FIRST_POSITION[model] = start

@@ -341,10 +341,11 @@ class KVPrefixAdapter(Adapter):
 
     def _generation_inputs(self, kv: torch.Tensor, kw: dict[str, Any]) -> dict[str, Any]:
         P = self.prefix_length
-        cache = kw.get("past_key_values")
+        name = "cache" if "cache" in kw else "past_key_values"  # transformers >= 5.24 calls it `cache`
+        cache = kw.get(name)
         if kw.get("use_cache") is False:
             # generate still hands back the cache our previous call filled: start afresh
-            cache = kw["past_key_values"] = None
+            cache = kw[name] = None
         if cache is None or cache.get_seq_length() == 0:
             ids = kw["input_ids"]
             if ids.shape[1] <= P:
@@ -355,7 +356,7 @@ class KVPrefixAdapter(Adapter):
                     kw[key] = kw[key][..., P:]
             rows = ids.shape[0]
             if cache is None:
-                kw["past_key_values"] = build_cache(kv, rows)
+                kw[name] = build_cache(kv, rows)
             else:  # the cache generate made: fill it with the prefix, layer by layer
                 for i in range(kv.shape[0]):
                     cache.update(kv[i, 0].unsqueeze(0).expand(rows, -1, -1, -1).contiguous(),

@@ -36,11 +36,27 @@ RULES: tuple[Upstream, ...] = (
              "`_can_checkpoint_with_cache` for layers that only read the cache), and with it the prefix. "
              "See https://github.com/huggingface/peft/issues/869",
              methods=KV_PREFIX),
+    Upstream("attention", r"SDPA vs eager",
+             "transformers: SDPA has no attention soft-capping, and this release runs Gemma 2 on SDPA anyway "
+             "(only its eager attention caps; 5.23 refuses SDPA for Gemma 2). See "
+             "https://github.com/huggingface/transformers/pull/31887",
+             architectures="gemma2"),
+    Upstream("peft", r"does not support past key values",
+             "PEFT 0.21.2: its check for cache support rejects this release's BERT/RoBERTa for prefix tuning "
+             "(our own prefix reaches them through the cache); the same check broke on an earlier transformers "
+             "change, https://github.com/huggingface/peft/pull/2662"),
+    Upstream("*", r"unexpected keyword argument 'past_key_values'",
+             "transformers 4.x: BERT/RoBERTa sequence classifiers take no past_key_values, so a prefix carried "
+             "in the cache cannot reach them (PEFT's prefix tuning has the same limit there)"),
+    Upstream("*", r"dispatches attention through transformers' AttentionInterface",
+             "transformers 4.x: BERT-family attention predates AttentionInterface, so residual_prefix's gates "
+             "have no way into it", methods="residual_prefix"),
     Upstream("bf16", r"bf16 vs fp32",
-             "ours, open (depends on the init): prefix_tuning's default prefix (a random MLP over word "
-             "embeddings) gives SmolLM2 keys unlike its own, and the prefixed model's outputs become "
-             "ill-conditioned (its fp32 padding error is 30x the other methods' too); p_tuning_v2, whose "
-             "prefix is real tokens' activations, stays at the backbone's own bf16 error",
+             "ours, open, cause not established: with prefix_tuning's default prefix (a random MLP over word "
+             "embeddings) SmolLM2 drifts ~12x the backbone's own bf16 error under transformers 5.x but not "
+             "under 4.57.6, and its fp32 padding error is 30x the other methods' (ill-conditioned attention to "
+             "keys unlike the model's own?); p_tuning_v2, whose prefix is real tokens' activations, stays at "
+             "the backbone's own error",
              methods="prefix_tuning", architectures="smollm2-135m"),
 )
 

@@ -205,12 +205,15 @@ def markdown_index(docs: list[dict[str, Any]]) -> str:
                 lines.append(f"| {markdown(m)} | {markdown(a)} | {markdown(f)} | "
                              + " | ".join(SYMBOL.get(s, "—") for s in statuses) + " |")
     for d in docs:
+        # one line per cause: cells with the same note together (their numbers differ), else per error
         failing: dict[str, list[str]] = {}
         for c in d["cells"]:
             if c["status"] == FAIL:
-                failing.setdefault(cell_text(c), []).append(f"{c['method']} × {c['architecture']} × {c['feature']}")
+                text = c["note"] if c.get("note") else c["detail"]
+                failing.setdefault(text, []).append(f"{c['method']} × {c['architecture']} × {c['feature']}")
         lines += ["", f"## Failures under transformers {markdown(d['versions']['transformers'])}", ""]
-        lines += [f"- {markdown(', '.join(where))}: {markdown(text)}" for text, where in failing.items()] or ["None."]
+        lines += [f"- {len(where)} cell(s), {markdown(', '.join(where))}: {markdown(text)}"
+                  for text, where in failing.items()] or ["None."]
     lines += ["", "The HTML page [index.html](index.html) shows every version's table with each cell's detail "
               "on hover; the raw results are the `.json` files beside this one."]
     return "\n".join(lines) + "\n"

