@@ -199,3 +199,16 @@ def test_local_executor_packs_what_can_pack_and_runs_the_rest_alone(data, tmp_pa
     assert [by["tiny-gpt2", "prefix_tuning", s].packed_with for s in (0, 1)] == [None, None]
     assert any("dropout" in line and "each runs alone" in line for line in logs)
     assert all(r.status == "ok" and r.train_steps == 2 for r in rows)
+
+
+def test_a_cell_whose_loss_diverges_fails_alone_and_its_pack_goes_on(data, tmp_path):
+    good, bad = three_cells("p_tuning_v2", "tiny-llama")[:2]
+    bad = dataclasses.replace(bad, train={**bad.train, "lr": 1e38, "eval_every": 0})
+    good = dataclasses.replace(good, train={**good.train, "eval_every": 0})
+    assert packed.pack_key(good) == packed.pack_key(bad)
+    rows = packed.train_together([good, bad], data, torch.device("cpu"), tmp_path)
+    assert rows[bad.id].status == "failed" and "non-finite training loss" in rows[bad.id].error
+    assert rows[good.id].status == "ok" and rows[good.id].train_steps == STEPS
+    alone = run_cell(good, data, torch.device("cpu"), tmp_path / "alone")
+    assert json.loads(open(rows[good.id].curve_path).read())["loss"] == pytest.approx(
+        json.loads(open(alone.curve_path).read())["loss"], rel=LOSS_RTOL, abs=1e-7)

@@ -77,8 +77,12 @@ def execute_pack(cells: list[Cell], job: CellJob, log: Callable[[str], None] = p
         todo = [cell for cell in cells if found[cell.id] is None]
         together: dict[str, ResultRecord] = {}
         if len(todo) > 1:
-            device = provenance.pick_device(job.device)
-            together = packed.train_together(todo, job.data, device, Path(job.results_dir), log)
+            try:
+                device = provenance.pick_device(job.device)
+            except Exception:  # each cell, alone, records why
+                device = None
+            if device is not None:
+                together = packed.train_together(todo, job.data, device, Path(job.results_dir), log)
         rows = []
         for cell in cells:
             row = found[cell.id]

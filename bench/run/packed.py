@@ -285,9 +285,11 @@ def train_together(cells: Sequence[Cell], data: DataSettings, device: torch.devi
     if len({pack_key(c) for c in cells}) != 1 or pack_key(cells[0]) is None:
         raise ValueError("train_together needs cells of one pack key (bench.run.packed.pack_key)")
     runs: list[CellRun] = []
+    shared: list[nn.Parameter] = []
     try:
         runs = [prepare(cell, data, device) for cell in cells]
         wall_start = runs[0].wall_start
+        shared = list(runs[0].loaded.model.parameters())
         for run in runs:
             attach(run, share_frozen=True)
         why = why_not(runs)
@@ -300,9 +302,12 @@ def train_together(cells: Sequence[Cell], data: DataSettings, device: torch.devi
     except Exception as err:
         log(f"a pack of {len(cells)} {cells[0].method} cells failed ({type(err).__name__}: {err}); "
             "each runs alone")
+        runs.clear()  # drop the pack's adapters and activations before the cells run alone
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         return {}
     finally:
-        for p in runs[0].loaded.model.parameters() if runs else ():
+        for p in shared:
             p.requires_grad_(False)  # the shared backbone stays frozen for every later cell
     rows: dict[str, ResultRecord] = {}
     compute = 0.0
