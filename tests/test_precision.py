@@ -122,8 +122,9 @@ def test_frozen_weights_cast_once_compute_what_autocast_computes(method, backbon
         opt = torch.optim.AdamW(params, lr=1e-2)
         adapter.train()
         losses[name] = []
-        for _ in range(3):
+        for step in range(3):
             opt.zero_grad()
+            torch.manual_seed(step)  # GPT-2 and BERT draw dropout masks: the same ones for both
             with mixed.autocast():
                 logits = adapter(**BATCH).logits
             loss = logits.float().square().mean()
@@ -135,13 +136,15 @@ def test_frozen_weights_cast_once_compute_what_autocast_computes(method, backbon
 
 
 def test_bf16_loss_curve_tracks_fp32_and_the_row_records_precision(tmp_path, data, capsys):
-    """The suite says fp32; ``--precision bf16-mixed`` overrides it. Same batches, same seed."""
+    """The suite says fp32; ``--precision bf16-mixed`` overrides it. Same batches, same seed:
+    eight training examples, so every step sees them all and the loss falls smoothly (a
+    random tiny model learns nothing general from SST-2 in 20 steps; it can memorise)."""
     from bench import cli
 
     toml = tmp_path / "s.toml"
     toml.write_text('[suites.x]\nmethods=["prefix_tuning"]\ntasks=["glue/sst2"]\nbackbones=["tiny-llama"]\n'
                     'prefix_lengths=[2]\nseeds=[0]\n'
-                    'train={train_steps=20, batch_size=8, eval_limit=16, train_limit=160, max_length=32, '
+                    'train={train_steps=20, batch_size=8, eval_limit=16, train_limit=8, max_length=32, '
                     'lr=0.01, precision="fp32"}\n')
     args = ["run", "--config", str(toml), "--suite", "x", "--results", str(tmp_path / "r"), "--no-render",
             "--data-dir", str(data.data_dir)]
@@ -156,7 +159,7 @@ def test_bf16_loss_curve_tracks_fp32_and_the_row_records_precision(tmp_path, dat
         assert row.peak_flops == flops.peak_flops(CPU, dtype)  # MFU against the peak of the precision used
     assert rows["fp32"].cell_id != rows["bf16-mixed"].cell_id
     fp32, bf16 = (json.loads(open(rows[n].curve_path).read())["loss"] for n in ("fp32", "bf16-mixed"))
-    assert len(fp32) == len(bf16) == 20 and fp32[-1] < fp32[0] - 0.05  # it learns, so the curve says something
+    assert len(fp32) == len(bf16) == 20 and fp32[-1] < fp32[0] - 0.15  # it learns, so the curve says something
     diffs = [abs(a - b) for a, b in zip(fp32, bf16, strict=True)]
     assert max(diffs) <= CURVE_TOLERANCE and sum(diffs) / len(diffs) <= MEAN_TOLERANCE, diffs
     assert 0 < max(diffs)  # it did run in bf16
