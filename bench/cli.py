@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.core.config import LIMITS, ConfigError
+from bench.core.config import LIMITS, PRECISIONS, ConfigError
 from bench.core.safe_names import check_name
 
 RESULTS_ROOT = Path("results")
@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cells = [c for c in cells if getattr(c, key) in wanted]
     if not cells:
         raise ConfigError("the filters leave no cell to run")
+    cells = _with_precision(cells, args)
     data = DataSettings.from_env(args.data_dir)
     if args.dry_run:
         from bench.run.validate import validate_cells
@@ -83,6 +84,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd_render(args)
     # a failed cell is data (its row is kept), but a run that produced one did not succeed
     return 1 if counts["failed"] and not args.allow_failures else 0
+
+
+def _with_precision(cells: list, args: argparse.Namespace) -> list:
+    """``cells`` with ``--precision`` (when given) in place of their suite's value."""
+    import dataclasses
+
+    wanted = getattr(args, "precision", None)
+    if not wanted:
+        return cells
+    return [dataclasses.replace(c, train={**c.train, "precision": wanted}) for c in cells]
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -130,11 +141,12 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
         cells = load_suite(args.config, args.suite)
     except ConfigError:
         return records
-    # a row's id also hashes the threads and deterministic setting it ran with: match the
-    # suite's cells under each setting the rows were pinned to
-    pins = {(cfg.get("threads", 0), cfg.get("deterministic", False), cfg.get("weights", ""))
+    # a row's id also hashes the threads, deterministic setting, weights and precision it ran
+    # with: match the suite's cells under each setting the rows were pinned to
+    cells = _with_precision(cells, args)
+    pins = {(cfg.get("threads", 0), cfg.get("deterministic", False), cfg.get("weights", ""), _train_precision(cfg))
             for cfg in (r.config for r in records) if isinstance(cfg, dict)}
-    ids = {c.pinned(t, d, w).id for t, d, w in pins
+    ids = {c.pinned(t, d, w, auto_precision=p).id for t, d, w, p in pins
            if isinstance(t, int) and isinstance(d, bool) and isinstance(w, str) for c in cells}
     kept = [r for r in records if r.cell_id in ids]
     stale = len({r.cell_id for r in records} - ids)
@@ -147,6 +159,13 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
         print(f"render: left out {stale} cell(s) no longer in suite {args.suite!r} as its options and code now "
               "define it (stale: `run` re-runs them; --all-records keeps them)", file=sys.stderr)
     return kept
+
+
+def _train_precision(config: dict) -> str | None:
+    """The resolved precision a row's stored config names (None: none, or not a resolved one)."""
+    train = config.get("train")
+    value = train.get("precision") if isinstance(train, dict) else None
+    return value if value in PRECISIONS and value != "auto" else None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -259,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reproducible mode: AVX2-pinned CPU kernels (ATen, MKL, oneDNN), deterministic "
                           "algorithms, fixed threads (--threads, else 2), each cell in a fresh process; "
                           "the same cell gives the same bits on any x86 machine with AVX2")
+    run.add_argument("--precision", choices=PRECISIONS, default=None,
+                     help="training and evaluation precision for every cell, in place of the suite's "
+                          "(auto: bf16-mixed where the device runs bf16 fast, else fp32)")
     run.add_argument("--method", action="append", help="only these methods (repeatable)")
     run.add_argument("--task", action="append", help="only these tasks (repeatable)")
     run.add_argument("--backbone", action="append", help="only these backbones (repeatable)")

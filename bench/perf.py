@@ -1,7 +1,10 @@
 """`nox -s perf` / `python -m bench.perf`: our prefix tuning against PEFT's, LoRA and the
 frozen base model, in one run, on one backbone, batch and prefix length.
 
-Arms (SmolLM2-135M, fp32, the device from ``pick_device``):
+Arms (SmolLM2-135M, the device from ``pick_device``, every arm but ``ours_proj_fp32`` at
+``--precision``: ``auto`` is bf16-mixed where the device runs bf16 fast, bench/run/precision.py;
+under bf16-mixed the shared backbone's frozen matmul weights are cast to bf16 once, as a
+cell casts them, and every arm, PEFT's included, runs under the same autocast):
   base          frozen model; training = forward + backward to the input embeddings only
                 (the least a method that adapts layer 0 can cost)
   ours_proj     methods/prefix_tuning.py, MLP reparameterisation (mid 512)
@@ -9,6 +12,8 @@ Arms (SmolLM2-135M, fp32, the device from ``pick_device``):
   peft_proj     peft.PrefixTuningConfig(prefix_projection=True, encoder_hidden_size=512)
   peft_noproj   peft.PrefixTuningConfig(prefix_projection=False)
   lora          peft.LoraConfig(r=8, alpha=16, q_proj/v_proj)
+  ours_proj_fp32  ours_proj in fp32 on an fp32 copy of the backbone (what the default
+                precision gains; absent when the precision is fp32)
 
 Phases, each timed per arm with the same fixed batch of random token ids (no padding, so
 every arm sees exactly the same tokens; tokenization is not timed):
@@ -61,9 +66,11 @@ from bench.measure.flops import StepFlops, peak_flops
 from bench.measure.perf_report import markdown, quartiles, summarise
 from bench.run.backbones import load_backbone
 from bench.run.label_head import label_rows, label_share
+from bench.run.precision import Precision
 
 BACKBONE = "smollm2-135m"
-ARMS = ("base", "ours_proj", "ours_noproj", "peft_proj", "peft_noproj", "lora")
+ARMS = ("base", "ours_proj", "ours_noproj", "peft_proj", "peft_noproj", "lora", "ours_proj_fp32")
+FP32_ARM = "ours_proj_fp32"  # the one arm kept in fp32 whatever --precision says
 MID_DIM = 512
 LABEL_IDS = (100, 200)  # any two vocabulary ids: the cost does not depend on which
 
@@ -84,6 +91,7 @@ class Settings:
     # over batch x P rows starts to cost ("" skips it)
     scaling: str = "16x64,32x128"
     device: str = "auto"
+    precision: str = "auto"  # every arm's but ours_proj_fp32: auto | fp32 | bf16-mixed
     threads: int = 0
     seed: int = 0
     # a folder with the backbone's config.json (+ tokenizer): the same architecture with random
@@ -106,15 +114,25 @@ def load(s: Settings, device: torch.device) -> tuple[torch.nn.Module, Any]:
 
 def build_arm(name: str, model: torch.nn.Module, tokenizer: Any, s: Settings, device: torch.device,
               copy_model: bool = True):
-    """(module to call, trainable params). ``model`` is the shared frozen backbone; arms that
-    change it (PEFT wraps or injects) get a copy unless ``copy_model`` is False (a memory child
-    owns its model: a copy there would count the weights twice)."""
+    """(module to call, trainable params), its frozen matmul weights cast for its precision
+    as a cell casts them (``Precision.prepare``; a cast shared backbone stays cast: the fp32
+    arm gets its own model). ``model`` is the shared frozen backbone; arms that change it
+    (PEFT wraps or injects) get a copy unless ``copy_model`` is False (a memory child owns its
+    model: a copy there would count the weights twice)."""
+    precision = arm_precision(name, s, device)
+    with precision.autocast():  # an attach that runs the model (activation init) may meet cast weights
+        module, params = _build(name, model, tokenizer, s, device, copy_model)
+    precision.prepare(module)
+    return module, params
+
+
+def _build(name: str, model: torch.nn.Module, tokenizer: Any, s: Settings, device: torch.device, copy_model: bool):
     if name == "base":
         return model, []
     if name.startswith("ours"):
         from methods import METHODS, Anatomy, AttachContext
         cls = METHODS.get("prefix_tuning")
-        cfg = cls.Config.from_dict({"projection": name == "ours_proj", "mid_dim": MID_DIM}, name)
+        cfg = cls.Config.from_dict({"projection": name != "ours_noproj", "mid_dim": MID_DIM}, name)
         adapter = cls(cfg, s.prefix).attach(model, AttachContext(tokenizer, Anatomy.of(model), s.seed, device))
         return adapter, [p for p in adapter.parameters() if p.requires_grad]
     import peft
@@ -153,20 +171,23 @@ class ArmRunner:
     """One arm's three phases as zero-argument step functions."""
 
     def __init__(self, name: str, module: torch.nn.Module, params: list, data: dict, device: torch.device,
-                 s: Settings):
+                 s: Settings, precision: Precision | None = None):
         self.name, self.module, self.params, self.data, self.device, self.s = name, module, params, data, device, s
-        self.opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+        self.precision = precision or Precision("fp32", device)
+        # the trainer's optimizer step (bench/run/trainer.py make_optimizer), for every arm alike
+        self.opt = _optimizer(params) if params else None
 
     def train_step(self) -> None:
         self.module.train()
         if hasattr(self.module, "unfold"):
             self.module.unfold()
         d = self.data
-        loss = _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
+        with self.precision.autocast():
+            loss = _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
         loss.backward()
         if self.opt is not None:
             self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=False)
         _sync(self.device)
 
     @torch.no_grad()
@@ -175,7 +196,8 @@ class ArmRunner:
         if hasattr(self.module, "fold") and self.name.startswith("ours"):
             self.module.fold()
         d = self.data
-        _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
+        with self.precision.autocast():
+            _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
         _sync(self.device)
 
     @torch.no_grad()
@@ -184,12 +206,34 @@ class ArmRunner:
         if self.name.startswith("ours"):
             self.module.fold()
         d, n = self.data, self.s.new_tokens
-        out = self.module.generate(input_ids=d["gen_ids"], attention_mask=d["gen_mask"], max_new_tokens=n,
-                                   min_new_tokens=n, do_sample=False, pad_token_id=0)
+        with self.precision.autocast():
+            out = self.module.generate(input_ids=d["gen_ids"], attention_mask=d["gen_mask"], max_new_tokens=n,
+                                       min_new_tokens=n, do_sample=False, pad_token_id=0)
         if out.shape[1] != d["gen_ids"].shape[1] + n:
             raise RuntimeError(f"{self.name}: generate returned {out.shape[1]} positions, expected "
                                f"{d['gen_ids'].shape[1] + n}")
         _sync(self.device)
+
+
+def _optimizer(params: list) -> torch.optim.Optimizer:
+    from bench.core.config import TrainConfig
+    from bench.run.trainer import make_optimizer
+    return make_optimizer(params, TrainConfig(lr=1e-4))[0]
+
+
+def arm_precision(arm: str, s: Settings, device: torch.device) -> Precision:
+    """The precision ``arm`` runs at: ``s.precision`` resolved, fp32 for the fp32 arm."""
+    return Precision("fp32", device) if arm == FP32_ARM else Precision.of(s.precision, device)
+
+
+def arms_for(s: Settings, device: torch.device) -> tuple[str, ...]:
+    """The arms of a run: the fp32 reference only when the others run in another precision."""
+    return ARMS if arm_precision("ours_proj", s, device).name != "fp32" else tuple(a for a in ARMS if a != FP32_ARM)
+
+
+def fp32_copy(model: torch.nn.Module, s: Settings, device: torch.device) -> torch.nn.Module:
+    """The backbone the fp32 arm runs on: an uncast copy when the other arms cast theirs."""
+    return model if arm_precision("ours_proj", s, device).name == "fp32" else copy.deepcopy(model)
 
 
 def make_data(s: Settings, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -245,8 +289,9 @@ def _memory_child(arm: str, s: Settings, queue: Any) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if arm != "load_only":
+            prec = arm_precision(arm, s, device)
             module, params = build_arm(arm, model, tokenizer, s, device, copy_model=False)
-            runner = ArmRunner(arm, module, params, make_data(s, model.config.vocab_size, device), device, s)
+            runner = ArmRunner(arm, module, params, make_data(s, model.config.vocab_size, device), device, s, prec)
             for _ in range(2):
                 runner.train_step()
         if device.type == "cuda":
@@ -266,7 +311,7 @@ def memory_per_arm(s: Settings, log: Callable[[str], None]) -> dict[str, dict]:
     ctx = mp.get_context("spawn")
     samples: dict[str, list[dict]] = {}
     for r in range(max(1, s.memory_repeats)):
-        for arm in ("load_only", *ARMS):
+        for arm in ("load_only", *arms_for(s, provenance.pick_device(s.device))):
             queue = ctx.Queue()
             p = ctx.Process(target=_memory_child, args=(arm, s, queue))
             p.start()
@@ -310,8 +355,8 @@ def scaling_rows(s: Settings, model: torch.nn.Module, tokenizer: Any, device: to
     for batch, prefix in parse_scaling(s.scaling):
         sv = dataclasses.replace(s, batch=batch, prefix=prefix, repeats=3, steps=2)
         data = make_data(sv, model.config.vocab_size, device)
-        runners = {arm: ArmRunner(arm, *build_arm(arm, model, tokenizer, sv, device), data, device, sv)
-                   for arm in SCALING_ARMS}
+        runners = {arm: ArmRunner(arm, *build_arm(arm, model, tokenizer, sv, device), data, device, sv,
+                                  arm_precision(arm, sv, device)) for arm in SCALING_ARMS}
         t = interleaved(runners, "train", sv, log)
         del runners
         q1, med, q3 = quartiles([b / a for a, b in zip(t["ours_proj"], t["peft_proj"], strict=True)])
@@ -332,7 +377,8 @@ def cell_overhead(s: Settings, device: torch.device) -> dict[str, Any]:
     doc = {"suites": {"perf": {"methods": ["prefix_tuning"], "tasks": ["glue/sst2"], "backbones": [BACKBONE],
                                "prefix_lengths": [s.prefix], "seeds": [s.seed],
                                "train": {"train_steps": s.cell_steps, "batch_size": s.batch, "eval_limit": 4 * s.batch,
-                                         "eval_batch_size": s.batch, "max_length": s.seq}}}}
+                                         "eval_batch_size": s.batch, "max_length": s.seq,
+                                         "precision": s.precision}}}}
     (cell,) = expand(doc, "perf")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -366,21 +412,28 @@ def run(s: Settings, out_dir: Path, memory: bool = True, cell: bool = True,
     device = provenance.pick_device(s.device)
     started = provenance.now()
     model, tokenizer = load(s, device)
-    peak = peak_flops(device, next(model.parameters()).dtype)
+    arms = arms_for(s, device)
+    precision = arm_precision("ours_proj", s, device)
+    peak = peak_flops(device, precision.dtype)
+    fp32_model = fp32_copy(model, s, device)
     data = make_data(s, model.config.vocab_size, device)
     runners, fl = {}, {}
-    for arm in ARMS:
-        module, params = build_arm(arm, model, tokenizer, s, device)
-        runners[arm] = ArmRunner(arm, module, params, data, device, s)
+    for arm in arms:
+        module, params = build_arm(arm, fp32_model if arm == FP32_ARM else model, tokenizer, s, device)
+        runners[arm] = ArmRunner(arm, module, params, data, device, s, arm_precision(arm, s, device))
         fl[arm] = step_flops(arm, module)
-    log(f"perf: {len(ARMS)} arms on {provenance.device_name(device)}, {s}")
+    del fp32_model
+    log(f"perf: {len(arms)} arms on {provenance.device_name(device)} at {precision.name} "
+        f"({FP32_ARM} in fp32), {s}")
     times = {phase: interleaved(runners, phase, s, log) for phase in ("train", "eval", "generate")}
     del runners
     scale = scaling_rows(s, model, tokenizer, device, log)
     mem = memory_per_arm(s, log) if memory else {}
-    summary = summarise(times, mem, fl, s, peak, label_share(model, len(LABEL_IDS)))
+    peaks = {arm: peak_flops(device, arm_precision(arm, s, device).dtype) for arm in arms}
+    summary = summarise(times, mem, fl, s, peaks, label_share(model, len(LABEL_IDS)))
     sha, dirty = provenance.git_state()
     meta = {"backbone": BACKBONE, "device": provenance.device_name(device), "settings": asdict(s),
+            "precision": precision.name,
             "versions": provenance.package_versions(), "git_sha": sha, "git_dirty": dirty, "started_at": started,
             "peak_flops": peak, "memory_kind": next((m.get("kind") for m in mem.values() if "kind" in m), "not measured"),
             "raw_seconds": times, "scaling": scale}

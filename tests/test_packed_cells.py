@@ -13,7 +13,9 @@ Losses: within 1e-5 relative (measured: <= 1e-6 after 4 steps). Adapter tensors:
 divides each element's step by its own gradient scale, so a relative gradient error e
 moves that element by about e x lr, and more only where a gradient is itself at rounding
 level; each element is allowed 1e-3 x lr x steps, a thousandth of the most the optimiser
-can move it (measured: <= 5e-5 of it).
+can move it (measured: <= 5e-5 of it). Under bf16-mixed the same holds with bf16's
+rounding (about 4e-3 relative): losses within 1e-2 relative, adapters by their mean element
+error (TOLERANCES).
 """
 
 from __future__ import annotations
@@ -37,11 +39,16 @@ from methods import METHODS, Anatomy, AttachContext
 
 STEPS = 4
 TRAIN = {"train_steps": STEPS, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32,
-         "log_every": 1, "eval_every": 2, "warmup_ratio": 0.25}
+         "log_every": 1, "eval_every": 2, "warmup_ratio": 0.25, "precision": "fp32"}
 # (seed, prefix length, lr): every free axis differs between the three cells
 POINTS = [(0, 2, 1e-2), (1, 5, 3e-3), (2, 3, 2e-2)]
-LOSS_RTOL = 1e-5
-STATE_SHARE = 1e-3  # of lr x steps
+# fp32: equal up to summation order. bf16-mixed: a packed row is padded to the pack's longest
+# example and prefix, so its bf16 matmuls round different partial sums (measured: 7e-4
+# relative on the loss after 4 steps of tiny-llama)
+# relative and AdamW divides each element's step by its own gradient scale, so an element
+# whose gradient is at bf16 rounding level can move by a whole lr either way: there the
+# adapter is compared by its mean element error, not its largest
+TOLERANCES = {"fp32": (1e-5, 1e-3, "max"), "bf16-mixed": (1e-2, 0.1, "mean")}  # (loss rtol, share of lr x steps, over)
 
 
 def suite_cells(method: str, backbone: str, seeds=(0, 1, 2), lengths=(2, 3, 5), train=None, **extra) -> list:
@@ -78,11 +85,14 @@ def no_dropout():
         setattr(model.config, k, v)
 
 
-@pytest.mark.parametrize("method,backbone", [("prefix_tuning", "tiny-llama"), ("prefix_tuning", "tiny-bert")])
-def test_packed_cells_equal_alone(method, backbone, data, tmp_path, request):
+@pytest.mark.parametrize("method,backbone,precision", [("prefix_tuning", "tiny-llama", "fp32"),
+                                                       ("prefix_tuning", "tiny-bert", "fp32"),
+                                                       ("prefix_tuning", "tiny-llama", "bf16-mixed")])
+def test_packed_cells_equal_alone(method, backbone, precision, data, tmp_path, request):
     if backbone == "tiny-bert":
         request.getfixturevalue("no_dropout")
-    cells = three_cells(method, backbone)
+    cells = [dataclasses.replace(c, train={**c.train, "precision": precision}) for c in three_cells(method, backbone)]
+    loss_rtol, state_share, over = TOLERANCES[precision]
     assert len({packed.pack_key(c) for c in cells}) == 1 and len({c.id for c in cells}) == 3
     cpu = torch.device("cpu")
     alone = {c.id: run_cell(c, data, cpu, tmp_path / "alone") for c in cells}
@@ -95,10 +105,10 @@ def test_packed_cells_equal_alone(method, backbone, data, tmp_path, request):
         assert a.packed_with is None and p.packed_with == 3
         curve_a, curve_p = json.loads(open(a.curve_path).read()), json.loads(open(p.curve_path).read())
         assert len(curve_p["loss"]) == STEPS
-        assert curve_p["loss"] == pytest.approx(curve_a["loss"], rel=LOSS_RTOL, abs=1e-7)
+        assert curve_p["loss"] == pytest.approx(curve_a["loss"], rel=loss_rtol, abs=1e-7)
         assert [s for s, _ in curve_p["evals"]] == [s for s, _ in curve_a["evals"]] == [2]
-        assert [v for _, v in curve_p["evals"]] == pytest.approx([v for _, v in curve_a["evals"]])
-        assert p.main_score == pytest.approx(a.main_score)
+        assert [v for _, v in curve_p["evals"]] == pytest.approx([v for _, v in curve_a["evals"]], abs=loss_rtol)
+        assert p.main_score == pytest.approx(a.main_score, abs=loss_rtol)
         state_a, state_p = load_file(a.adapter_path), load_file(p.adapter_path)
         assert sorted(state_a) == sorted(state_p)
         if backbone == "tiny-bert":  # each cell trained its own head
@@ -106,8 +116,9 @@ def test_packed_cells_equal_alone(method, backbone, data, tmp_path, request):
         lr = cell.train["lr"]
         for name, t in state_a.items():
             assert state_p[name].shape == t.shape
-            err = (state_p[name] - t).abs().max().item()
-            assert err <= STATE_SHARE * lr * STEPS, f"{cell.seed} {name}: {err:.3g}"
+            diff = (state_p[name] - t).abs()
+            err = (diff.max() if over == "max" else diff.mean()).item()
+            assert err <= state_share * lr * STEPS, f"{cell.seed} {name}: {err:.3g}"
         # the same row, field for field in form: what alone leaves empty, packed does too
         for f in dataclasses.fields(a):
             if f.name not in ("packed_with",):
@@ -211,4 +222,4 @@ def test_a_cell_whose_loss_diverges_fails_alone_and_its_pack_goes_on(data, tmp_p
     assert rows[good.id].status == "ok" and rows[good.id].train_steps == STEPS
     alone = run_cell(good, data, torch.device("cpu"), tmp_path / "alone")
     assert json.loads(open(rows[good.id].curve_path).read())["loss"] == pytest.approx(
-        json.loads(open(alone.curve_path).read())["loss"], rel=LOSS_RTOL, abs=1e-7)
+        json.loads(open(alone.curve_path).read())["loss"], rel=TOLERANCES["fp32"][0], abs=1e-7)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from _records_fixture import make_records, record
 
+from bench.core.record_schema import SCHEMA_VERSION
 from bench.core.records import ResultRecord
 from bench.report import pareto, sensitivity
 from bench.report.html_page import sort_value
@@ -218,6 +219,6 @@ def test_render_refuses_records_of_a_newer_schema(tmp_path, capsys):
     from bench.cli import main
     from bench.core.records import append_record
 
-    append_record(tmp_path, record("lora", None, 0, schema_version=3))
+    append_record(tmp_path, record("lora", None, 0, schema_version=SCHEMA_VERSION + 1))
     assert main(["render", "--results", str(tmp_path), "--tables", str(tmp_path / "t"), "--quiet"]) == 2
-    assert f"{tmp_path / 'records.jsonl'}:1: record schema_version 3" in capsys.readouterr().err
+    assert f"{tmp_path / 'records.jsonl'}:1: record schema_version {SCHEMA_VERSION + 1}" in capsys.readouterr().err

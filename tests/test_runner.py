@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from bench.core.record_schema import SCHEMA_VERSION
 from bench.core.records import read_records
 from bench.run import backbones
 from bench.run.driver import run_cells
@@ -39,7 +40,8 @@ def test_matrix_runs_records_and_resumes(tmp_path, data):
         # the runner pins this process's threads into the id; the row's kernels record them
         threads = torch.get_num_threads()
         assert r.kernels["threads"] == str(threads) and r.kernels["deterministic_algorithms"] == "false"
-        assert r.schema_version == 2 and r.cell_id in {c.pinned(threads, False, "random-init").id for c in cells}
+        assert r.schema_version == SCHEMA_VERSION
+        assert r.cell_id in {c.pinned(threads, False, "random-init").id for c in cells}
         assert 0.0 <= r.main_score <= 1.0 and r.metrics["accuracy"] == r.main_score
         assert r.trainable_params > 0 and r.total_params > r.trainable_params
         assert r.adapter_bytes > 0 and r.train_tokens_per_s > 0 and r.eval_tokens_per_s > 0

@@ -109,6 +109,9 @@ LIMITS: dict[str, tuple[int, str]] = {
     "max_length": (8192, "the longest context of any registered backbone (SmolLM2-135M: 8192 positions)"),
     "threads": (1024, "far above any machine's cores; torch starts one OS thread per thread"),
 }
+# Training precisions (bench/run/precision.py): "auto" picks bf16-mixed where the device runs
+# bf16 fast and fp32 elsewhere, resolved once before a cell's id is computed.
+PRECISIONS = ("auto", "fp32", "bf16-mixed")
 # The sampler plans every step's example indices before the first step (bench/run/trainer.py):
 # train_steps x batch_size Python ints, about 0.4 GB at this bound.
 MAX_PLANNED_EXAMPLES = 10_000_000
@@ -145,6 +148,16 @@ class TrainConfig:
     formulation: str = field(default="auto", metadata={
         "help": "auto | classification (a head) | verbalizer (causal-LM label words) | "
                 "generation (causal-LM text targets)"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto | fp32 | bf16-mixed (bf16 matmuls under autocast, fp32 trainable weights and "
+                "optimizer state); auto: bf16-mixed on CUDA with bf16 and on CPUs with avx512_bf16 or "
+                "amx_bf16 (not in --deterministic mode), else fp32"})
+    compile: bool = field(default=False, metadata={
+        "help": "run the model's forward through torch.compile (falls back to eager, saying why)"})
+    bucket_window: int = field(default=0, metadata={
+        "help": "batches per length-sorting window: each window of the seeded order is sorted by token "
+                "length, cut into batches and the batches shuffled (0: off, plain seeded batches; off by "
+                "default: it cuts padding but slowed learning in short runs, README 'Performance')"})
 
     def __post_init__(self) -> None:
         for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
@@ -165,6 +178,9 @@ class TrainConfig:
         positive("max_grad_norm", self.max_grad_norm)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        positive("bucket_window", self.bucket_window, allow_zero=True)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.formulation not in ("auto", "classification", "verbalizer", "generation"):
             raise ConfigError(
                 f"formulation {self.formulation!r} is not one of auto, classification, verbalizer, generation")

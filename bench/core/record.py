@@ -68,6 +68,16 @@ class ResultRecord:
     harness_overhead: float | None = None
     formulation: str = ""
     lr: float = 0.0
+    # how the step ran (bench/run/trainer.py, bench/run/precision.py): the resolved precision
+    # (fp32 | bf16-mixed; "" where unknown: a failed row), whether every step ran through
+    # torch.compile, and why a requested compile did not
+    precision: str = ""
+    compiled: bool = False
+    compile_note: str = ""
+    # share of the trained batches' token positions that were padding, and what plain seeded
+    # batches of the same examples would have padded (length buckets: bucket_window)
+    padding_fraction: float | None = None
+    padding_fraction_unbucketed: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     git_sha: str = ""

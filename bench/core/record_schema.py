@@ -12,6 +12,11 @@ Versions:
    the ``config`` holds the cell's code ``identity`` (bench/core/identity.py) and the id covers it;
    ``eval_examples``/``eval_split_size``: how much of the evaluation split a row scored;
    ``kernels``: the CPU model, instruction sets and kernel libraries in use (bench/measure/reproducible.py).
+3. ``precision`` (fp32 | bf16-mixed), ``compiled`` and ``compile_note``, ``padding_fraction`` and
+   ``padding_fraction_unbucketed``. A new version, not only new optional fields: a bf16 row's
+   throughput and scores mean something else, and an older prefix-bench, which would drop the
+   field, must refuse such a file rather than compare its rows with fp32 ones unknowingly.
+   Older rows trained in fp32 (the only precision before), uncompiled, padding unmeasured.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from bench.core.config import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
@@ -32,8 +37,16 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
             "eval_examples": None, "eval_split_size": None, "schema_version": 2}
 
 
+def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
+    # Before schema 3 the trainer had one precision, fp32, and no compile; a failed row says
+    # nothing about how it ran. Its padding was not measured.
+    ran = "fp32" if d.get("status") == "ok" else ""
+    return {**d, "precision": ran, "compiled": False, "compile_note": "", "padding_fraction": None,
+            "padding_fraction_unbucketed": None, "schema_version": 3}
+
+
 # MIGRATIONS[v] turns a version-v record into a version v+1 one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(d: dict[str, Any], where: str) -> dict[str, Any]:

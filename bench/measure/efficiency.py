@@ -5,7 +5,8 @@ Definitions (the same for every method):
 * ``mfu`` = ``achieved_flops`` / ``peak_flops``. ``achieved_flops`` is the analytic model
   FLOPs per real token of a training step (``bench.measure.flops.StepFlops``, at the cell's batch
   size and mean real row length) times the median training tokens/s (warm-up steps
-  excluded). ``peak_flops`` is measured once per process on the cell's device and dtype.
+  excluded). ``peak_flops`` is measured once per process on the cell's device, in the dtype its
+  matrix products run in (bf16 for a bf16-mixed cell, else fp32).
 * ``steps_to_target``: the first step whose smoothed training loss (trailing mean over
   ``window`` steps, default 5% of the run, at least 1) has covered 95% of the run's
   improvement, i.e. is <= final + 0.05 * (first - final), with first/final the smoothed
@@ -47,9 +48,11 @@ def steps_to_target(losses: Sequence[float], window: int | None = None, share: f
 
 def train_mfu(adapter: torch.nn.Module, batch_size: int, tokens: int, steps: int, tokens_per_s: float,
               device: torch.device, logit_rows: int | None = None,
-              head_share: float = 1.0) -> dict[str, float | None]:
-    """``mfu``, ``peak_flops`` and ``achieved_flops`` for a finished training run."""
-    dtype = next(adapter.parameters()).dtype
+              head_share: float = 1.0, dtype: torch.dtype | None = None) -> dict[str, float | None]:
+    """``mfu``, ``peak_flops`` and ``achieved_flops`` for a finished training run; the peak is
+    that of ``dtype``, the precision the step's matrix products ran in (bf16 under bf16-mixed;
+    default: the adapter's first parameter's dtype)."""
+    dtype = dtype or next(adapter.parameters()).dtype
     peak = flops.peak_flops(device, dtype)
     if steps == 0 or tokens == 0:
         return {"mfu": None, "peak_flops": peak, "achieved_flops": 0.0}

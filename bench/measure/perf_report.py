@@ -20,8 +20,11 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(xs), q[2]
 
 
-PAIRS = (("ours_proj", "peft_proj"), ("ours_noproj", "peft_noproj"), ("ours_proj", "base"), ("ours_noproj", "base"))
+PAIRS = (("ours_proj", "peft_proj"), ("ours_noproj", "peft_noproj"), ("ours_proj", "base"), ("ours_noproj", "base"),
+         ("ours_proj", "ours_proj_fp32"))
 TARGETS = (  # (what, phase, arm, reference, kind, bound): rate ratios >= bound, memory <= bound
+    ("training step tokens/s at the default precision >= 1.8x fp32", "train", "ours_proj", "ours_proj_fp32",
+     "rate", 1.8),
     ("training step tokens/s >= 1.05x PEFT prefix tuning", "train", "ours_proj", "peft_proj", "rate", 1.05),
     ("training step tokens/s >= 1.05x PEFT prefix tuning", "train", "ours_noproj", "peft_noproj", "rate", 1.05),
     ("training peak memory <= 1.0x PEFT prefix tuning", "memory", "ours_proj", "peft_proj", "memory", 1.0),
@@ -32,7 +35,7 @@ TARGETS = (  # (what, phase, arm, reference, kind, bound): rate ratios >= bound,
 
 
 def summarise(times: dict[str, dict[str, list[float]]], memory: dict[str, dict], flops: dict[str, StepFlops],
-              s: Any, peak: float, share: float = 1.0) -> dict[str, Any]:
+              s: Any, peak: float | dict[str, float], share: float = 1.0) -> dict[str, Any]:
     """``share``: the fraction of the output layer the loss head multiplies by (label rows)."""
     tokens = {"train": s.batch * s.seq, "eval": s.batch * s.seq, "generate": s.gen_batch * s.new_tokens}
     arms: dict[str, Any] = {}
@@ -43,7 +46,8 @@ def summarise(times: dict[str, dict[str, list[float]]], memory: dict[str, dict],
             row[phase] = {"median_s": med, "iqr_s": q3 - q1, "tokens_per_s": tokens[phase] / med}
         if "train" in times and arm in flops:
             achieved = flops[arm].count(s.batch, s.seq, train=True, head_share=share) / row["train"]["median_s"]
-            row["train"]["mfu"] = achieved / peak if peak else None
+            arm_peak = peak.get(arm) if isinstance(peak, dict) else peak  # per arm: the peak of its precision
+            row["train"]["mfu"] = achieved / arm_peak if arm_peak else None
         if arm in memory:
             row["memory"] = memory[arm]
         arms[arm] = row
@@ -110,7 +114,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"git {meta['git_sha'][:10]}{' (dirty)' if meta['git_dirty'] else ''}, {meta['started_at']}. "
         f"Batch {s['batch']} x {s['seq']} tokens, prefix {s['prefix']}, generation {s['gen_batch']} x "
         f"{s['gen_prompt']} + {s['new_tokens']} new tokens; {s['repeats']} interleaved repeats x {s['steps']} "
-        f"steps; measured peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s. Loss: verbalizer (the label rows of the output "
+        f"steps; precision {meta.get('precision', 'fp32')} for every arm but ours_proj_fp32 (fp32); measured "
+        f"peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s in it. Loss: verbalizer (the label rows of the output "
         "layer at the last position only). Memory: the median of "
         f"{s.get('memory_repeats', 1)} fresh child processes per arm (two training steps each, weights read in "
         f"first), {meta['memory_kind']}; 'above load' subtracts children that only loaded the backbone.", "",

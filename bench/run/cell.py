@@ -33,6 +33,7 @@ from bench.run.backbones import BACKBONES, LoadedBackbone, load_backbone
 from bench.run.data import data_fingerprint, load_split, subset
 from bench.run.formulations import Formulation, choose_formulation
 from bench.run.matrix import Cell
+from bench.run.precision import Precision
 from bench.run.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS, DataSettings
@@ -53,6 +54,7 @@ class CellRun:
     eval_split: Split
     loaded: LoadedBackbone
     formulation: Formulation
+    precision: Precision  # the cell's, resolved ("auto" of a cell run unpinned: here)
     wall_start: float  # after the once-per-process loads: harness overhead is per cell
     adapter: Any = None
     trainable: int = 0
@@ -95,15 +97,17 @@ def prepare(cell: Cell, data: DataSettings, device: torch.device) -> CellRun:
         raise RuntimeError(f"the code changed since this cell was planned ({changed}); "
                            "run the suite again to plan it with the current code")
     cfg = cell.train_config
+    precision = Precision.of(cfg.precision, device)
+    cfg = dataclasses.replace(cfg, precision=precision.name)
     form_cls = choose_formulation(cfg.formulation, task, BACKBONES.get(cell.backbone).causal)
     train_split = load_split(cell.task, task.train_split, data)
     eval_split = load_split(cell.task, task.eval_split, data)
     loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
     formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
-    flops.peak_flops(device, next(loaded.model.parameters()).dtype)  # once per process, off the cell clock
+    flops.peak_flops(device, precision.dtype)  # once per process, off the cell clock
     task.preload()
     return CellRun(cell, data, device, task, cfg, started, train_split, eval_split, loaded, formulation,
-                   wall_start=time.perf_counter())
+                   precision, wall_start=time.perf_counter())
 
 
 def attach(run: CellRun, share_frozen: bool = False) -> None:
@@ -121,6 +125,8 @@ def attach(run: CellRun, share_frozen: bool = False) -> None:
     run.adapter = method.attach(model, AttachContext(run.loaded.tokenizer, Anatomy.of(model), cell.seed, run.device))
     for p in head:  # the task head trains with every method (PEFT may have frozen it)
         p.requires_grad_(True)
+    if not share_frozen:  # shared weights stay as loaded: autocast casts them to the same values each step
+        run.precision.prepare(run.adapter)  # bf16-mixed: this cell's frozen matmul weights in bf16, once
     run.trainable = sum(p.numel() for p in run.adapter.parameters() if p.requires_grad)
     run.total = sum(p.numel() for p in run.adapter.parameters())
     run.train_examples = subset(run.train_split.examples, run.cfg.train_limit, cell.seed)
@@ -135,17 +141,18 @@ def train_stage(run: CellRun) -> None:
 def periodic_eval(run: CellRun) -> float:
     """The main score on the evaluation examples now (a point of the convergence curve)."""
     res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
-                   desc="eval")
+                   desc="eval", precision=run.precision.name)
     run.periodic_eval_seconds += res.seconds
     return run.task.compute_metrics(res.predictions, run.eval_examples)[run.task.main_metric]
 
 
 def evaluate_stage(run: CellRun) -> None:
     t_eval = time.perf_counter()
-    own = run.task.evaluate_adapted(run.adapter, run.loaded.tokenizer, run.device, run.cfg.eval_limit)  # lm-eval
+    with run.precision.autocast():  # lm-eval's forwards too (its fold then runs under autocast as well)
+        own = run.task.evaluate_adapted(run.adapter, run.loaded.tokenizer, run.device, run.cfg.eval_limit)
     if own is None:
         run.result = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size,
-                              run.device, desc=f"eval {run.label}")
+                              run.device, desc=f"eval {run.label}", precision=run.precision.name)
         run.metrics = run.task.compute_metrics(run.result.predictions, run.eval_examples)
     else:
         run.result, run.metrics = EvalResult([], 0, time.perf_counter() - t_eval), own
@@ -177,7 +184,8 @@ def record(run: CellRun) -> ResultRecord:
     compute = sum(stats.step_seconds) + run.periodic_eval_seconds + result.seconds
     overhead = efficiency.harness_overhead(time.perf_counter() - run.wall_start, compute)
     eff = efficiency.train_mfu(run.adapter, run.cfg.batch_size, stats.tokens, len(stats.step_tokens),
-                               stats.tokens_per_s(), run.device, head_share=run.formulation.head_share(run.adapter))
+                               stats.tokens_per_s(), run.device, head_share=run.formulation.head_share(run.adapter),
+                               dtype=run.precision.dtype)
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
     notes = "; ".join(n for n in (run.train_split.notes, run.eval_split.notes) if n)
@@ -195,7 +203,9 @@ def record(run: CellRun) -> ResultRecord:
         peak_memory_bytes=run.peak[0], peak_memory_kind=run.peak[1],
         peak_reserved_bytes=memory.peak_reserved_bytes(run.device), **eff,
         steps_to_target=efficiency.steps_to_target(stats.losses), harness_overhead=overhead,
-        formulation=run.formulation.name, lr=run.cfg.lr or 0.0,
+        formulation=run.formulation.name, lr=run.cfg.lr or 0.0, precision=stats.precision,
+        compiled=stats.compiled, compile_note=stats.compile_note, padding_fraction=stats.padding_fraction,
+        padding_fraction_unbucketed=stats.padding_fraction_unbucketed,
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
         device=provenance.device_name(run.device), kernels=reproducible.kernel_provenance(),
         backbone_source=run.loaded.source,

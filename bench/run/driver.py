@@ -48,7 +48,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     executor = executor or LocalExecutor()
     if reproducible_mode:  # a fixed count, not one derived from this machine's cores
         threads = threads or reproducible.DEFAULT_THREADS
-    cells = pinned_cells(cells, executor, threads, reproducible_mode)  # before any id is compared
+    cells = pinned_cells(cells, executor, threads, reproducible_mode, device)  # before any id is compared
     records, problems = read_records(results_dir)
     if problems:
         log(problem_summary(problems))
@@ -85,13 +85,30 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
 
 
 def pinned_cells(cells: list[Cell], executor: Executor | None = None, threads: int = 0,
-                 reproducible_mode: bool = False) -> list[Cell]:
+                 reproducible_mode: bool = False, device: torch.device | str = "cpu") -> list[Cell]:
     """``cells`` as ``run_cells`` runs them: pinned to the torch threads ``executor`` gives
-    each cell, to the deterministic-algorithms setting and to the weights its backbone
-    source resolves to here, all part of their ids (the bytes differ at 1 and 2 threads)."""
+    each cell, to the deterministic-algorithms setting, to the weights its backbone source
+    resolves to here and to precision ``auto`` resolved for ``device``, all part of their ids
+    (the bytes differ at 1 and 2 threads, and in bf16). ``device`` is the spec cells run on;
+    "auto" resolves as ``pick_device`` would here (a remote executor's workers may differ:
+    name the device, or set the precision)."""
     threads = (executor or LocalExecutor()).threads_per_cell(threads)
     deterministic = reproducible_mode or torch.are_deterministic_algorithms_enabled()
-    return [c.pinned(threads, deterministic, weights_of(c.backbone, c.backbone_source)) for c in cells]
+    target = _planning_device(device)
+    return [c.pinned(threads, deterministic, weights_of(c.backbone, c.backbone_source), target) for c in cells]
+
+
+def _planning_device(device: torch.device | str) -> torch.device:
+    """The device ``auto`` precision is resolved for: ``device`` itself, or for a spec a
+    worker resolves ("auto", "cuda:1"), its type as ``pick_device`` would see it here."""
+    if isinstance(device, torch.device):
+        return device
+    spec = str(device)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec != "cpu" and not spec.startswith("cuda"):
+        raise ConfigError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+    return torch.device(spec.split(":")[0])
 
 
 class Progress:

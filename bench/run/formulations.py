@@ -76,6 +76,11 @@ class Formulation(ABC):
     def count_tokens(batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
 
+    def token_lengths(self, examples: Sequence[Example]) -> list[int]:
+        """Each example's real (non-padding) tokens in a training batch (``encode``): what
+        length-bucketed batching sorts by. Formulations override it with one unpadded call."""
+        return [self.count_tokens(self.encode([e])) for e in examples]
+
     def gen_tokens_per_s(self) -> float:
         """New tokens per second over every ``predict`` so far (generation only; else 0)."""
         return 0.0
@@ -107,6 +112,11 @@ class ClassificationHead(Formulation):
         batch = dict(enc)
         batch["labels"] = self._labels(examples)
         return batch
+
+    def token_lengths(self, examples: Sequence[Example]) -> list[int]:
+        a = [e.text_a for e in examples]
+        b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+        return [len(ids) for ids in self.tokenizer(a, b, truncation=True, max_length=self.max_length)["input_ids"]]
 
     def scores(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(**self.model_inputs(batch)).logits
@@ -149,6 +159,11 @@ class Verbalizer(Formulation):
         batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         batch["labels"] = self._labels(examples)
         return batch
+
+    def token_lengths(self, examples: Sequence[Example]) -> list[int]:
+        self.tokenizer.truncation_side = "left"
+        enc = self.tokenizer([self.render(e) for e in examples], truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in enc["input_ids"]]
 
     def head_share(self, model: torch.nn.Module) -> float:
         return label_share(model, len(self.label_token_ids))
@@ -200,11 +215,19 @@ class Generation(Formulation):
         ids = self.lead + self._ids(self.render(ex))
         return ids[-room:]  # keep the end: the answer cue is there
 
+    def _training_row(self, ex: Example) -> tuple[list[int], list[int]]:
+        """Prompt and target ids of one training row (together at most ``max_length``)."""
+        prompt = self._prompt_ids(ex, self.max_length - 1)
+        target = (self._ids(" " + str(ex.label).strip()) + [self.eos_id])[:self.max_length - len(prompt)]
+        return prompt, target
+
+    def token_lengths(self, examples: Sequence[Example]) -> list[int]:
+        return [sum(map(len, self._training_row(ex))) for ex in examples]
+
     def encode(self, examples: Sequence[Example]) -> Batch:
         rows, labels = [], []
         for ex in examples:
-            prompt = self._prompt_ids(ex, self.max_length - 1)
-            target = (self._ids(" " + str(ex.label).strip()) + [self.eos_id])[:self.max_length - len(prompt)]
+            prompt, target = self._training_row(ex)
             rows.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
         width = max(len(r) for r in rows)

@@ -39,10 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.core.config import LIMITS, ConfigError, TrainConfig, at_most, check_fields, unknown_keys
 from bench.core.identity import cell_identity
 from bench.core.safe_names import check_name
 from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
+from bench.run import precision
 from bench.run.backbones import BACKBONES
 from methods import METHODS
 from tasks import TASKS
@@ -53,6 +56,9 @@ COMPOSITE_KEYS = ("description", "include", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
 CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score as the papers do
+# What a cell stored before an option existed ran with (its train table lacks the key): the
+# behaviour then, not today's default. Every cell expanded now stores every option.
+LEGACY_TRAIN = {"precision": "fp32", "compile": False, "bucket_window": 0}
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,8 @@ class Cell:
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)
     # torch CPU threads and deterministic algorithms change the bytes of a result (a sum split
     # over 1 or 2 threads rounds differently), so they are in the id; the runner pins both
-    # from the executor before it runs the cells (threads = 0: not pinned yet)
+    # from the executor before it runs the cells (threads = 0: not pinned yet), and resolves
+    # train["precision"] = "auto" then too
     threads: int = 0
     deterministic: bool = False
     # the weights backbone_source resolves to on the machine that runs it (backbones.weights_of)
@@ -89,15 +96,24 @@ class Cell:
         blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def pinned(self, threads: int, deterministic: bool, weights: str | None = None) -> Cell:
-        """This cell as run with ``threads`` torch CPU threads, deterministic algorithms on/off
-        and (when given) the weights its backbone source resolves to."""
-        return dataclasses.replace(self, threads=threads, deterministic=deterministic,
+    def pinned(self, threads: int, deterministic: bool, weights: str | None = None,
+               device: torch.device | str = "cpu", auto_precision: str | None = None) -> Cell:
+        """This cell as run with ``threads`` torch CPU threads, deterministic algorithms on/off,
+        (when given) the weights its backbone source resolves to, and precision ``auto``
+        resolved: to ``auto_precision`` when given (what a recorded row's ``auto`` became),
+        else for ``device`` (bench/run/precision.py). The resolved precision changes the
+        bytes, so the id holds it, not ``auto``."""
+        train = self.train
+        if train.get("precision") == "auto":
+            train = {**train, "precision": auto_precision or precision.resolve("auto", device, deterministic)}
+        return dataclasses.replace(self, threads=threads, deterministic=deterministic, train=train,
                                    weights=self.weights if weights is None else weights)
 
     @property
     def train_config(self) -> TrainConfig:
-        return TrainConfig(**self.train)
+        """The cell's options; one stored before an option existed ran as that option's
+        ``LEGACY_TRAIN`` value (e.g. fp32, unbucketed), which it is rebuilt with."""
+        return TrainConfig(**{**LEGACY_TRAIN, **self.train})
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any], suite: str = "reproduce") -> Cell:

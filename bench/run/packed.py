@@ -57,7 +57,7 @@ from bench.run.cell import (
 )
 from bench.run.formulations import spans
 from bench.run.matrix import Cell
-from bench.run.trainer import NonFiniteLossError, TrainStats, _drain, batches_for_training, linear_schedule
+from bench.run.trainer import NonFiniteLossError, TrainStats, _drain, linear_schedule, make_optimizer, plan_training
 from methods import METHODS, Adapter
 from tasks import DataSettings
 
@@ -177,6 +177,8 @@ def why_not(runs: Sequence[CellRun]) -> str:
     if len(kinds) > 1:
         return f"their adapters are of different classes ({', '.join(sorted(k.__name__ for k in kinds))})"
     lead = runs[0]
+    if lead.cfg.compile:
+        return "compile = true: a packed step runs eager, so each cell runs alone, compiled as asked"
     if any(p.requires_grad for p in lead.loaded.model.parameters()):
         return "the method unfroze a weight of the shared backbone"
     if draws_random(lead.adapter):
@@ -202,10 +204,11 @@ class Member:
         if not params:
             raise RuntimeError("the method left no trainable parameters")
         cfg = run.cfg
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer, kind = make_optimizer(params, cfg)
         schedule = linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * cfg.train_steps), cfg.train_steps)
-        plan = batches_for_training(len(run.train_examples), cfg.batch_size, cfg.train_steps, run.cell.seed)
-        run.stats = TrainStats()
+        plan, padded, padded_plain = plan_training(run.formulation, run.train_examples, cfg, run.cell.seed)
+        run.stats = TrainStats(precision=run.precision.name, optimizer=kind, padding_fraction=padded,
+                               padding_fraction_unbucketed=padded_plain)
         return cls(run, params, optimizer, schedule, plan)
 
 
@@ -233,9 +236,10 @@ def train_pack(runs: Sequence[CellRun]) -> list[BaseException | None]:
         cpu_batch = formulation.encode([m.run.train_examples[i] for m in active for i in m.plan[step - 1]])
         tokens = [formulation.count_tokens({k: v[lo:hi] for k, v in cpu_batch.items()}) for lo, hi in spans(rows)]
         batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
-        losses = formulation.train_losses(PackedModel([m.run.adapter for m in active], rows), batch, rows)
         for m in active:
-            m.optimizer.zero_grad(set_to_none=True)
+            m.optimizer.zero_grad(set_to_none=False)  # as alone: the buffers are kept
+        with lead.precision.autocast():
+            losses = formulation.train_losses(PackedModel([m.run.adapter for m in active], rows), batch, rows)
         torch.stack(losses).sum().backward()
         for m, loss in zip(active, losses, strict=True):
             torch.nn.utils.clip_grad_norm_(m.params, m.run.cfg.max_grad_norm)

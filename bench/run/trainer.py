@@ -1,14 +1,24 @@
 """The one training loop and the one evaluator, shared by every method and task.
 
-AdamW, linear warm-up then linear decay, gradient clipping, a seeded sampler, dynamic
-padding per batch. Throughput counts non-padding tokens through forward+backward, with the
-first steps (warm-up of allocators and kernels) excluded.
+AdamW (fused where torch has it for the parameters' device, else multi-tensor ``foreach``;
+gradients stay allocated between steps), linear warm-up then linear decay, gradient
+clipping, a seeded sampler with length-bucketed batches, dynamic padding per batch, the
+cell's precision (bench/run/precision.py) and optionally a ``torch.compile``d forward.
+Throughput counts non-padding tokens through forward+backward, with the first steps
+(warm-up of allocators and kernels, compilation) excluded.
+
+Length buckets (``bucket_window`` = W): the seeded order of examples (epochs of
+permutations, as without buckets) is cut into windows of W batches, never across an epoch's
+end; each window is sorted by token length (stable), cut into batches, and its whole
+batches are shuffled (seeded). Every epoch keeps exactly its examples; a batch holds
+examples of similar length, so less of it is padding.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +29,7 @@ from tqdm.auto import tqdm
 
 from bench.core.config import TrainConfig
 from bench.run.formulations import Formulation
+from bench.run.precision import Precision
 from methods.base import Adapter
 from tasks.base import Example
 
@@ -37,6 +48,14 @@ class TrainStats:
     seconds: float = 0.0
     step_logs: list[dict[str, Any]] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)
+    precision: str = "fp32"  # resolved: fp32 | bf16-mixed
+    compiled: bool = False  # every step ran through torch.compile
+    compile_note: str = ""  # why a requested compile did not run (or stopped running)
+    optimizer: str = ""  # AdamW implementation: fused | foreach | single-tensor
+    # share of the planned batches' token positions that are padding, as trained and as
+    # plain seeded batches of the same examples would have been (None: not measured)
+    padding_fraction: float | None = None
+    padding_fraction_unbucketed: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -54,19 +73,100 @@ class TrainStats:
         return statistics.median(steady) if steady else 0.0
 
 
-def batches_for_training(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Index lists for ``steps`` batches: epochs of seeded permutations, no example repeated
-    within an epoch. A split smaller than a batch is cycled (a batch then holds an example
-    more than once); an empty one is a ValueError, since no number of epochs fills a batch."""
+def _seeded_order(n_examples: int, batch_size: int, steps: int, g: torch.Generator) -> list[int]:
     if n_examples < 1 or batch_size < 1 or steps < 0:
         raise ValueError(f"cannot plan {steps} batches of {batch_size} from {n_examples} examples: "
                          "need at least one example and a batch size >= 1")
-    g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     need = steps * batch_size
     while len(order) < need:
         order.extend(torch.randperm(n_examples, generator=g).tolist())
+    return order[:need]
+
+
+def batches_for_training(n_examples: int, batch_size: int, steps: int, seed: int,
+                         lengths: Callable[[list[int]], Sequence[int]] | None = None,
+                         window: int = 0) -> list[list[int]]:
+    """Index lists for ``steps`` batches: epochs of seeded permutations, no example repeated
+    within an epoch. A split smaller than a batch is cycled (a batch then holds an example
+    more than once); an empty one is a ValueError, since no number of epochs fills a batch.
+    With ``window`` > 0 and ``lengths`` (indices -> their token lengths, called once), the
+    batches are length-bucketed within windows of ``window`` batches (module doc)."""
+    g = torch.Generator().manual_seed(seed)
+    order = _seeded_order(n_examples, batch_size, steps, g)
+    if window > 0 and lengths is not None and order:
+        order = _bucketed(order, n_examples, batch_size, window, _length_table(order, lengths), g)
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def _length_table(order: list[int], lengths: Callable[[list[int]], Sequence[int]]) -> dict[int, int]:
+    unique = sorted(set(order))
+    found = list(lengths(unique))
+    if len(found) != len(unique):
+        raise ValueError(f"lengths gave {len(found)} values for {len(unique)} examples")
+    return dict(zip(unique, found, strict=True))
+
+
+def _bucketed(order: list[int], n_examples: int, batch_size: int, window: int, length: dict[int, int],
+              g: torch.Generator) -> list[int]:
+    """``order`` with each window (cut at every ``window`` batches and at every epoch's end)
+    sorted by length and the whole batches inside it shuffled."""
+    out = list(order)
+    span = window * batch_size
+    cuts = sorted({0, len(out), *range(span, len(out), span), *range(n_examples, len(out), n_examples)})
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        out[a:b] = sorted(out[a:b], key=length.__getitem__)  # stable: ties keep the seeded order
+        first, last = -(-a // batch_size), b // batch_size  # the batch slots wholly inside [a, b)
+        if last - first < 2:
+            continue
+        chunks = [out[k * batch_size:(k + 1) * batch_size] for k in range(first, last)]
+        for k, src in enumerate(torch.randperm(len(chunks), generator=g).tolist(), first):
+            out[k * batch_size:(k + 1) * batch_size] = chunks[src]
+    return out
+
+
+def padding_fraction(plan: Sequence[Sequence[int]], length: Callable[[int], int]) -> float:
+    """Share of the padded batches' positions that are padding (each batch padded to its
+    longest row, as the formulations pad)."""
+    real = padded = 0
+    for idx in plan:
+        sizes = [length(i) for i in idx]
+        real += sum(sizes)
+        padded += len(sizes) * max(sizes, default=0)
+    return 1.0 - real / padded if padded else 0.0
+
+
+def plan_training(formulation: Formulation, examples: Sequence[Example], cfg: TrainConfig,
+                  seed: int) -> tuple[list[list[int]], float, float]:
+    """The batches ``train`` runs, and their padding fraction bucketed and as plain seeded
+    batches of the same examples would pad (``bucket_window`` = 0: the same plan twice)."""
+    table: dict[int, int] = {}
+
+    def lengths(idx: list[int]) -> list[int]:
+        table.update(zip(idx, formulation.token_lengths([examples[i] for i in idx]), strict=True))
+        return [table[i] for i in idx]
+
+    plain = batches_for_training(len(examples), cfg.batch_size, cfg.train_steps, seed)
+    lengths(sorted({i for idx in plain for i in idx}))
+    before = padding_fraction(plain, table.__getitem__)
+    if not cfg.bucket_window:
+        return plain, before, before
+    plan = batches_for_training(len(examples), cfg.batch_size, cfg.train_steps, seed,
+                                lengths=lambda idx: [table[i] for i in idx], window=cfg.bucket_window)
+    return plan, padding_fraction(plan, table.__getitem__), before
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW, fused where torch has a fused kernel for the parameters' device and dtype (CPU
+    and CUDA in torch >= 2.4), else the multi-tensor ``foreach`` one. They compute the same
+    update as the single-tensor loop (to fp rounding: tests/test_trainer_step.py) in fewer
+    kernels and without its per-parameter temporaries."""
+    for kind in ("fused", "foreach"):
+        try:
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **{kind: True}), kind
+        except (RuntimeError, ValueError):  # no such kernel for these parameters
+            continue
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False), "single-tensor"
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -81,18 +181,51 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+class _Forward:
+    """The module the loss is computed through: the adapter, or (``compile``) its
+    ``torch.compile``d forward until compiling or running it fails; then the adapter again,
+    with a one-line warning and the reason kept for the row."""
+
+    def __init__(self, adapter: Adapter, compile: bool) -> None:
+        self.adapter = adapter
+        self.compiled: torch.nn.Module | None = None
+        self.note = ""
+        if compile:
+            try:
+                self.compiled = torch.compile(adapter, dynamic=True)
+            except Exception as err:  # unsupported here (platform, Python version)
+                self.fall_back(err, 0)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.compiled if self.compiled is not None else self.adapter
+
+    def fall_back(self, err: BaseException, step: int) -> None:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        where = f" at step {step}" if step else ""
+        self.note = f"torch.compile failed{where} ({type(err).__name__}: {first}); ran eager"
+        self.compiled = None
+        tqdm.write(f"warning: {self.note}", file=sys.stderr)
+
+
 def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example], cfg: TrainConfig,
           seed: int, device: torch.device, desc: str = "train",
           periodic_eval: Callable[[int], float] | None = None) -> TrainStats:
+    """Train ``adapter`` for ``cfg.train_steps`` steps. Under bf16-mixed the caller should
+    have called ``Precision.prepare`` on the adapter (bench/run/cell.py does): without it
+    autocast re-casts the frozen weights every step, to the same numbers, more slowly."""
     params = [p for p in adapter.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("the method left no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    precision = Precision.of(cfg.precision, device)
+    optimizer, kind = make_optimizer(params, cfg)
     warmup = math.ceil(cfg.warmup_ratio * cfg.train_steps)
     schedule = linear_schedule(optimizer, warmup, cfg.train_steps)
     torch.manual_seed(seed)
-    plan = batches_for_training(len(examples), cfg.batch_size, cfg.train_steps, seed)
-    stats = TrainStats()
+    plan, padded, padded_plain = plan_training(formulation, examples, cfg, seed)
+    stats = TrainStats(precision=precision.name, optimizer=kind, padding_fraction=padded,
+                       padding_fraction_unbucketed=padded_plain)
+    forward = _Forward(adapter, cfg.compile)
     adapter.unfold()
     adapter.train()
     pending: list[torch.Tensor] = []  # losses kept on device: no sync per step
@@ -101,9 +234,8 @@ def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example
     for step, idx in enumerate(bar, 1):
         t0 = time.perf_counter()
         batch = _to(formulation.encode([examples[i] for i in idx]), device)
-        loss = formulation.train_loss(adapter, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        optimizer.zero_grad(set_to_none=False)  # keep the buffers: no fresh pages every step
+        loss = _forward_backward(forward, formulation, batch, precision, optimizer, step)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         schedule.step()
@@ -125,8 +257,27 @@ def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example
             adapter.train()
     _drain(pending, stats)
     stats.seconds = time.perf_counter() - start
+    stats.compiled, stats.compile_note = forward.compiled is not None, forward.note
     bar.close()
     return stats
+
+
+def _forward_backward(forward: _Forward, formulation: Formulation, batch: dict[str, torch.Tensor],
+                      precision: Precision, optimizer: torch.optim.Optimizer, step: int) -> torch.Tensor:
+    """The loss of one batch, its gradients accumulated into the (zeroed) parameters'."""
+    if forward.compiled is not None:
+        try:
+            with precision.autocast():
+                loss = formulation.train_loss(forward.compiled, batch)
+            loss.backward()
+            return loss
+        except Exception as err:  # compilation (lazy: first call, new shapes, backward) failed
+            forward.fall_back(err, step)
+            optimizer.zero_grad(set_to_none=False)  # a backward may have added part of its gradients
+    with precision.autocast():
+        loss = formulation.train_loss(forward.adapter, batch)
+    loss.backward()
+    return loss
 
 
 def _drain(pending: list[torch.Tensor], stats: TrainStats) -> None:
@@ -153,8 +304,10 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(adapter: Adapter, formulation: Formulation, examples: Sequence[Example], batch_size: int,
-             device: torch.device, desc: str = "eval") -> EvalResult:
-    """Predictions for every example, with the method folded for inference."""
+             device: torch.device, desc: str = "eval", precision: str = "fp32") -> EvalResult:
+    """Predictions for every example, with the method folded for inference (the fold itself
+    in fp32, the forwards under ``precision``)."""
+    prec = Precision.of(precision, device)
     adapter.eval()
     adapter.fold()
     preds: list = []
@@ -163,7 +316,8 @@ def evaluate(adapter: Adapter, formulation: Formulation, examples: Sequence[Exam
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False, disable=None,
                   dynamic_ncols=True, mininterval=1.0):
         batch = _to(formulation.encode_eval(examples[i:i + batch_size]), device)
-        preds.extend(formulation.predict(adapter, batch))
+        with prec.autocast():
+            preds.extend(formulation.predict(adapter, batch))
         tokens += formulation.count_tokens(batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

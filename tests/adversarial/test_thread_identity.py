@@ -11,6 +11,7 @@ from bench.core.records import read_records
 from bench.run.driver import run_cells
 from bench.run.executors import make_executor
 from bench.run.matrix import expand
+from bench.run.precision import resolve
 
 TRAIN = {"train_steps": 3, "batch_size": 4, "eval_limit": 16, "train_limit": 64, "max_length": 32}
 
@@ -35,7 +36,9 @@ def test_the_id_hashes_threads_and_deterministic(cells):
     (cell,) = cells
     ids = {cell.id, cell.pinned(1, False, "random-init").id, cell.pinned(2, False, "random-init").id, cell.pinned(1, True).id}
     assert len(ids) == 4
-    assert cell.pinned(0, False).id == cell.id  # unpinned is threads = 0
+    assert cell.threads == 0 and cell.pinned(0, False).threads == 0  # unpinned is threads = 0
+    # pinning also resolves precision "auto" for this machine; nothing else changes
+    assert cell.pinned(0, False).train == {**cell.train, "precision": resolve("auto", "cpu")}
     assert cell.pinned(2, False).resolved()["threads"] == 2  # stored with the row, so reproducible
 
 
