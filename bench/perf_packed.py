@@ -29,17 +29,19 @@ import torch
 from bench.measure import provenance
 
 
-def cells_for(k: int, steps: int, batch: int, length: int, eval_limit: int, backbone: str) -> list:
+def cells_for(k: int, steps: int, batch: int, length: int, eval_limit: int, backbone: str,
+              precision: str = "auto") -> list:
     from bench.run.matrix import expand
 
     train = {"train_steps": steps, "batch_size": batch, "eval_limit": eval_limit, "max_length": 64,
-             "eval_batch_size": 64}
+             "eval_batch_size": 64, "precision": precision}
     suite = {"methods": ["prefix_tuning"], "tasks": ["glue/sst2"], "backbones": [backbone],
              "prefix_lengths": [length], "seeds": list(range(k)), "train": train}
     cells = expand({"suites": {"perf": suite}}, "perf")
     lrs = [1e-3 * 2 ** i for i in range(k)]  # a learning-rate search, one seed per rate
     threads = torch.get_num_threads()
-    return [dataclasses.replace(c, train={**c.train, "lr": lr}).pinned(threads, False)
+    device = "cuda" if precision == "auto" and torch.cuda.is_available() else "cpu"  # what auto resolves for
+    return [dataclasses.replace(c, train={**c.train, "lr": lr}).pinned(threads, False, None, device)
             for c, lr in zip(cells, lrs, strict=True)]
 
 
@@ -141,7 +143,7 @@ def markdown(result: dict[str, Any]) -> str:
              "",
              f"`python -m bench.perf_packed --steps {s['steps']} --repeats {s['repeats']} --eval-limit {s['eval_limit']}`"
              f" on {s['device_name']}, {s['threads']} threads, git {str(s['git'])[:10]}: prefix tuning (MLP) on "
-             f"{s['backbone']}, SST-2 verbalizer, batch {s['batch']}, P = {s['prefix_length']}, fp32; the cells "
+             f"{s['backbone']}, SST-2 verbalizer, batch {s['batch']}, P = {s['prefix_length']}, precision {s.get('precision_resolved', 'fp32')}; the cells "
              f"differ in seed {s['seeds']} and lr {s['lrs']}. Arms interleaved (sequential, packed) x "
              f"{s['repeats']}; a cell = attach, {s['steps']} training steps, evaluation on "
              f"{s['eval_limit']} examples, saving, row.",
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-limit", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16-mixed"),
+                    help="the cells' training precision (auto: bf16-mixed where the device runs it fast)")
     ap.add_argument("--profile", action="store_true", help="also profile one step alone and packed")
     ap.add_argument("--out", default="results/perf/packed-cells")
     args = ap.parse_args(argv)
@@ -183,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
 
     device = provenance.pick_device(args.device)
     data = DataSettings.from_env()
-    cells = cells_for(args.k, args.steps, args.batch, args.prefix_length, args.eval_limit, args.backbone)
+    cells = cells_for(args.k, args.steps, args.batch, args.prefix_length, args.eval_limit, args.backbone,
+                      args.precision)
     print(f"{args.k} cells x {args.steps} steps, batch {args.batch}, P={args.prefix_length}, {device}, "
           f"{torch.get_num_threads()} threads")
-    warm = cells_for(2, 2, args.batch, args.prefix_length, 8, args.backbone)
+    warm = cells_for(2, 2, args.batch, args.prefix_length, 8, args.backbone, args.precision)
     packed(warm, data, device)  # loads backbone and data, measures the peak once, warms kernels
     pad = padding(cells, data, device)
     print(f"padding: {pad}")
@@ -202,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "settings": {**vars(args), "threads": torch.get_num_threads(), "device_name": provenance.device_name(device),
                      "lrs": [c.train["lr"] for c in cells], "seeds": [c.seed for c in cells],
+                     "precision_resolved": cells[0].train["precision"],
                      "git": provenance.git_state()[0]},
         "arms": arms, "padding": pad,
         "cells_per_hour": {n: statistics.median(3600 * args.k / r["wall_s"] for r in runs) for n, runs in arms.items()},
