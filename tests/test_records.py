@@ -3,6 +3,7 @@ import json
 import pytest
 
 from bench.core.config import ConfigError
+from bench.core.record_schema import SCHEMA_VERSION
 from bench.core.records import ResultRecord, append_record, finished_ids, read_records
 
 
@@ -48,11 +49,24 @@ def test_schema_1_records_are_migrated(tmp_path):
     back, problems = read_records(tmp_path)
     assert not problems and len(back) == 2
     for r in back:
-        assert r.schema_version == 2 and r.inference_bytes is None and r.inference_params is None
+        assert r.schema_version == SCHEMA_VERSION and r.inference_bytes is None and r.inference_params is None
     assert back[0].adapter_bytes == 9_800_000
 
 
-@pytest.mark.parametrize("version", [3, "2", 0])
+def test_schema_3_records_are_migrated_as_ordinary_cells(tmp_path):
+    """Schema 3 knew no search and no early stopping: a row is an ordinary cell's, its
+    held-out score unknown, early stopping off."""
+    new = ("role", "holdout_score", "best_step", "stopped_step", "plateaued", "search")
+    old = {k: v for k, v in json.loads(_rec("a").to_json()).items() if k not in new}
+    (tmp_path / "records.jsonl").write_text(json.dumps(dict(old, schema_version=3)) + "\n")
+    back, problems = read_records(tmp_path)
+    assert not problems and len(back) == 1
+    r = back[0]
+    assert r.schema_version == SCHEMA_VERSION and r.role == "" and r.search == {}
+    assert (r.holdout_score, r.best_step, r.stopped_step, r.plateaued) == (None, None, None, None)
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, "2", 0])
 def test_records_of_an_unknown_schema_are_refused_naming_file_and_line(tmp_path, version):
     append_record(tmp_path, _rec("a"))
     newer = dict(json.loads(_rec("b").to_json()), schema_version=version, field_of_the_future=1)
