@@ -54,8 +54,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from bench.run.validate import validate_cells
         validate_cells(cells, data)
         for c in cells:
+            lr = f"search{c.search['lr']}" if c.search else c.train['lr']
             print(f"{c.id}  {c.method:18} {c.task:12} {c.backbone:14} P={c.prefix_length} seed={c.seed} "
-                  f"lr={c.train['lr']} steps={c.train['train_steps']}")
+                  f"lr={lr} steps={c.train['train_steps']}{' (trial)' if c.is_trial else ''}")
         print(f"{len(cells)} cells (dry run: nothing trained)")
         return 0
     from bench.measure.provenance import pick_device

@@ -18,6 +18,8 @@ File layout (every key is checked; unknown keys are errors)::
     overrides.lora = { lr = 1e-3 }                            # TrainConfig, per method
     method_args.prefix_tuning = { projection = false }        # the method's own Config
     exclude = [{ method = "lora", backbone = "smollm2-135m" }]
+    search = { lr = [1e-4, 3e-4, 1e-3] }                     # learning-rate search (seed: the first seed)
+    search_overrides.lora = { lr = [1e-4, 1e-3, 1e-2] }      # a method's own grid, of the same length
     executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
 
 Training options resolve in this order, later winning: [defaults], the suite's ``train``,
@@ -27,6 +29,13 @@ A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (
 ``expand`` is a pure function: the same file and the same code give the same cells with
 the same ids. An id covers the resolved options and the code identity of the cell's method
 and task (``bench.core.identity``), so editing either makes new cells, never reuses old rows.
+
+A suite with ``search`` chooses each (method, task, backbone, prefix length) group's learning
+rate: one *trial* cell per grid value at the search seed, scored on the held-out slice of the
+training split (``holdout`` > 0 is required), then one *final* cell per seed whose id covers the
+grid instead of an lr; the driver runs the trials first and hands each final cell the value its
+trials chose (bench/run/search.py). Every method gets as many trials as the suite's grid has
+values, so no method wins by a larger budget.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +61,9 @@ from methods import METHODS
 from tasks import TASKS
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
-              "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor")
+              "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor",
+              "search", "search_overrides")
+SEARCH_KEYS = ("lr", "seed")
 COMPOSITE_KEYS = ("description", "include", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
@@ -59,6 +71,10 @@ CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score a
 # What a cell stored before an option existed ran with (its train table lacks the key): the
 # behaviour then, not today's default. Every cell expanded now stores every option.
 LEGACY_TRAIN = {"precision": "fp32", "compile": False, "bucket_window": 0}
+# Options that are off by default and join a cell's train table only when set: every cell
+# planned before they existed keeps its id, so a finished results folder is not re-run.
+OPTIONAL_TRAIN = {"holdout": 0.0, "patience": 0}
+TRIAL = "trial"  # Cell.role of a learning-rate search's trial cell
 
 
 @dataclass(frozen=True)
@@ -84,11 +100,25 @@ class Cell:
     deterministic: bool = False
     # the weights backbone_source resolves to on the machine that runs it (backbones.weights_of)
     weights: str = ""
+    # "trial": a learning-rate search's trial, scored on the held-out slice only; "": any other
+    role: str = ""
+    # a final cell's search, {"lr": [grid], "seed": the trials' seed}: its id covers the grid
+    search: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # what the driver chose from the trials' rows (bench/run/search.py: grid, scores, chosen,
+    # trials, cost_s). Outside the id: a resumed run must find the row it planned whatever its
+    # trials chose. Cells reach workers pickled whole (local, subprocess, Ray, Slurm), so it
+    # travels with them; a cell rebuilt from its resolved() form must be given it back.
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """What the id hashes (the suite's name is a label, not part of the id)."""
+        """What the id hashes (the suite's name is a label, not part of the id). ``role`` and
+        ``search`` join only when set, so cells without a search keep their ids."""
         d = dataclasses.asdict(self)
-        d.pop("suite")
+        for name in ("suite", "selection"):
+            d.pop(name)
+        for name in ("role", "search"):
+            if not d[name]:
+                d.pop(name)
         return d
 
     @property
@@ -113,7 +143,21 @@ class Cell:
     def train_config(self) -> TrainConfig:
         """The cell's options; one stored before an option existed ran as that option's
         ``LEGACY_TRAIN`` value (e.g. fp32, unbucketed), which it is rebuilt with."""
-        return TrainConfig(**{**LEGACY_TRAIN, **self.train})
+        cfg = TrainConfig(**{**LEGACY_TRAIN, **self.train})
+        chosen = self.selection.get("chosen") or {}
+        return dataclasses.replace(cfg, lr=chosen["lr"]) if "lr" in chosen else cfg
+
+    @property
+    def is_trial(self) -> bool:
+        return self.role == TRIAL
+
+    def trials(self) -> list[Cell]:
+        """A final cell's trial cells, one per grid value at the search seed (none without a
+        search). Derived from the cell, so pinning the final cell pins its trials alike."""
+        if not self.search:
+            return []
+        return [dataclasses.replace(self, role=TRIAL, seed=self.search["seed"], train={**self.train, "lr": lr},
+                                    search={}, selection={}) for lr in self.search["lr"]]
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any], suite: str = "reproduce") -> Cell:
@@ -208,6 +252,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         check_point(where, p, None)
     for s in seeds:
         check_point(where, None, s)
+    grids, search_seed = _search_grids(where, spec, methods, seeds)
     executor = spec.get("executor", {})
     if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
         raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
@@ -247,18 +292,86 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
             raise ConfigError(f"{where}: a claims suite evaluates task {task!r} on its full evaluation split: its "
                               f"metrics are corpus statistics, so eval_limit = {cfg.eval_limit} would make "
                               "its scores comparable to nothing; remove eval_limit")
-        if cfg.lr is None:
+        if grids:
+            _check_searchable(f"{where} cell {method}/{task}/{backbone}", cfg, train)
+        elif cfg.lr is None:
             cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
         margs = method_cls.Config.from_dict(method_args.get(method, {}),
                                             f"{where}.method_args.{method}").to_dict()
         if (method, task) not in identities:
             identities[method, task] = cell_identity(method_cls, TASKS.get(task))
-        cell = Cell(suite, method, task, backbone, plen, seed, dataclasses.asdict(cfg), margs, source_choice,
-                    identities[method, task])
-        cells.setdefault(cell.id, cell)  # methods without a prefix collapse the length axis
+        search = {"lr": grids[method], "seed": search_seed} if grids else {}
+        cell = Cell(suite, method, task, backbone, plen, seed, _stored_train(cfg), margs, source_choice,
+                    identities[method, task], search=search)
+        for c in (*cell.trials(), cell):  # a group's trials before its first final cell
+            cells.setdefault(c.id, c)  # methods without a prefix collapse the length axis
     if not cells:
         raise ConfigError(f"{where}: the excludes remove every cell")
     return list(cells.values())
+
+
+def _stored_train(cfg: TrainConfig) -> dict[str, Any]:
+    """A cell's train table: every option, less those at their ``OPTIONAL_TRAIN`` default."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPTIONAL_TRAIN or v != OPTIONAL_TRAIN[k]}
+
+
+def _check_searchable(where: str, cfg: TrainConfig, train: dict[str, Any]) -> None:
+    """A searched cell selects on its held-out slice and takes its lr from the grid."""
+    if cfg.holdout <= 0:
+        raise ConfigError(f"{where}: a suite with 'search' needs holdout > 0 for every cell (this one has holdout "
+                          f"= {cfg.holdout!r}): selection never reads the evaluation split, so the trials are "
+                          "scored on a held-out slice of the training split; set e.g. train = { holdout = 0.2 }")
+    if "lr" in train:
+        raise ConfigError(f"{where}: lr = {train['lr']!r} is set, but this suite searches the learning rate: "
+                          "remove lr from [defaults], train and overrides; per-method grids go in "
+                          "search_overrides.<method> = { lr = [...] }")
+
+
+def _lr_grid(where: str, value: Any) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of learning rates, got {value!r:.200}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{where}: holds {v!r}, learning rates must be finite numbers > 0")
+    grid = [float(v) for v in value]
+    if len(set(grid)) != len(grid):
+        raise ConfigError(f"{where}: repeats a value: {value!r}")
+    return grid
+
+
+def _search_grids(where: str, spec: dict[str, Any], methods: list[str],
+                  seeds: list[int]) -> tuple[dict[str, list[float]], int]:
+    """Each method's learning-rate grid ({} without ``search``) and the trials' seed. Every
+    grid has the suite's length: unequal budgets would make the comparison measure them."""
+    search = spec.get("search")
+    if search is None:
+        if "search_overrides" in spec:
+            raise ConfigError(f"{where}: 'search_overrides' needs a 'search' table (search = {{ lr = [...] }})")
+        return {}, 0
+    if not isinstance(search, dict):
+        raise ConfigError(f"{where}: 'search' must be a table such as {{ lr = [1e-4, 3e-4, 1e-3] }}, got {search!r:.200}")
+    unknown = sorted(set(search) - set(SEARCH_KEYS))
+    if unknown:
+        raise ConfigError(unknown_keys(f"{where}.search (only the learning rate is searched)", unknown, SEARCH_KEYS))
+    if "lr" not in search:
+        raise ConfigError(f"{where}.search: missing 'lr', the grid of learning rates (lr = [1e-4, 3e-4, 1e-3])")
+    grid = _lr_grid(f"{where}.search.lr", search["lr"])
+    seed = search.get("seed", seeds[0])
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}.search.seed: expected an integer seed, got {seed!r}")
+    check_point(f"{where}.search", None, seed)
+    grids = {m: grid for m in methods}
+    for method, table in _keyed_tables(where, "search_overrides", spec, methods, train=False).items():
+        bad = sorted(set(table) - {"lr"})
+        if bad:
+            raise ConfigError(unknown_keys(f"{where}.search_overrides.{method}", bad, ("lr",)))
+        own = _lr_grid(f"{where}.search_overrides.{method}.lr", table.get("lr"))
+        if len(own) != len(grid):
+            raise ConfigError(f"{where}: search_overrides.{method}.lr has {len(own)} values but search.lr has "
+                              f"{len(grid)}: every method gets the same number of trials (unequal budgets would "
+                              "make the comparison measure the budget, not the method)")
+        grids[method] = own
+    return grids, seed
 
 
 def check_point(where: str, prefix_length: int | None, seed: int | None) -> None:
