@@ -44,7 +44,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +56,13 @@ from bench.core.safe_names import check_name
 from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
 from bench.run import precision
 from bench.run.backbones import BACKBONES
+from bench.run.search import check_searchable, search_grids
 from methods import METHODS
 from tasks import TASKS
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
               "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor",
               "search", "search_overrides")
-SEARCH_KEYS = ("lr", "seed")
 COMPOSITE_KEYS = ("description", "include", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
@@ -252,7 +251,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         check_point(where, p, None)
     for s in seeds:
         check_point(where, None, s)
-    grids, search_seed = _search_grids(where, spec, methods, seeds)
+    grids, search_seed = search_grids(where, spec, methods, seeds)
     executor = spec.get("executor", {})
     if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
         raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
@@ -293,7 +292,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
                               f"metrics are corpus statistics, so eval_limit = {cfg.eval_limit} would make "
                               "its scores comparable to nothing; remove eval_limit")
         if grids:
-            _check_searchable(f"{where} cell {method}/{task}/{backbone}", cfg, train)
+            check_searchable(f"{where} cell {method}/{task}/{backbone}", cfg, train)
         elif cfg.lr is None:
             cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
         margs = method_cls.Config.from_dict(method_args.get(method, {}),
@@ -313,65 +312,6 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
 def _stored_train(cfg: TrainConfig) -> dict[str, Any]:
     """A cell's train table: every option, less those at their ``OPTIONAL_TRAIN`` default."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPTIONAL_TRAIN or v != OPTIONAL_TRAIN[k]}
-
-
-def _check_searchable(where: str, cfg: TrainConfig, train: dict[str, Any]) -> None:
-    """A searched cell selects on its held-out slice and takes its lr from the grid."""
-    if cfg.holdout <= 0:
-        raise ConfigError(f"{where}: a suite with 'search' needs holdout > 0 for every cell (this one has holdout "
-                          f"= {cfg.holdout!r}): selection never reads the evaluation split, so the trials are "
-                          "scored on a held-out slice of the training split; set e.g. train = { holdout = 0.2 }")
-    if "lr" in train:
-        raise ConfigError(f"{where}: lr = {train['lr']!r} is set, but this suite searches the learning rate: "
-                          "remove lr from [defaults], train and overrides; per-method grids go in "
-                          "search_overrides.<method> = { lr = [...] }")
-
-
-def _lr_grid(where: str, value: Any) -> list[float]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: expected a non-empty list of learning rates, got {value!r:.200}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-            raise ConfigError(f"{where}: holds {v!r}, learning rates must be finite numbers > 0")
-    grid = [float(v) for v in value]
-    if len(set(grid)) != len(grid):
-        raise ConfigError(f"{where}: repeats a value: {value!r}")
-    return grid
-
-
-def _search_grids(where: str, spec: dict[str, Any], methods: list[str],
-                  seeds: list[int]) -> tuple[dict[str, list[float]], int]:
-    """Each method's learning-rate grid ({} without ``search``) and the trials' seed. Every
-    grid has the suite's length: unequal budgets would make the comparison measure them."""
-    search = spec.get("search")
-    if search is None:
-        if "search_overrides" in spec:
-            raise ConfigError(f"{where}: 'search_overrides' needs a 'search' table (search = {{ lr = [...] }})")
-        return {}, 0
-    if not isinstance(search, dict):
-        raise ConfigError(f"{where}: 'search' must be a table such as {{ lr = [1e-4, 3e-4, 1e-3] }}, got {search!r:.200}")
-    unknown = sorted(set(search) - set(SEARCH_KEYS))
-    if unknown:
-        raise ConfigError(unknown_keys(f"{where}.search (only the learning rate is searched)", unknown, SEARCH_KEYS))
-    if "lr" not in search:
-        raise ConfigError(f"{where}.search: missing 'lr', the grid of learning rates (lr = [1e-4, 3e-4, 1e-3])")
-    grid = _lr_grid(f"{where}.search.lr", search["lr"])
-    seed = search.get("seed", seeds[0])
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{where}.search.seed: expected an integer seed, got {seed!r}")
-    check_point(f"{where}.search", None, seed)
-    grids = {m: grid for m in methods}
-    for method, table in _keyed_tables(where, "search_overrides", spec, methods, train=False).items():
-        bad = sorted(set(table) - {"lr"})
-        if bad:
-            raise ConfigError(unknown_keys(f"{where}.search_overrides.{method}", bad, ("lr",)))
-        own = _lr_grid(f"{where}.search_overrides.{method}.lr", table.get("lr"))
-        if len(own) != len(grid):
-            raise ConfigError(f"{where}: search_overrides.{method}.lr has {len(own)} values but search.lr has "
-                              f"{len(grid)}: every method gets the same number of trials (unequal budgets would "
-                              "make the comparison measure the budget, not the method)")
-        grids[method] = own
-    return grids, seed
 
 
 def check_point(where: str, prefix_length: int | None, seed: int | None) -> None:
