@@ -33,7 +33,9 @@ GRID = [1e-3, 3e-2]
 def suite(**spec) -> dict:
     base = {"methods": ["prefix_tuning"], "tasks": ["glue/sst2"], "backbones": ["tiny-llama"],
             "prefix_lengths": [2], "seeds": [0, 1],
-            "train": {"train_steps": 3, "batch_size": 4, "eval_limit": 8, "eval_batch_size": 8, "train_limit": 40,
+            # an odd eval_limit: with every binary label flipped, accuracy k/7 becomes 1 - k/7, never
+            # the same number, so a selection that read the evaluation split cannot go unnoticed
+            "train": {"train_steps": 3, "batch_size": 4, "eval_limit": 7, "eval_batch_size": 8, "train_limit": 40,
                       "max_length": 32, "holdout": 0.25},
             "search": {"lr": GRID}}
     return {"suites": {"s": {**base, **spec}}}
@@ -250,6 +252,7 @@ def test_poisoned_evaluation_labels_change_no_trial_score_and_not_the_choice(tmp
     trial_p = {r.cell_id: r for r in poisoned if r.role == "trial"}
     assert trial.keys() == trial_p.keys() and len(trial) == len(GRID)
     for cid, r in trial.items():  # bit-identical: no selection number reads the evaluation split
+        assert r.status == trial_p[cid].status == "ok" and r.holdout_score is not None
         assert (r.holdout_score, r.metrics) == (trial_p[cid].holdout_score, trial_p[cid].metrics)
     finals = {r.cell_id: r for r in clean if r.role != "trial"}
     finals_p = {r.cell_id: r for r in poisoned if r.role != "trial"}
@@ -286,7 +289,7 @@ def test_the_search_runs_trials_then_finals_with_the_choice_and_resumes(tmp_path
         assert r.search["scores"] == scores and r.search["chosen"] == {"lr": best} and r.lr == best
         assert r.search["grid"] == {"lr": GRID} and r.search["trials"] == 2
         assert r.search["cost_s"] == pytest.approx(sum(t.train_seconds + t.eval_seconds for t in own))
-        assert r.holdout_score is not None and r.eval_examples == 8 and r.plateaued is None
+        assert r.holdout_score is not None and r.eval_examples == 7 and r.plateaued is None
     # tables never show a trial
     frame = records_frame(rows)
     assert len(frame) == len(finals) == 4
