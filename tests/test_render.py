@@ -216,9 +216,8 @@ def test_rows_of_different_identities_are_never_averaged_in_one_cell(tmp_path):
 
 def test_render_refuses_records_of_a_newer_schema(tmp_path, capsys):
     from bench.cli import main
-    from bench.core.records import append_record
-
     from bench.core.record_schema import SCHEMA_VERSION
+    from bench.core.records import append_record
 
     newer = SCHEMA_VERSION + 1
     append_record(tmp_path, record("lora", None, 0, schema_version=newer))
