@@ -54,8 +54,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from bench.run.validate import validate_cells
         validate_cells(cells, data)
         for c in cells:
+            lr = f"search{c.search['lr']}" if c.search else c.train['lr']
             print(f"{c.id}  {c.method:18} {c.task:12} {c.backbone:14} P={c.prefix_length} seed={c.seed} "
-                  f"lr={c.train['lr']} steps={c.train['train_steps']}")
+                  f"lr={lr} steps={c.train['train_steps']}{' (trial)' if c.is_trial else ''}")
         print(f"{len(cells)} cells (dry run: nothing trained)")
         return 0
     from bench.measure.provenance import pick_device
@@ -267,7 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tables", default=None, help="tables folder (default: results/tables/SUITE)")
         sp.add_argument("--quiet", action="store_true", help="do not print rendered tables")
 
-    run = sub.add_parser("run", help="train and evaluate every unfinished cell of a suite, then render")
+    run = sub.add_parser("run", help="train and evaluate every unfinished cell of a suite, then render",
+                         description="Train and evaluate every unfinished cell of a suite, then render. A suite "
+                                     "with search = { lr = [...] } runs one trial cell per learning rate first, "
+                                     "scored on a held-out slice of the training split (train option holdout), "
+                                     "then each final cell with the best; train option patience stops a cell "
+                                     "when that slice's score plateaus (README: 'Choosing the learning rate').")
     common(run)
     run.add_argument("--data-dir", default=None,
                      help="folder with offline data (glue/, e2e/); default $PREFIX_BENCH_DATA_DIR, else the hub")

@@ -53,6 +53,19 @@ def test_schema_1_records_are_migrated(tmp_path):
     assert back[0].adapter_bytes == 9_800_000
 
 
+def test_schema_3_records_are_migrated_as_ordinary_cells(tmp_path):
+    """Schema 3 knew no search and no early stopping: a row is an ordinary cell's, its
+    held-out score unknown, early stopping off."""
+    new = ("role", "holdout_score", "best_step", "stopped_step", "plateaued", "search")
+    old = {k: v for k, v in json.loads(_rec("a").to_json()).items() if k not in new}
+    (tmp_path / "records.jsonl").write_text(json.dumps(dict(old, schema_version=3)) + "\n")
+    back, problems = read_records(tmp_path)
+    assert not problems and len(back) == 1
+    r = back[0]
+    assert r.schema_version == SCHEMA_VERSION and r.role == "" and r.search == {}
+    assert (r.holdout_score, r.best_step, r.stopped_step, r.plateaued) == (None, None, None, None)
+
+
 @pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, "2", 0])
 def test_records_of_an_unknown_schema_are_refused_naming_file_and_line(tmp_path, version):
     append_record(tmp_path, _rec("a"))

@@ -219,6 +219,7 @@ def test_render_refuses_records_of_a_newer_schema(tmp_path, capsys):
     from bench.cli import main
     from bench.core.records import append_record
 
-    append_record(tmp_path, record("lora", None, 0, schema_version=SCHEMA_VERSION + 1))
+    newer = SCHEMA_VERSION + 1
+    append_record(tmp_path, record("lora", None, 0, schema_version=newer))
     assert main(["render", "--results", str(tmp_path), "--tables", str(tmp_path / "t"), "--quiet"]) == 2
-    assert f"{tmp_path / 'records.jsonl'}:1: record schema_version {SCHEMA_VERSION + 1}" in capsys.readouterr().err
+    assert f"{tmp_path / 'records.jsonl'}:1: record schema_version {newer}" in capsys.readouterr().err

@@ -115,6 +115,8 @@ PRECISIONS = ("auto", "fp32", "bf16-mixed")
 # The sampler plans every step's example indices before the first step (bench/run/trainer.py):
 # train_steps x batch_size Python ints, about 0.4 GB at this bound.
 MAX_PLANNED_EXAMPLES = 10_000_000
+# A held-out slice of half the training examples or more would train on less than it selects on.
+MAX_HOLDOUT = 0.5
 
 
 def at_most(name: str, value: int | None, where: str = "") -> None:
@@ -158,6 +160,15 @@ class TrainConfig:
         "help": "batches per length-sorting window: each window of the seeded order is sorted by token "
                 "length, cut into batches and the batches shuffled (0: off, plain seeded batches; off by "
                 "default: it cuts padding but slowed learning in short runs, README 'Performance')"})
+    holdout: float = field(default=0.0, metadata={
+        "help": "fraction in [0, 0.5) of the training examples (after train_limit) held out, drawn with a "
+                "fixed seed (every seed and every search trial is scored on the same examples) and never "
+                "trained on; periodic evaluation, early stopping and the learning-rate search read it, never "
+                "the evaluation split (0: none)"})
+    patience: int = field(default=0, metadata={
+        "help": "stop when the held-out main metric has not improved for this many evaluations (one every "
+                "eval_every steps) and keep the best evaluation's parameters; needs holdout > 0 and "
+                "eval_every > 0 (0: off, every step of train_steps runs)"})
 
     def __post_init__(self) -> None:
         for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
@@ -179,6 +190,14 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         positive("bucket_window", self.bucket_window, allow_zero=True)
+        if not 0 <= self.holdout < MAX_HOLDOUT:
+            raise ConfigError(f"holdout must be in [0, {MAX_HOLDOUT}) (a fraction of the training examples held "
+                              f"out for selection; the rest trains), got {self.holdout!r}")
+        positive("patience", self.patience, allow_zero=True)
+        if self.patience and (self.holdout <= 0 or self.eval_every <= 0):
+            raise ConfigError(f"patience = {self.patience} needs holdout > 0 and eval_every > 0 (early stopping "
+                              "reads the held-out slice every eval_every steps), got holdout = "
+                              f"{self.holdout!r}, eval_every = {self.eval_every!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.formulation not in ("auto", "classification", "verbalizer", "generation"):

@@ -97,6 +97,18 @@ class ResultRecord:
     # None: trained alone. Optional and added without a schema bump: older rows read as None,
     # and an older reader ignores it (the row is otherwise the same in form)
     packed_with: int | None = None
+    # the learning-rate search and early stopping (bench/run/search.py, bench/run/trainer.py):
+    # role "trial": a search trial, scored on the held-out slice only, never shown in tables;
+    # holdout_score: the held-out main metric of the kept parameters (None: no held-out slice);
+    # best_step: the step whose parameters were kept, stopped_step: the step training ended;
+    # plateaued: True stopped by patience, False the step budget ran out still improving,
+    # None early stopping off; search: a final cell's grid, scores, chosen, trials, cost_s
+    role: str = ""
+    holdout_score: float | None = None
+    best_step: int | None = None
+    stopped_step: int | None = None
+    plateaued: bool | None = None
+    search: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

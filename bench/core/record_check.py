@@ -26,10 +26,11 @@ from bench.core.record_schema import upgrade
 INT_LIMIT = 2**63  # pandas holds integers as int64; a larger one becomes an object column
 # Measurements that may be undefined (a Pearson correlation of constant predictions, a
 # loss that went NaN): NaN is allowed there and renders as a gap. Infinity is nowhere.
-NAN_ALLOWED = frozenset({"main_score", "first_loss", "final_loss", "mfu", "harness_overhead", "metrics"})
+NAN_ALLOWED = frozenset({"main_score", "first_loss", "final_loss", "mfu", "harness_overhead", "metrics",
+                         "holdout_score"})
 # Numbers that are legitimately negative; every other number (counts, bytes, seconds,
 # rates, the learning rate) must be >= 0.
-SIGNED = frozenset({"main_score", "first_loss", "final_loss", "seed", "metrics"})
+SIGNED = frozenset({"main_score", "first_loss", "final_loss", "seed", "metrics", "holdout_score"})
 
 
 class RecordError(ValueError):

@@ -4,7 +4,7 @@ as Parquet with that schema's version in the file's metadata.
 Both are derived from ``ResultRecord``'s declared fields, so they cannot drift from it;
 ``schemas/record.schema.json`` is the committed copy a reader can check rows against (a
 test regenerates it). In Parquet, the one-level maps (``metrics``, ``versions``,
-``kernels``) are map columns' JSON text and ``config`` (nested) is JSON text too: readers
+``kernels``) are map columns' JSON text and ``config`` and ``search`` (nested) are JSON text too: readers
 such as ``datasets.load_dataset("parquet", ...)`` then load every column without a custom
 feature type, and ``json.loads`` gives the dicts back.
 """
@@ -23,7 +23,7 @@ from bench.core.record_schema import SCHEMA_VERSION
 from bench.core.records import write_atomic
 
 SCHEMA_ID = "https://github.com/prefix-bench/prefix-bench/schemas/record.schema.json"
-JSON_COLUMNS = ("metrics", "config", "versions", "kernels")  # dict fields: JSON text in Parquet
+JSON_COLUMNS = ("metrics", "config", "versions", "kernels", "search")  # dict fields: JSON text in Parquet
 
 
 def _json_type(tp: Any) -> dict[str, Any]:

@@ -17,6 +17,10 @@ Versions:
    throughput and scores mean something else, and an older prefix-bench, which would drop the
    field, must refuse such a file rather than compare its rows with fp32 ones unknowingly.
    Older rows trained in fp32 (the only precision before), uncompiled, padding unmeasured.
+4. ``role``, ``holdout_score``, ``best_step``, ``stopped_step``, ``plateaued``, ``search``: the
+   learning-rate search's trial rows and early stopping. A new version: a trial row scores the
+   held-out slice, not the evaluation split, and an older prefix-bench, which would drop
+   ``role``, must refuse such a file rather than tabulate trials as results.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 from bench.core.config import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
@@ -45,8 +49,16 @@ def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
             "padding_fraction_unbucketed": None, "schema_version": 3}
 
 
+def _v3_to_v4(d: dict[str, Any]) -> dict[str, Any]:
+    # Before schema 4 there was no search, held-out slice or early stopping: every row is an
+    # ordinary cell's (no trial), scored on the evaluation split only, trained every step of
+    # its budget. Its last step is not filled in: a failed row may have stopped anywhere.
+    return {**d, "role": "", "holdout_score": None, "best_step": None, "stopped_step": None, "plateaued": None,
+            "search": {}, "schema_version": 4}
+
+
 # MIGRATIONS[v] turns a version-v record into a version v+1 one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def upgrade(d: dict[str, Any], where: str) -> dict[str, Any]:

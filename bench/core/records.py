@@ -75,6 +75,13 @@ def read_records(results_dir: str | Path) -> tuple[list[ResultRecord], list[str]
     return records, problems
 
 
+def result_rows(records: list[ResultRecord]) -> list[ResultRecord]:
+    """The rows that are results: a search trial's row (``role`` "trial") only chose a
+    learning rate, scored on a held-out slice of the training split, so no table,
+    leaderboard or report shows it. It stays in the store so a resumed run skips it."""
+    return [r for r in records if r.role != "trial"]
+
+
 def latest_by_cell(records: list[ResultRecord]) -> dict[str, ResultRecord]:
     """The newest record of each cell (a retried cell has several)."""
     out: dict[str, ResultRecord] = {}

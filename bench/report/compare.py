@@ -28,7 +28,7 @@ from tabulate import tabulate
 from bench.core.config import ConfigError
 from bench.core.outcome import NON_FINITE
 from bench.core.record_check import problem_summary
-from bench.core.records import read_records
+from bench.core.records import read_records, result_rows
 from bench.core.task_facts import Facts, higher_is_better
 from bench.report.escape import map_text, markdown
 from bench.report.stats import summarize
@@ -176,6 +176,7 @@ def _load(folder: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     records, problems = read_records(path)
     if problems:
         print(problem_summary(problems), file=sys.stderr)
+    records = result_rows(records)  # search trials are not results
     df, failed = records_frame(records), failed_frame(records)
     left_out = sum(df.attrs["left_out"].values())
     if left_out:

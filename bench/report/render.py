@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.record_formats import write_parquet
-from bench.core.records import ResultRecord
+from bench.core.records import ResultRecord, result_rows
 from bench.core.safe_names import inside
 from bench.core.task_facts import Facts
 from bench.report import failures, html_page, latex
@@ -36,6 +36,7 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
     GLUE average; without it every metric is higher-is-better and no average is drawn.
     ``order``: the suite's (task, backbone) order for the summary and the per-table detail."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = result_rows(records)  # search trials chose a learning rate; they are not results
     views = build_views(records, facts, order)
     written: list[Path] = []
 

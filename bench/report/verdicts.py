@@ -21,7 +21,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.core.record_check import problem_summary
-from bench.core.records import ResultRecord, read_records
+from bench.core.records import ResultRecord, read_records, result_rows
 from bench.core.suite_file import DEFAULT_SUITES, load_toml
 from bench.report.escape import map_text, markdown
 from bench.report.failures import length_key
@@ -158,6 +158,7 @@ CLAIMS = (
 
 def report(records: list[ResultRecord], sources: list[str], suites: dict[str, str] | None = None) -> str:
     """The REPRODUCTION.md text. ``suites`` maps suite names to descriptions (those defined)."""
+    records = result_rows(records)  # search trials are not results
     df, failed = records_frame(records), failed_frame(records)
     suites = suites or {}
     named = [markdown(f"{r.method}/{r.task}/{r.backbone}/P={length_key(r.prefix_length)}/seed={r.seed}")

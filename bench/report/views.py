@@ -14,7 +14,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.core.record import PROCESS_PEAK
-from bench.core.records import ResultRecord, latest_by_cell
+from bench.core.records import ResultRecord, latest_by_cell, result_rows
 from bench.core.safe_names import unique_stems
 from bench.core.task_facts import Facts, corpus_metrics, higher_is_better
 from bench.report import context, failures, instability, pareto, sensitivity, subsets
@@ -47,6 +47,7 @@ def newest_experiments(records: list[ResultRecord]) -> tuple[list[ResultRecord],
     backbone, prefix length) only those of the experiment appended last, so rows of
     different options, code or data are never averaged. Also: how many older rows were
     left out, per (task, backbone)."""
+    records = result_rows(records)  # search trials are never a table's numbers
     latest = latest_by_cell(records)
     # usable: ok with a finite main score (bench/core/outcome.py); file order: oldest first
     rows = [r for r in records if failures.failure(r) is None and latest[r.cell_id] is r]

@@ -25,10 +25,12 @@ def save_samples(path: Path, examples: list[Example], predictions: list, limit: 
 
 
 def save_curves(path: Path, stats: TrainStats) -> str:
-    """Per-step loss, periodic evaluations and method step logs (e.g. gate values), kept
+    """Per-step loss, periodic evaluations (``evals_on``: of the evaluation split, or of the
+    held-out slice when the cell has one) and method step logs (e.g. gate values), kept
     beside the row so the record stays flat."""
     write_atomic(path, json.dumps({"loss": stats.losses, "step_seconds": stats.step_seconds,
-                                   "evals": stats.evals, "step_logs": stats.step_logs}).encode())
+                                   "evals": stats.evals, "evals_on": stats.evals_on,
+                                   "step_logs": stats.step_logs}).encode())
     return str(path)
 
 

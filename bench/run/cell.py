@@ -6,7 +6,12 @@
 formulation (once per process); ``attach`` seeds, copies the backbone (no cell can change
 the weights another sees), draws a fresh head and attaches the method; ``train`` and
 ``evaluate`` run the shared loop; ``persist`` writes the artefacts beside the row; ``record``
-builds the flat row."""
+builds the flat row.
+
+With ``holdout`` > 0 a slice of the training split is held out (bench/run/data.py): periodic
+evaluations and early stopping score it, and the row's ``holdout_score`` is its main metric
+for the kept parameters. A search trial (``Cell.role`` "trial") never loads the evaluation
+split: its final evaluation, and so its metrics, are the held-out slice's."""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from bench.core.records import ResultRecord
 from bench.measure import efficiency, flops, memory, provenance, reproducible
 from bench.run.artefacts import same_tensors, save_adapter, save_curves, save_samples, save_state
 from bench.run.backbones import BACKBONES, LoadedBackbone, load_backbone
-from bench.run.data import data_fingerprint, load_split, subset
+from bench.run.data import data_fingerprint, load_split, split_holdout, subset
 from bench.run.formulations import Formulation, choose_formulation
 from bench.run.matrix import Cell
 from bench.run.precision import Precision
@@ -61,6 +66,8 @@ class CellRun:
     total: int = 0
     train_examples: list[Example] = field(default_factory=list)
     eval_examples: list[Example] = field(default_factory=list)
+    holdout_examples: list[Example] = field(default_factory=list)  # from the training split, never trained on
+    holdout_metrics: dict[str, float] = field(default_factory=dict)  # of the kept parameters
     stats: TrainStats = field(default_factory=TrainStats)
     periodic_eval_seconds: float = 0.0
     result: EvalResult = field(default_factory=lambda: EvalResult([], 0, 0.0))
@@ -70,7 +77,18 @@ class CellRun:
 
     @property
     def label(self) -> str:
-        return f"{self.cell.method} P={self.cell.prefix_length} s{self.cell.seed}"
+        trial = f" trial lr={self.cfg.lr:g}" if self.cell.is_trial and self.cfg.lr else ""
+        return f"{self.cell.method} P={self.cell.prefix_length} s{self.cell.seed}{trial}"
+
+    @property
+    def scored_examples(self) -> list[Example]:
+        """What the final evaluation scored: the held-out slice for a trial, else the evaluation examples."""
+        return self.holdout_examples if self.cell.is_trial else self.eval_examples
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The main metric's direction, as the task declares it (reporting reads the same)."""
+        return self.task.facts().higher_is_better.get(self.task.main_metric, True)
 
 
 def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None) -> ResultRecord:
@@ -96,12 +114,17 @@ def prepare(cell: Cell, data: DataSettings, device: torch.device) -> CellRun:
         changed = ", ".join(identity.identity_changes(cell.identity, now))
         raise RuntimeError(f"the code changed since this cell was planned ({changed}); "
                            "run the suite again to plan it with the current code")
+    if cell.search and "lr" not in (cell.selection.get("chosen") or {}):
+        raise RuntimeError("this final cell of a learning-rate search was given no chosen lr: the driver chooses it "
+                           "from its trial cells' rows (`prefix-bench run` runs them first)")
     cfg = cell.train_config
     precision = Precision.of(cfg.precision, device)
     cfg = dataclasses.replace(cfg, precision=precision.name)
     form_cls = choose_formulation(cfg.formulation, task, BACKBONES.get(cell.backbone).causal)
     train_split = load_split(cell.task, task.train_split, data)
-    eval_split = load_split(cell.task, task.eval_split, data)
+    # a trial selects on the held-out slice: it must not even read the evaluation split
+    eval_split = Split([], "not read (a search trial)", "") if cell.is_trial else load_split(cell.task, task.eval_split,
+                                                                                              data)
     loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
     formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
     flops.peak_flops(device, precision.dtype)  # once per process, off the cell clock
@@ -129,24 +152,44 @@ def attach(run: CellRun, share_frozen: bool = False) -> None:
         run.precision.prepare(run.adapter)  # bf16-mixed: this cell's frozen matmul weights in bf16, once
     run.trainable = sum(p.numel() for p in run.adapter.parameters() if p.requires_grad)
     run.total = sum(p.numel() for p in run.adapter.parameters())
-    run.train_examples = subset(run.train_split.examples, run.cfg.train_limit, cell.seed)
+    run.train_examples, run.holdout_examples = split_holdout(run.train_split.examples, run.cfg.holdout,
+                                                             run.cfg.train_limit, cell.seed)
     run.eval_examples = subset(run.eval_split.examples, run.cfg.eval_limit, None)
 
 
 def train_stage(run: CellRun) -> None:
     run.stats = train(run.adapter, run.formulation, run.train_examples, run.cfg, run.cell.seed, run.device,
-                      desc=f"train {run.label}", periodic_eval=lambda step: periodic_eval(run))
+                      desc=f"train {run.label}", periodic_eval=lambda step: periodic_eval(run),
+                      higher_is_better=run.higher_is_better)
+    run.stats.evals_on = "holdout" if run.holdout_examples else "eval"
 
 
 def periodic_eval(run: CellRun) -> float:
-    """The main score on the evaluation examples now (a point of the convergence curve)."""
-    res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
-                   desc="eval", precision=run.precision.name)
+    """The main score now (a point of the convergence curve; early stopping's signal): on the
+    held-out slice when the cell has one, else on the evaluation examples."""
+    if run.holdout_examples:
+        res, metrics = score_holdout(run)
+    else:
+        res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
+                       desc="eval", precision=run.precision.name)
+        metrics = run.task.compute_metrics(res.predictions, run.eval_examples)
     run.periodic_eval_seconds += res.seconds
-    return run.task.compute_metrics(res.predictions, run.eval_examples)[run.task.main_metric]
+    return float(metrics.get(run.task.main_metric, float("nan")))
+
+
+def score_holdout(run: CellRun) -> tuple[EvalResult, dict[str, float]]:
+    """The task's metrics on the held-out slice for the adapter as it stands."""
+    res = evaluate(run.adapter, run.formulation, run.holdout_examples, run.cfg.eval_batch_size, run.device,
+                   desc="holdout", precision=run.precision.name)
+    return res, run.task.compute_metrics(res.predictions, run.holdout_examples)
 
 
 def evaluate_stage(run: CellRun) -> None:
+    if run.cell.is_trial:  # its metrics are the held-out slice's; the evaluation split is not read
+        run.result, run.metrics = score_holdout(run)
+        run.holdout_metrics = run.metrics
+        run.peak = memory.peak_bytes(run.device)
+        return
     t_eval = time.perf_counter()
     with run.precision.autocast():  # lm-eval's forwards too (its fold then runs under autocast as well)
         own = run.task.evaluate_adapted(run.adapter, run.loaded.tokenizer, run.device, run.cfg.eval_limit)
@@ -156,6 +199,9 @@ def evaluate_stage(run: CellRun) -> None:
         run.metrics = run.task.compute_metrics(run.result.predictions, run.eval_examples)
     else:
         run.result, run.metrics = EvalResult([], 0, time.perf_counter() - t_eval), own
+    if run.holdout_examples:  # the kept parameters' held-out score, beside the evaluation split's
+        res, run.holdout_metrics = score_holdout(run)
+        run.periodic_eval_seconds += res.seconds
     run.peak = memory.peak_bytes(run.device)
 
 
@@ -174,7 +220,7 @@ def persist(run: CellRun, results_dir: Path | None) -> None:
             saved.update(inference_path=path, inference_bytes=size)
         saved["curve_path"] = save_curves(results_dir / "curves" / f"{cid}.json", run.stats)
         if run.task.kind == "generation":
-            saved["samples_path"] = save_samples(results_dir / "samples" / f"{cid}.jsonl", run.eval_examples,
+            saved["samples_path"] = save_samples(results_dir / "samples" / f"{cid}.jsonl", run.scored_examples,
                                                  run.result.predictions)
     run.saved = saved
 
@@ -189,12 +235,15 @@ def record(run: CellRun) -> ResultRecord:
     sha, dirty = provenance.git_state()
     collapsed = task.kind == "classification" and len(set(result.predictions)) == 1 and len(result.predictions) > 1
     notes = "; ".join(n for n in (run.train_split.notes, run.eval_split.notes) if n)
+    scored = len(run.scored_examples)
+    eval_source = "held-out slice of train" if cell.is_trial else run.eval_split.source
+    holdout = run.holdout_metrics.get(task.main_metric) if run.holdout_examples else None
     return ResultRecord(
         cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
         prefix_length=cell.prefix_length, seed=cell.seed, status="ok",
         main_metric=task.main_metric, main_score=run.metrics.get(task.main_metric), metrics=run.metrics,
         collapsed=collapsed, trainable_params=run.trainable, total_params=run.total, **run.saved,
-        eval_examples=len(run.eval_examples), eval_split_size=len(run.eval_split.examples),
+        eval_examples=scored, eval_split_size=scored if cell.is_trial else len(run.eval_split.examples),
         train_seconds=stats.seconds, eval_seconds=result.seconds, train_steps=len(stats.losses),
         train_tokens=stats.tokens, train_tokens_per_s=stats.tokens_per_s(),
         eval_tokens_per_s=result.tokens_per_s, step_seconds_median=stats.median_step_seconds(),
@@ -209,10 +258,12 @@ def record(run: CellRun) -> ResultRecord:
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
         device=provenance.device_name(run.device), kernels=reproducible.kernel_provenance(),
         backbone_source=run.loaded.source,
-        data_source=f"train={run.train_split.source} eval={run.eval_split.source}",
-        data_fingerprint=data_fingerprint(cell.task, run.data), data_notes=notes,
+        data_source=f"train={run.train_split.source} eval={eval_source}",
+        data_fingerprint=data_fingerprint(cell.task, run.data, eval_split=not cell.is_trial), data_notes=notes,
         gen_tokens_per_s=run.formulation.gen_tokens_per_s(),
         started_at=run.started, finished_at=provenance.now(),
+        role=cell.role, holdout_score=None if holdout is None else float(holdout), best_step=stats.best_step,
+        stopped_step=len(stats.losses), plateaued=stats.plateaued, search=dict(cell.selection),
     )
 
 
@@ -270,6 +321,7 @@ def failed_record(cell: Cell, err: BaseException, started: str) -> ResultRecord:
     tb = traceback.format_exception_only(type(err), err)[-1].strip()
     return ResultRecord(
         cell_id=cell.id, suite=cell.suite, method=cell.method, task=cell.task, backbone=cell.backbone,
-        prefix_length=cell.prefix_length, seed=cell.seed, status="failed", error=tb[:2000],
+        prefix_length=cell.prefix_length, seed=cell.seed, status="failed", error=tb[:2000], role=cell.role,
+        search=dict(cell.selection),
         config=cell.resolved(), versions=provenance.package_versions(), git_sha=sha, git_dirty=dirty,
         kernels=reproducible.kernel_provenance(), started_at=started, finished_at=provenance.now())

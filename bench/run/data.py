@@ -1,5 +1,10 @@
 """A task's data as cells use it: each split read once per process, its fingerprint, and
-the subsets a cell trains and evaluates on."""
+the subsets a cell trains, selects and evaluates on.
+
+The held-out slice (``holdout`` > 0) comes from the training split, drawn with
+``HOLDOUT_SEED`` whatever the cell's seed: every seed of a group and every trial of a search
+is selected and early-stopped on the same examples. The cell trains on the rest, never on them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from tasks import TASKS, DataSettings
 from tasks.base import Example, Split
 
 _SPLITS: dict[tuple, Split] = {}
+# Fixed, and not any cell's seed: the held-out slice must be the same for every cell of a group.
+HOLDOUT_SEED = 17_2026
+# A search trial's fingerprint in place of the evaluation split's: it never reads that split,
+# so the trial's row stands whatever happens to it.
+NOT_READ = "-"
 
 
 def load_split(task_name: str, split: str, data: DataSettings) -> Split:
@@ -18,11 +28,13 @@ def load_split(task_name: str, split: str, data: DataSettings) -> Split:
     return _SPLITS[key]
 
 
-def data_fingerprint(task_name: str, data: DataSettings) -> str:
-    """The task's data as a row records it ("train/eval" fingerprints); reads it if needed."""
+def data_fingerprint(task_name: str, data: DataSettings, *, eval_split: bool = True) -> str:
+    """The task's data as a row records it ("train/eval" fingerprints); reads it if needed.
+    ``eval_split`` False: a cell that never reads the evaluation split (a search trial),
+    whose fingerprint names only the training split's ("train/-")."""
     task = TASKS.get(task_name)
-    return (f"{load_split(task_name, task.train_split, data).fingerprint}/"
-            f"{load_split(task_name, task.eval_split, data).fingerprint}")
+    train = load_split(task_name, task.train_split, data).fingerprint
+    return f"{train}/{load_split(task_name, task.eval_split, data).fingerprint if eval_split else NOT_READ}"
 
 
 def subset(examples: list[Example], limit: int | None, seed: int | None) -> list[Example]:
@@ -33,3 +45,23 @@ def subset(examples: list[Example], limit: int | None, seed: int | None) -> list
         return examples[:limit]
     g = torch.Generator().manual_seed(seed)
     return [examples[i] for i in torch.randperm(len(examples), generator=g)[:limit].tolist()]
+
+
+def split_holdout(examples: list[Example], fraction: float, limit: int | None,
+                  seed: int) -> tuple[list[Example], list[Example]]:
+    """(training examples, held-out examples) of a training split. Without a held-out slice:
+    ``subset(examples, limit, seed)`` and none. With one: of the ``limit`` examples a cell
+    would use (all without a limit), ``fraction`` (at least one, and at least one left to
+    train on) is held out, drawn from the whole split with ``HOLDOUT_SEED``, in a fixed order;
+    the cell trains on a seeded draw of the rest."""
+    if fraction <= 0:
+        return subset(examples, limit, seed), []
+    used = len(examples) if limit is None else min(limit, len(examples))
+    n_held = min(max(1, round(fraction * used)), used - 1)
+    if n_held < 1:
+        raise ValueError(f"a held-out slice needs at least 2 training examples, the split has {len(examples)}")
+    g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    held = sorted(order[:n_held])
+    rest = [examples[i] for i in sorted(order[n_held:])]
+    return subset(rest, used - n_held, seed), [examples[i] for i in held]

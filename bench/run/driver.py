@@ -1,9 +1,14 @@
 """The driver: validate everything first, then run each unfinished cell with an executor,
 appending one record per cell. Backbones are loaded once per process and copied per cell,
-so no cell can change the weights another cell sees."""
+so no cell can change the weights another cell sees.
+
+A learning-rate search runs in two phases: every trial cell first (ordinary cells to an
+executor, so trials that differ only in lr can pack), then each final cell with the value its
+trials' rows chose (bench/run/search.py), handed to it outside its id."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,16 +17,16 @@ import torch
 
 from bench.core.config import ConfigError
 from bench.core.record_check import problem_summary
-from bench.core.records import ResultRecord, read_records
+from bench.core.records import ResultRecord, latest_by_cell, read_records
 from bench.core.torn_tail import set_aside_torn_tail
-from bench.measure import reproducible
-from bench.run import locks, packed, staleness
+from bench.measure import provenance, reproducible
+from bench.run import locks, packed, search, staleness
 from bench.run.backbones import weights_of
 from bench.run.data import data_fingerprint
-from bench.run.executors import CellJob, Executor, LocalExecutor
+from bench.run.executors import CellJob, Executor, LocalExecutor, lost_cell
 from bench.run.matrix import Cell
 from bench.run.validate import validate_cells
-from tasks import DataSettings
+from tasks import TASKS, DataSettings
 
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
@@ -34,7 +39,10 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     deterministic-algorithms setting (both are in a cell's id). Each cell is claimed before
     it runs (bench/run/locks.py): a second driver on the same folder runs other cells, never the
     same ones; cells it finds running elsewhere are looked at again at the end and otherwise
-    left to that run (counted as skipped). Each row is in the store before it is reported."""
+    left to that run (counted as skipped). Each row is in the store before it is reported.
+    Search trials run before every other cell; a final cell whose trials run elsewhere is
+    left for a later run (counted as skipped)."""
+    cells = with_trials(cells)
     validate_cells(cells, data)
     try:
         locks.check_writable(results_dir)
@@ -52,10 +60,11 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     records, problems = read_records(results_dir)
     if problems:
         log(problem_summary(problems))
-    # validate_cells has read every task's data: its fingerprints cost nothing more
-    fingerprints = {t: data_fingerprint(t, data) for t in {c.task for c in cells}}
+    # validate_cells has read every task's data: its fingerprints cost nothing more. A trial's
+    # names only the training split: it never reads the evaluation split
+    fingerprints = {c.id: data_fingerprint(c.task, data, eval_split=not c.is_trial) for c in cells}
     plan = staleness.plan(cells, records, fingerprints, retry_failed)
-    todo = packed.ordered(plan.todo)  # share loaded backbones and data; cells that can pack adjacent
+    todo = plan.todo
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
     if plan.stale:
         log(plan.describe())
@@ -69,11 +78,14 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     held = locks.DriverClaims(Path(results_dir), log, fingerprints)
     progress = Progress(len(todo))
     try:
-        for last_look, pending in ((False, todo), (True, None)):
-            pending = held.recheck() if last_look else pending
-            for record in executor.run(held.take(pending, last_look), job, log):
-                held.release(record.cell_id)
-                _report(record, counts, progress, job.run_id, log)
+        # share loaded backbones and data; cells that can pack adjacent
+        _run_phase(packed.ordered(c for c in todo if c.is_trial), executor, job, held, counts, progress, log)
+        rest, unrunnable = _hand_out_choices([c for c in todo if not c.is_trial], Path(results_dir), log)
+        for cell in held.take(c for c, _ in unrunnable.values()):  # no trial scored: its row says why
+            record = lost_cell(cell, job, unrunnable[cell.id][1], provenance.now())
+            held.release(record.cell_id)
+            _report(record, counts, progress, job.run_id, log)
+        _run_phase(packed.ordered(rest), executor, job, held, counts, progress, log)
     finally:
         held.release_all()
     if held.elsewhere:
@@ -82,6 +94,60 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     if progress.errors:
         log(progress.failure_summary())
     return counts
+
+
+def with_trials(cells: list[Cell]) -> list[Cell]:
+    """``cells`` with every final cell's search trials (bench/run/matrix.py), each cell once."""
+    out: dict[str, Cell] = {}
+    for cell in cells:
+        for c in (*cell.trials(), cell):
+            out.setdefault(c.id, c)
+    return list(out.values())
+
+
+def _run_phase(todo: list[Cell], executor: Executor, job: CellJob, held: locks.DriverClaims,
+               counts: dict[str, int], progress: Progress, log: Callable[[str], None]) -> None:
+    """Run ``todo``, then look once more at the cells found running elsewhere."""
+    for last_look, pending in ((False, todo), (True, None)):
+        pending = held.recheck() if last_look else pending
+        for record in executor.run(held.take(pending, last_look), job, log):
+            held.release(record.cell_id)
+            _report(record, counts, progress, job.run_id, log)
+
+
+def _hand_out_choices(cells: list[Cell], results_dir: Path,
+                      log: Callable[[str], None]) -> tuple[list[Cell], dict[str, tuple[Cell, str]]]:
+    """(cells to run, {id: (final cell, why it cannot run)}): each final cell of a search
+    given what its trials' rows chose; one whose trials all failed cannot run. One whose
+    trials have no row yet (running elsewhere) is left out of both."""
+    if not any(c.search for c in cells):
+        return cells, {}
+    latest = latest_by_cell(read_records(results_dir)[0])
+    ready: list[Cell] = []
+    unrunnable: dict[str, tuple[Cell, str]] = {}
+    said: set[tuple[str, ...]] = set()
+    for cell in cells:
+        if not cell.search:
+            ready.append(cell)
+            continue
+        task = TASKS.get(cell.task)
+        choice = search.choose(cell, latest, task.facts().higher_is_better.get(task.main_metric, True))
+        group = tuple(t.id for t in cell.trials())
+        where = f"search {cell.method} {cell.task} {cell.backbone} P={cell.prefix_length}"
+        if choice.pending:
+            log(f"{where} seed={cell.seed}: its trials have no rows yet (running elsewhere); left for a later run")
+            continue
+        if group not in said:
+            said.add(group)
+            scores = ", ".join(f"{lr}: {'failed' if v is None else f'{v:.4f}'}"
+                               for lr, v in choice.selection["scores"].items())
+            log(f"{where}: {choice.error or 'lr ' + str(choice.selection['chosen']['lr']) + ' chosen'} "
+                f"(held-out {task.main_metric}: {scores})")
+        if choice.error:
+            unrunnable[cell.id] = (dataclasses.replace(cell, selection=choice.selection), choice.error)
+        else:
+            ready.append(dataclasses.replace(cell, selection=choice.selection))
+    return ready, unrunnable
 
 
 def pinned_cells(cells: list[Cell], executor: Executor | None = None, threads: int = 0,
@@ -147,7 +213,8 @@ def _clock(seconds: float) -> str:
 def _report(record: ResultRecord, counts: dict[str, int], progress: Progress, run_id: str,
             log: Callable[[str], None]) -> None:
     head = (f"{progress.step()} {record.method} {record.task} {record.backbone} "
-            f"P={record.prefix_length} seed={record.seed}")
+            f"P={record.prefix_length} seed={record.seed}"
+            + (f" trial lr={record.config.get('train', {}).get('lr')}" if record.role == "trial" else ""))
     if record.run_id != run_id:  # a worker found the row of another run and did not train
         log(f"{head}: finished elsewhere meanwhile, not run again")
         return

@@ -214,7 +214,7 @@ class DriverClaims:
 
     results_dir: Path
     log: Callable[[str], None]
-    data_fingerprints: Mapping[str, str]  # task -> its data as the driver read it
+    data_fingerprints: Mapping[str, str]  # cell id -> the data it reads, as the driver read it
     held: dict[str, Claim] = field(default_factory=dict)
     elsewhere: list[Cell] = field(default_factory=list)
 
@@ -228,7 +228,7 @@ class DriverClaims:
                 self.log(f"{cell_label(cell)}: running elsewhere "
                          f"({who.describe() if who else 'holder unknown'}); {then}")
                 continue
-            if stored_finished_row(self.results_dir, cell.id, self.data_fingerprints.get(cell.task)):
+            if stored_finished_row(self.results_dir, cell.id, self.data_fingerprints.get(cell.id)):
                 claim.release()
                 self.log(f"{cell_label(cell)}: finished elsewhere meanwhile, not run again")
                 continue

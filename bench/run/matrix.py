@@ -18,6 +18,8 @@ File layout (every key is checked; unknown keys are errors)::
     overrides.lora = { lr = 1e-3 }                            # TrainConfig, per method
     method_args.prefix_tuning = { projection = false }        # the method's own Config
     exclude = [{ method = "lora", backbone = "smollm2-135m" }]
+    search = { lr = [1e-4, 3e-4, 1e-3] }                     # learning-rate search (seed: the first seed)
+    search_overrides.lora = { lr = [1e-4, 1e-3, 1e-2] }      # a method's own grid, of the same length
     executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
 
 Training options resolve in this order, later winning: [defaults], the suite's ``train``,
@@ -27,6 +29,13 @@ A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (
 ``expand`` is a pure function: the same file and the same code give the same cells with
 the same ids. An id covers the resolved options and the code identity of the cell's method
 and task (``bench.core.identity``), so editing either makes new cells, never reuses old rows.
+
+A suite with ``search`` chooses each (method, task, backbone, prefix length) group's learning
+rate: one *trial* cell per grid value at the search seed, scored on the held-out slice of the
+training split (``holdout`` > 0 is required), then one *final* cell per seed whose id covers the
+grid instead of an lr; the driver runs the trials first and hands each final cell the value its
+trials chose (bench/run/search.py). Every method gets as many trials as the suite's grid has
+values, so no method wins by a larger budget.
 """
 
 from __future__ import annotations
@@ -47,11 +56,13 @@ from bench.core.safe_names import check_name
 from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
 from bench.run import precision
 from bench.run.backbones import BACKBONES
+from bench.run.search import check_searchable, search_grids
 from methods import METHODS
 from tasks import TASKS
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
-              "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor")
+              "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor",
+              "search", "search_overrides")
 COMPOSITE_KEYS = ("description", "include", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
@@ -59,6 +70,10 @@ CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score a
 # What a cell stored before an option existed ran with (its train table lacks the key): the
 # behaviour then, not today's default. Every cell expanded now stores every option.
 LEGACY_TRAIN = {"precision": "fp32", "compile": False, "bucket_window": 0}
+# Options that are off by default and join a cell's train table only when set: every cell
+# planned before they existed keeps its id, so a finished results folder is not re-run.
+OPTIONAL_TRAIN = {"holdout": 0.0, "patience": 0}
+TRIAL = "trial"  # Cell.role of a learning-rate search's trial cell
 
 
 @dataclass(frozen=True)
@@ -84,11 +99,25 @@ class Cell:
     deterministic: bool = False
     # the weights backbone_source resolves to on the machine that runs it (backbones.weights_of)
     weights: str = ""
+    # "trial": a learning-rate search's trial, scored on the held-out slice only; "": any other
+    role: str = ""
+    # a final cell's search, {"lr": [grid], "seed": the trials' seed}: its id covers the grid
+    search: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # what the driver chose from the trials' rows (bench/run/search.py: grid, scores, chosen,
+    # trials, cost_s). Outside the id: a resumed run must find the row it planned whatever its
+    # trials chose. Cells reach workers pickled whole (local, subprocess, Ray, Slurm), so it
+    # travels with them; a cell rebuilt from its resolved() form must be given it back.
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """What the id hashes (the suite's name is a label, not part of the id)."""
+        """What the id hashes (the suite's name is a label, not part of the id). ``role`` and
+        ``search`` join only when set, so cells without a search keep their ids."""
         d = dataclasses.asdict(self)
-        d.pop("suite")
+        for name in ("suite", "selection"):
+            d.pop(name)
+        for name in ("role", "search"):
+            if not d[name]:
+                d.pop(name)
         return d
 
     @property
@@ -113,7 +142,21 @@ class Cell:
     def train_config(self) -> TrainConfig:
         """The cell's options; one stored before an option existed ran as that option's
         ``LEGACY_TRAIN`` value (e.g. fp32, unbucketed), which it is rebuilt with."""
-        return TrainConfig(**{**LEGACY_TRAIN, **self.train})
+        cfg = TrainConfig(**{**LEGACY_TRAIN, **self.train})
+        chosen = self.selection.get("chosen") or {}
+        return dataclasses.replace(cfg, lr=chosen["lr"]) if "lr" in chosen else cfg
+
+    @property
+    def is_trial(self) -> bool:
+        return self.role == TRIAL
+
+    def trials(self) -> list[Cell]:
+        """A final cell's trial cells, one per grid value at the search seed (none without a
+        search). Derived from the cell, so pinning the final cell pins its trials alike."""
+        if not self.search:
+            return []
+        return [dataclasses.replace(self, role=TRIAL, seed=self.search["seed"], train={**self.train, "lr": lr},
+                                    search={}, selection={}) for lr in self.search["lr"]]
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any], suite: str = "reproduce") -> Cell:
@@ -208,6 +251,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         check_point(where, p, None)
     for s in seeds:
         check_point(where, None, s)
+    grids, search_seed = search_grids(where, spec, methods, seeds)
     executor = spec.get("executor", {})
     if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
         raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
@@ -247,18 +291,27 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
             raise ConfigError(f"{where}: a claims suite evaluates task {task!r} on its full evaluation split: its "
                               f"metrics are corpus statistics, so eval_limit = {cfg.eval_limit} would make "
                               "its scores comparable to nothing; remove eval_limit")
-        if cfg.lr is None:
+        if grids:
+            check_searchable(f"{where} cell {method}/{task}/{backbone}", cfg, train)
+        elif cfg.lr is None:
             cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
         margs = method_cls.Config.from_dict(method_args.get(method, {}),
                                             f"{where}.method_args.{method}").to_dict()
         if (method, task) not in identities:
             identities[method, task] = cell_identity(method_cls, TASKS.get(task))
-        cell = Cell(suite, method, task, backbone, plen, seed, dataclasses.asdict(cfg), margs, source_choice,
-                    identities[method, task])
-        cells.setdefault(cell.id, cell)  # methods without a prefix collapse the length axis
+        search = {"lr": grids[method], "seed": search_seed} if grids else {}
+        cell = Cell(suite, method, task, backbone, plen, seed, _stored_train(cfg), margs, source_choice,
+                    identities[method, task], search=search)
+        for c in (*cell.trials(), cell):  # a group's trials before its first final cell
+            cells.setdefault(c.id, c)  # methods without a prefix collapse the length axis
     if not cells:
         raise ConfigError(f"{where}: the excludes remove every cell")
     return list(cells.values())
+
+
+def _stored_train(cfg: TrainConfig) -> dict[str, Any]:
+    """A cell's train table: every option, less those at their ``OPTIONAL_TRAIN`` default."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPTIONAL_TRAIN or v != OPTIONAL_TRAIN[k]}
 
 
 def check_point(where: str, prefix_length: int | None, seed: int | None) -> None:

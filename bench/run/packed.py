@@ -181,6 +181,9 @@ def why_not(runs: Sequence[CellRun]) -> str:
         return "compile = true: a packed step runs eager, so each cell runs alone, compiled as asked"
     if any(p.requires_grad for p in lead.loaded.model.parameters()):
         return "the method unfroze a weight of the shared backbone"
+    if lead.cfg.patience:
+        return ("patience > 0: each cell would stop at its own plateau and go back to its own best parameters, "
+                "which a shared pass does not do; each runs alone, early-stopped as asked")
     if draws_random(lead.adapter):
         return "the backbone draws dropout masks while training: a packed cell's masks would differ from its own"
     return ""
@@ -208,7 +211,8 @@ class Member:
         schedule = linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * cfg.train_steps), cfg.train_steps)
         plan, padded, padded_plain = plan_training(run.formulation, run.train_examples, cfg, run.cell.seed)
         run.stats = TrainStats(precision=run.precision.name, optimizer=kind, padding_fraction=padded,
-                               padding_fraction_unbucketed=padded_plain)
+                               padding_fraction_unbucketed=padded_plain,
+                               evals_on="holdout" if run.holdout_examples else "eval")
         return cls(run, params, optimizer, schedule, plan)
 
 

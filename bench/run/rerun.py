@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from bench.core.config import ConfigError
 from bench.core.record_check import problem_summary
-from bench.core.records import ResultRecord, latest_by_cell, read_records
+from bench.core.records import ResultRecord, latest_by_cell, read_records, result_rows
 from bench.core.safe_names import check_name
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def seed_spread_tolerance(records: list[ResultRecord], record: ResultRecord) -> 
     seeds that is; (nan, n) when fewer than two seeds are recorded."""
     import statistics
 
-    siblings = {r.seed: r.main_score for r in latest_by_cell(records).values()
+    siblings = {r.seed: r.main_score for r in latest_by_cell(result_rows(records)).values()
                 if r.status == "ok" and r.main_score is not None and math.isfinite(r.main_score)
                 and (r.suite, r.method, r.task, r.backbone, r.prefix_length)
                 == (record.suite, record.method, record.task, record.backbone, record.prefix_length)}
@@ -154,12 +154,19 @@ def stored_cell(record: ResultRecord) -> Cell:
     so a hostile row cannot reach the trainer with, say, a list for its training options."""
     from bench.core.config import TrainConfig, check_fields
     from bench.run.matrix import Cell, check_point
+    from bench.run.search import selection_problem
 
     where = f"cell {record.cell_id}: stored config"
     cell = check_fields(Cell, {**record.config, "suite": record.suite}, where)
     check_fields(TrainConfig, cell.train, f"{where} train")
     check_point(where, cell.prefix_length, cell.seed)
-    return cell
+    selection: dict = {}
+    if cell.search:  # a final cell ran with the lr its search chose: in the row, not in the id
+        problem = selection_problem(record.search)
+        if problem:
+            raise ConfigError(f"{where}: a final cell of a learning-rate search, but {problem}")
+        selection = dict(record.search)
+    return dataclasses.replace(cell, selection=selection)
 
 
 def _recorded_threads(record: ResultRecord, default: int) -> int:

@@ -2,7 +2,8 @@
 
 A cell is finished when its newest row is ``ok`` and was computed on the data there is now.
 A row is *stale* when it stands at a planned, unfinished cell's matrix point (method, task,
-backbone, prefix length, seed) without being a current result for it:
+backbone, prefix length, seed, and whether it is a search trial) without being a current
+result for it:
 
 - its id differs: the cell's options, or the code identity of its method, task or the
   harness (``bench.core.identity``), changed since it ran;
@@ -24,7 +25,7 @@ from bench.core.identity import identity_changes
 from bench.core.records import ResultRecord, latest_by_cell
 from bench.run.matrix import Cell
 
-POINT = ("method", "task", "backbone", "prefix_length", "seed")
+POINT = ("method", "task", "backbone", "prefix_length", "seed", "role")
 
 
 def point(x: Cell | ResultRecord) -> tuple[Any, ...]:
@@ -54,8 +55,8 @@ def _why(row: ResultRecord, cell: Cell) -> str:
 
 def plan(cells: list[Cell], records: list[ResultRecord], data_fingerprints: Mapping[str, str],
          retry_failed: bool = False) -> Plan:
-    """The cells to run and the stale rows found. ``data_fingerprints``: task -> the
-    fingerprint of its data as just read (a task missing from it is not checked)."""
+    """The cells to run and the stale rows found. ``data_fingerprints``: cell id -> the
+    fingerprint of the data it reads, as just read (a cell missing from it is not checked)."""
     latest = latest_by_cell(records)
     ok = {cid for cid, r in latest.items() if r.status == "ok"}
     ids = {c.id for c in cells}
@@ -66,7 +67,7 @@ def plan(cells: list[Cell], records: list[ResultRecord], data_fingerprints: Mapp
     finished: set[str] = set()
     stale: Counter[str] = Counter()
     for cell in cells:
-        now = data_fingerprints.get(cell.task)
+        now = data_fingerprints.get(cell.id)
         if cell.id in ok:
             if now is None or latest[cell.id].data_fingerprint == now:
                 finished.add(cell.id)

@@ -12,6 +12,11 @@ permutations, as without buckets) is cut into windows of W batches, never across
 end; each window is sorted by token length (stable), cut into batches, and its whole
 batches are shuffled (seeded). Every epoch keeps exactly its examples; a batch holds
 examples of similar length, so less of it is padding.
+
+Early stopping (``patience`` = K > 0): every ``eval_every`` steps, and at the last step, the
+caller's periodic evaluation scores the held-out slice; training stops once K evaluations in a
+row have not improved on the best (in the main metric's direction), and the trainable
+parameters go back to the best evaluation's, which the cell then evaluates and saves.
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ class TrainStats:
     # plain seeded batches of the same examples would have been (None: not measured)
     padding_fraction: float | None = None
     padding_fraction_unbucketed: float | None = None
+    evals_on: str = "eval"  # what periodic evaluations scored: "eval" (the evaluation split) | "holdout"
+    # early stopping (None: off): the step whose parameters were kept, the step training
+    # ended, and whether patience ended it (False: the step budget ran out first)
+    best_step: int | None = None
+    stopped_step: int | None = None
+    plateaued: bool | None = None
 
     @property
     def tokens(self) -> int:
@@ -208,12 +219,45 @@ class _Forward:
         tqdm.write(f"warning: {self.note}", file=sys.stderr)
 
 
+@dataclass
+class Plateau:
+    """Early stopping: the best evaluation so far (its step, score and a copy of the
+    trainable parameters) and how many evaluations since have not improved on it. A NaN
+    score never improves."""
+
+    patience: int
+    higher_is_better: bool = True
+    best_step: int | None = None
+    best_score: float = math.nan
+    best_state: dict[str, torch.Tensor] | None = None
+    since_best: int = 0
+
+    def update(self, step: int, score: float, adapter: Adapter) -> bool:
+        """Take evaluation ``score`` at ``step``; True when training should stop now."""
+        better = score > self.best_score if self.higher_is_better else score < self.best_score
+        if math.isfinite(score) and (self.best_step is None or better):
+            self.best_step, self.best_score, self.since_best = step, score, 0
+            self.best_state = {k: v.detach().clone() for k, v in adapter.trainable_state_dict().items()}
+            return False
+        self.since_best += 1
+        return self.since_best >= self.patience
+
+    def finish(self, adapter: Adapter, stats: TrainStats, stopped: int) -> None:
+        """Put the best evaluation's parameters back and record how training ended."""
+        if self.best_state is not None:
+            adapter.load_trainable_state_dict(self.best_state)
+        stats.best_step, stats.stopped_step = self.best_step, stopped
+        stats.plateaued = self.since_best >= self.patience
+
+
 def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example], cfg: TrainConfig,
           seed: int, device: torch.device, desc: str = "train",
-          periodic_eval: Callable[[int], float] | None = None) -> TrainStats:
-    """Train ``adapter`` for ``cfg.train_steps`` steps. Under bf16-mixed the caller should
-    have called ``Precision.prepare`` on the adapter (bench/run/cell.py does): without it
-    autocast re-casts the frozen weights every step, to the same numbers, more slowly."""
+          periodic_eval: Callable[[int], float] | None = None, higher_is_better: bool = True) -> TrainStats:
+    """Train ``adapter`` for ``cfg.train_steps`` steps, or (``cfg.patience``) until the
+    score ``periodic_eval`` returns (in the direction ``higher_is_better``) stops improving.
+    Under bf16-mixed the caller should have called ``Precision.prepare`` on the adapter
+    (bench/run/cell.py does): without it autocast re-casts the frozen weights every step,
+    to the same numbers, more slowly."""
     params = [p for p in adapter.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("the method left no trainable parameters")
@@ -226,8 +270,10 @@ def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example
     stats = TrainStats(precision=precision.name, optimizer=kind, padding_fraction=padded,
                        padding_fraction_unbucketed=padded_plain)
     forward = _Forward(adapter, cfg.compile)
+    plateau = Plateau(cfg.patience, higher_is_better) if cfg.patience and periodic_eval is not None else None
     adapter.unfold()
     adapter.train()
+    step = 0
     pending: list[torch.Tensor] = []  # losses kept on device: no sync per step
     bar = tqdm(plan, desc=desc, unit="step", leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
     start = time.perf_counter()
@@ -250,12 +296,18 @@ def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example
         if step % cfg.log_every == 0 or step == cfg.train_steps:
             _drain(pending, stats)
             bar.set_postfix(loss=f"{stats.losses[-1]:.4f}", refresh=False)
-        if periodic_eval is not None and cfg.eval_every and step % cfg.eval_every == 0 \
-                and step != cfg.train_steps:
-            stats.evals.append((step, periodic_eval(step)))
+        due = bool(cfg.eval_every) and step % cfg.eval_every == 0
+        last = step == cfg.train_steps  # the final evaluation follows, except for early stopping's choice
+        if periodic_eval is not None and ((due and not last) or (plateau is not None and (due or last))):
+            score = periodic_eval(step)
+            stats.evals.append((step, score))
+            if plateau is not None and plateau.update(step, score, adapter):
+                break
             adapter.unfold()
             adapter.train()
     _drain(pending, stats)
+    if plateau is not None:
+        plateau.finish(adapter, stats, step)
     stats.seconds = time.perf_counter() - start
     stats.compiled, stats.compile_note = forward.compiled is not None, forward.note
     bar.close()

@@ -36,7 +36,8 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
             raise ConfigError(f"{where}: {err}") from None
         # Read the data now (cached for the run): a malformed or unreadable file is a config
         # error before any model loads, not a failed cell after one did.
-        for split in (task.train_split, task.eval_split):
+        # a search trial never reads the evaluation split, not even to check it
+        for split in (task.train_split,) if cell.is_trial else (task.train_split, task.eval_split):
             try:
                 loaded = load_split(cell.task, split, data)
             except (DataUnavailableError, OSError, ValueError, KeyError) as err:
