@@ -56,7 +56,7 @@ from bench.core.safe_names import check_name
 from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
 from bench.run import precision
 from bench.run.backbones import BACKBONES
-from bench.run.search import check_searchable, search_grids
+from bench.run.search_spec import check_searchable, search_grids
 from methods import METHODS
 from tasks import TASKS
 
