@@ -163,3 +163,45 @@ def test_bf16_loss_curve_tracks_fp32_and_the_row_records_precision(tmp_path, dat
     diffs = [abs(a - b) for a, b in zip(fp32, bf16, strict=True)]
     assert max(diffs) <= CURVE_TOLERANCE and sum(diffs) / len(diffs) <= MEAN_TOLERANCE, diffs
     assert 0 < max(diffs)  # it did run in bf16
+
+
+def test_evaluation_runs_in_fp32_on_the_weights_bf16_training_used(monkeypatch):
+    """A bf16 forward's rounding depends on the batch's shape, so evaluation is fp32 for every
+    cell: on a bf16-mixed cell's cast weights brought back to fp32 (the same values), with
+    no autocast, and cast back to bf16 afterwards for training to go on."""
+    from bench.run import trainer
+
+    plain = _attach("prefix_tuning", "tiny-llama", "causal_lm")
+    cast = copy.deepcopy(plain)
+    assert precision.Precision("bf16-mixed", CPU).prepare(cast) > 0
+    bf16_before = {n for n, p in cast.named_parameters() if p.dtype == torch.bfloat16}
+    rounded = copy.deepcopy(plain)  # fp32 weights holding exactly the values the cast gave
+    with torch.no_grad():
+        for n, p in rounded.named_parameters():
+            if n in bf16_before:
+                p.copy_(p.to(torch.bfloat16).float())
+    cast.eval()
+    rounded.eval()
+    with torch.no_grad(), precision.fp32_evaluation(cast):
+        assert all(p.dtype == torch.float32 for p in cast.parameters())
+        got = cast(**BATCH).logits
+    assert torch.equal(got, rounded(**BATCH).logits)
+    assert {n for n, p in cast.named_parameters() if p.dtype == torch.bfloat16} == bf16_before
+
+    seen = []
+
+    class Probe:
+        def encode_eval(self, examples):
+            return dict(BATCH)
+
+        def count_tokens(self, batch):
+            return int(batch["attention_mask"].sum())
+
+        def predict(self, model, batch):
+            seen.append((torch.is_autocast_enabled("cpu"),
+                         {p.dtype for p in model.parameters() if not p.requires_grad}))
+            return [0]
+
+    trainer.evaluate(cast, Probe(), [object()], 1, CPU)
+    assert seen == [(False, {torch.float32})]
+    assert {n for n, p in cast.named_parameters() if p.dtype == torch.bfloat16} == bf16_before

@@ -38,7 +38,7 @@ from bench.run.backbones import BACKBONES, LoadedBackbone, load_backbone
 from bench.run.data import data_fingerprint, load_split, split_holdout, subset
 from bench.run.formulations import Formulation, choose_formulation
 from bench.run.matrix import Cell
-from bench.run.precision import Precision
+from bench.run.precision import Precision, fp32_evaluation
 from bench.run.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, Anatomy, AttachContext
 from tasks import TASKS, DataSettings
@@ -171,7 +171,7 @@ def periodic_eval(run: CellRun) -> float:
         res, metrics = score_holdout(run)
     else:
         res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
-                       desc="eval", precision=run.precision.name)
+                       desc="eval")
         metrics = run.task.compute_metrics(res.predictions, run.eval_examples)
     run.periodic_eval_seconds += res.seconds
     return float(metrics.get(run.task.main_metric, float("nan")))
@@ -180,7 +180,7 @@ def periodic_eval(run: CellRun) -> float:
 def score_holdout(run: CellRun) -> tuple[EvalResult, dict[str, float]]:
     """The task's metrics on the held-out slice for the adapter as it stands."""
     res = evaluate(run.adapter, run.formulation, run.holdout_examples, run.cfg.eval_batch_size, run.device,
-                   desc="holdout", precision=run.precision.name)
+                   desc="holdout")
     return res, run.task.compute_metrics(res.predictions, run.holdout_examples)
 
 
@@ -191,11 +191,11 @@ def evaluate_stage(run: CellRun) -> None:
         run.peak = memory.peak_bytes(run.device)
         return
     t_eval = time.perf_counter()
-    with run.precision.autocast():  # lm-eval's forwards too (its fold then runs under autocast as well)
+    with fp32_evaluation(run.adapter):  # lm-eval's forwards too: fp32, as every evaluation
         own = run.task.evaluate_adapted(run.adapter, run.loaded.tokenizer, run.device, run.cfg.eval_limit)
     if own is None:
         run.result = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size,
-                              run.device, desc=f"eval {run.label}", precision=run.precision.name)
+                              run.device, desc=f"eval {run.label}")
         run.metrics = run.task.compute_metrics(run.result.predictions, run.eval_examples)
     else:
         run.result, run.metrics = EvalResult([], 0, time.perf_counter() - t_eval), own

@@ -112,6 +112,37 @@ def cast_frozen_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
     return cast
 
 
+def upcast_frozen_matmul_weights(model: nn.Module) -> list[nn.Parameter]:
+    """Cast, in place, every frozen bf16 parameter owned only by matmul modules back to fp32
+    (exact: every bf16 value is an fp32 value); returns them, for ``cast_back``."""
+    done = []
+    for module in model.modules():
+        if not _matmul_weight_owner(module):
+            continue
+        for p in module._parameters.values():
+            if p is not None and not p.requires_grad and p.dtype == torch.bfloat16:
+                p.data = p.data.float()
+                done.append(p)
+    return done
+
+
+@contextlib.contextmanager
+def fp32_evaluation(model: nn.Module) -> Iterator[None]:
+    """Evaluation in fp32 whatever the training precision. A bf16 product's rounding depends
+    on the shape of the batch it runs in, so a bf16 evaluation's predictions would depend on
+    which examples shared a batch (measured on the default suite's SmolLM2 residual_prefix
+    cell: 1 of 200 SST-2 predictions flipped between batch 1 and 32, label scores moved by up
+    to 0.25); in fp32 they agree within 1e-3 (tests/test_batch_invariance_real.py). A
+    bf16-mixed cell's frozen weights come back to fp32 for it (the same values: the model it
+    trained) and go back to bf16 afterwards, for training to go on."""
+    upcast = upcast_frozen_matmul_weights(model)
+    try:
+        yield
+    finally:
+        for p in upcast:
+            p.data = p.data.to(torch.bfloat16)
+
+
 @dataclass(frozen=True)
 class Precision:
     """A resolved precision on a device: the context the forward runs in, and the one-off

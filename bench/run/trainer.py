@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from bench.core.config import TrainConfig
 from bench.run.formulations import Formulation
-from bench.run.precision import Precision
+from bench.run.precision import Precision, fp32_evaluation
 from methods.base import Adapter
 from tasks.base import Example
 
@@ -356,10 +356,15 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(adapter: Adapter, formulation: Formulation, examples: Sequence[Example], batch_size: int,
-             device: torch.device, desc: str = "eval", precision: str = "fp32") -> EvalResult:
-    """Predictions for every example, with the method folded for inference (the fold itself
-    in fp32, the forwards under ``precision``)."""
-    prec = Precision.of(precision, device)
+             device: torch.device, desc: str = "eval") -> EvalResult:
+    """Predictions for every example, with the method folded for inference, in fp32 whatever
+    the cell trained in (``fp32_evaluation``: a bf16 evaluation's predictions depend on the batch)."""
+    with fp32_evaluation(adapter):
+        return _evaluate(adapter, formulation, examples, batch_size, device, desc)
+
+
+def _evaluate(adapter: Adapter, formulation: Formulation, examples: Sequence[Example], batch_size: int,
+              device: torch.device, desc: str) -> EvalResult:
     adapter.eval()
     adapter.fold()
     preds: list = []
@@ -368,8 +373,7 @@ def evaluate(adapter: Adapter, formulation: Formulation, examples: Sequence[Exam
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False, disable=None,
                   dynamic_ncols=True, mininterval=1.0):
         batch = _to(formulation.encode_eval(examples[i:i + batch_size]), device)
-        with prec.autocast():
-            preds.extend(formulation.predict(adapter, batch))
+        preds.extend(formulation.predict(adapter, batch))
         tokens += formulation.count_tokens(batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
