@@ -4,7 +4,7 @@
 matrix products (linear layers, attention) run in bf16 while autocast keeps norms, softmax
 and losses in fp32; trainable parameters, their gradients and the optimizer state stay
 fp32 (the master weights). bf16 has fp32's exponent range, so no loss scaling is needed.
-Evaluation runs under the same precision, with the method folded.
+Evaluation runs in fp32 whatever the training precision (``fp32_evaluation``, below).
 
 Two things are ours, measured on SmolLM2-135M on a 2-core AVX-512 CPU (README "Performance"):
 
@@ -168,7 +168,7 @@ class Precision:
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
-        """The context of every forward (training, evaluation, generation)."""
+        """The context of every training forward (evaluation runs in fp32: ``fp32_evaluation``)."""
         if self.name != "bf16-mixed":
             yield
             return
