@@ -20,28 +20,61 @@ from bench.report.verdicts import (
 from bench.report.views import records_frame
 
 
+def pooled(**kw):
+    """The fixture on two tasks: 6 matched pairs per claim, enough for p < 0.05 (2/2**6)."""
+    return make_records(task="glue/sst2", **kw) + make_records(task="glue/rte", **kw)
+
+
 def test_fixture_confirms_every_claim():
+    df = records_frame(pooled())
+    for check in (stability, plus_beats_prefix, plus_close_to_lora):
+        v = check(df)
+        assert v.status == CONFIRMED, (check.__name__, v.measured)
+        assert "6 matched pairs pooled over 2 tasks, 1 backbone" in v.measured
+    v = stability(df)
+    assert "+0.0560" in v.measured and len(v.table) == 6  # 0.06 - 0.004 on each of 3 seeds x 2 tasks
+    assert "p = 0.031" in v.measured  # every pair agrees: the exact test's floor, 2/2**6
+
+
+def test_three_pairs_are_inconclusive_however_clear():
+    """3 seeds on one task: every pair agrees and the bootstrap CI excludes 0 (the old rule said
+    "confirmed"), but 3 pairs cannot give a two-sided p below 0.25."""
     df = records_frame(make_records())
     for check in (stability, plus_beats_prefix, plus_close_to_lora):
-        assert check(df).status == CONFIRMED, check.__name__
-    v = stability(df)
-    assert "+0.0560" in v.measured and len(v.table) == 3  # 0.06 - 0.004 on each of 3 seeds
+        v = check(df)
+        assert v.status == INCONCLUSIVE, check.__name__
+        assert "3 pairs cannot reach p < 0.05 (the smallest p they allow is 0.250)" in v.measured
+    r = stability(df)
+    assert float(r.measured.split("95% CI ")[1].split(" ")[0]) > 0  # the CI alone would have confirmed
+
+
+def test_best_length_is_chosen_on_the_held_out_slice():
+    """With held-out scores on every run, the best prefix length is the held-out one, even where
+    the evaluation split would pick another (P=20 on evaluation, P=5 on the held-out slice)."""
+    recs = [dataclasses.replace(r, holdout_score=(0.9 if r.prefix_length == 5 else 0.5))
+            for r in pooled()]
+    v = plus_beats_prefix(records_frame(recs))
+    assert "chosen on the held-out slice" in v.measured
+    assert v.status == CONFIRMED  # P=5 on both sides: plus is still 0.03 ahead
+    assert (v.table["prefix_tuning"] < 0.79).all()  # prefix_tuning at P=5 (0.78), not P=20 (0.84)
+    on_eval = plus_beats_prefix(records_frame(pooled()))
+    assert "chosen on the evaluation split" in on_eval.measured and (on_eval.table["prefix_tuning"] > 0.83).all()
 
 
 def test_reversed_data_is_not_confirmed():
     swapped = {"prefix_tuning": "residual_prefix", "residual_prefix": "prefix_tuning",
                "prefix_tuning_plus": "prefix_tuning_plus", "lora": "lora"}
-    recs = [dataclasses.replace(r, method=swapped[r.method]) for r in make_records()]
+    recs = [dataclasses.replace(r, method=swapped[r.method]) for r in pooled()]
     assert stability(records_frame(recs)).status == NOT_CONFIRMED
     worse = [dataclasses.replace(r, main_score=r.main_score - 0.06) if r.method == "prefix_tuning_plus" else r
-             for r in make_records()]
+             for r in pooled()]
     df = records_frame(worse)
     assert plus_beats_prefix(df).status == NOT_CONFIRMED
     assert plus_close_to_lora(df).status == NOT_CONFIRMED  # 0.8103 vs 0.8457: more than 0.02 worse
 
 
 def test_inconclusive_with_two_seeds_or_a_missing_method():
-    two = records_frame(make_records(seeds=(0, 1)))
+    two = records_frame(pooled(seeds=(0, 1)))
     assert stability(two).status == INCONCLUSIVE and "fewer than 3 seeds" in stability(two).measured
     no_residual = records_frame(make_records(methods=("prefix_tuning", "lora")))
     v = stability(no_residual)
@@ -52,7 +85,7 @@ def test_inconclusive_with_two_seeds_or_a_missing_method():
 
 
 def test_report_text_and_cli(tmp_path, capsys):
-    text = report(make_records(), ["fixture"], {"claims-stability": "three lengths, three seeds"})
+    text = report(pooled(), ["fixture"], {"claims-stability": "three lengths, three seeds"})
     assert text.startswith("# Reproduction report")
     assert text.count("| **confirmed** |") == 3 and text.count("Verdict: **confirmed**") == 3
     assert "`claims-stability` — three lengths, three seeds" in text
@@ -75,16 +108,16 @@ def test_published_prefix_tuning_plus_without_a_length_is_compared() -> None:
     from bench.report.verdicts import INCONCLUSIVE, plus_beats_prefix, plus_close_to_lora
 
     rows = []
-    for seed in range(3):
-        rows.append({"method": "prefix_tuning_plus", "prefix_length": None, "score": 0.90 + 0.01 * seed})
-        rows.append({"method": "lora", "prefix_length": None, "score": 0.89 + 0.01 * seed})
-        for p, base in ((5, 0.70), (20, 0.80)):
-            rows.append({"method": "prefix_tuning", "prefix_length": p, "score": base + 0.01 * seed})
-        for r in rows[-4:]:
-            r["seed"] = seed
-    df = pd.DataFrame([{**r, "task": "glue/sst2", "backbone": "minilm-l6", "main_score": r.pop("score")}
-                       for r in rows])
+    for task in ("glue/sst2", "glue/rte"):
+        for seed in range(3):
+            rows.append({"method": "prefix_tuning_plus", "prefix_length": None, "score": 0.90 + 0.01 * seed})
+            rows.append({"method": "lora", "prefix_length": None, "score": 0.89 + 0.01 * seed})
+            for p, base in ((5, 0.70), (20, 0.80)):
+                rows.append({"method": "prefix_tuning", "prefix_length": p, "score": base + 0.01 * seed})
+            for r in rows[-4:]:
+                r["seed"], r["task"] = seed, task
+    df = pd.DataFrame([{**r, "backbone": "minilm-l6", "main_score": r.pop("score")} for r in rows])
     beats, close = plus_beats_prefix(df), plus_close_to_lora(df)
     assert beats.status != INCONCLUSIVE and close.status != INCONCLUSIVE
-    # against prefix_tuning's best length (P=20): +0.10 on every seed
-    assert len(beats.table) == 3 and (beats.table["prefix_tuning_plus"] - beats.table["prefix_tuning"]).round(6).eq(0.1).all()
+    # against prefix_tuning's best length (P=20): +0.10 on every seed of both tasks
+    assert len(beats.table) == 6 and (beats.table["prefix_tuning_plus"] - beats.table["prefix_tuning"]).round(6).eq(0.1).all()

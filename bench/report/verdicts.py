@@ -1,11 +1,17 @@
 """``results/REPRODUCTION.md``: each published claim this benchmark tests, the suite that
 tests it, what the records measure (with 95% bootstrap CIs) and a verdict.
 
-Verdicts: **confirmed** when the CI of the claimed difference lies on the claimed side;
-**not confirmed** when it does not; **inconclusive** when a method is missing or fewer
-than ``MIN_SEEDS`` seeds are matched. With 3-5 seeds a percentile bootstrap CI is
-narrow (it excludes 0 about when every seed agrees), so the report also prints the paired
-permutation p-value, which cannot go below 2/2**n (0.25 for n = 3).
+Verdicts: **confirmed** when the CI of the claimed difference lies on the claimed side *and*
+the paired permutation test agrees (p < ``ALPHA``, the mean on the claimed side);
+**not confirmed** when the pairs can decide and they do not; **inconclusive** when a method is
+missing, fewer than ``MIN_SEEDS`` seeds are matched, or there are too few pairs for the test
+to reach p < ``ALPHA`` at all: a two-sided sign-flip test of n pairs cannot go below 2/2**n
+(0.25 for 3 pairs, 0.031 for 6), and a bootstrap CI over 3 points is far too narrow to stand
+alone. Each claim pools its matched pairs over every task, backbone, seed (and, where the claim
+allows, prefix length) of the records, and its verdict says how many pairs it rests on.
+
+A method's "best prefix length" is chosen on the held-out slice of the training split when
+every run of it has a held-out score, else on the evaluation split, and the verdict says which.
 
 Works on whatever records exist: claims about methods that have not run yet say so.
 """
@@ -30,6 +36,7 @@ from bench.report.stats import fmt_p, paired_test
 from bench.report.views import failed_frame, records_frame
 
 MIN_SEEDS = 3
+ALPHA = 0.05
 CLOSE_MARGIN = 0.02  # "close to LoRA": at most 2 points of the main metric worse
 CONFIRMED, NOT_CONFIRMED, INCONCLUSIVE = "confirmed", "not confirmed", "inconclusive"
 
@@ -56,15 +63,43 @@ def _missing(df: pd.DataFrame, methods: tuple[str, ...]) -> list[str]:
     return [m for m in methods if m not in have]
 
 
+def smallest_p(n: int) -> float:
+    """The smallest two-sided p a sign-flip permutation test of ``n`` pairs can give."""
+    return 2.0 / 2**n if n > 0 else 1.0
+
+
+def _pooled_over(rows: pd.DataFrame) -> str:
+    parts = []
+    for key, word in (("task", "task"), ("backbone", "backbone"), ("prefix_length", "prefix length"),
+                      ("seed", "seed")):
+        if key in rows and len(rows):
+            k = rows[key].nunique(dropna=False)
+            parts.append(f"{k} {word}{'s' if k != 1 else ''}")
+    return ", ".join(parts)
+
+
 def _diff_verdict(rows: pd.DataFrame, a: str, b: str, what: str, lower_bound: float = 0.0) -> Verdict:
-    """Verdict on mean(a - b) over matched rows: confirmed when its CI lies above ``lower_bound``."""
+    """Verdict on mean(a - b) over matched rows: confirmed when its CI lies above ``lower_bound``
+    and the paired test of (a - b - lower_bound) against 0 gives p < ALPHA with a positive mean."""
     seeds = rows["seed"].nunique() if len(rows) else 0
+    shifted = paired_test((rows[a] - lower_bound).to_numpy(), rows[b].to_numpy())
     r = paired_test(rows[a].to_numpy(), rows[b].to_numpy())
+    tested = "difference" if lower_bound == 0 else f"difference + {-lower_bound:g}"
     measured = (f"{what}: mean {r.mean_diff:+.4f}, 95% CI {r.ci_low:+.4f} … {r.ci_high:+.4f}, "
-                f"permutation p = {fmt_p(r.p_value)} ({r.n} matched cells, {seeds} seeds)")
+                f"permutation p = {fmt_p(shifted.p_value)} (two-sided, on the {tested}); "
+                f"{r.n} matched pairs pooled over {_pooled_over(rows)}")
     if seeds < MIN_SEEDS:
         return Verdict(INCONCLUSIVE, f"{measured}; fewer than {MIN_SEEDS} seeds", rows)
-    return Verdict(CONFIRMED if r.ci_low > lower_bound else NOT_CONFIRMED, measured, rows)
+    if smallest_p(r.n) >= ALPHA:
+        return Verdict(INCONCLUSIVE, f"{measured}; {r.n} pairs cannot reach p < {ALPHA} "
+                                     f"(the smallest p they allow is {smallest_p(r.n):.3f})", rows)
+    ci_says = r.ci_low > lower_bound
+    test_says = shifted.p_value < ALPHA and shifted.mean_diff > 0
+    if ci_says and test_says:
+        return Verdict(CONFIRMED, measured, rows)
+    if ci_says != test_says:
+        measured += "; the CI and the paired test disagree"
+    return Verdict(NOT_CONFIRMED, measured, rows)
 
 
 def stability(df: pd.DataFrame) -> Verdict:
@@ -101,16 +136,26 @@ def _matched(df: pd.DataFrame, a: str, b: str, keys: list[str]) -> pd.DataFrame:
     return out
 
 
-def _at_best_length(df: pd.DataFrame, method: str) -> pd.DataFrame:
-    """``method``'s rows at its best prefix length (by mean over seeds, per task/backbone);
-    a method without a prefix axis (published Prefix-Tuning+, LoRA) keeps all its rows."""
+def _at_best_length(df: pd.DataFrame, method: str) -> tuple[pd.DataFrame, str]:
+    """``method``'s rows at its best prefix length (by mean over seeds, per task/backbone), and
+    the split that chose it: the held-out slice when every sized run has a held-out score (the
+    evaluation split is then never used to choose), else the evaluation split. A method without
+    a prefix axis (published Prefix-Tuning+, LoRA) keeps all its rows."""
     rows = df[df["method"] == method]
     sized = rows[rows["prefix_length"].notna()]
     if sized.empty:
-        return rows
-    best = sized.groupby(["task", "backbone", "prefix_length"])["main_score"].mean().reset_index()
-    best = best.loc[best.groupby(["task", "backbone"])["main_score"].idxmax(), ["task", "backbone", "prefix_length"]]
-    return sized.merge(best, on=["task", "backbone", "prefix_length"])
+        return rows, ""
+    on_holdout = "holdout_score" in sized and bool(sized["holdout_score"].notna().all())
+    by = "holdout_score" if on_holdout else "main_score"
+    best = sized.groupby(["task", "backbone", "prefix_length"])[by].mean().reset_index()
+    best = best.loc[best.groupby(["task", "backbone"])[by].idxmax(), ["task", "backbone", "prefix_length"]]
+    return sized.merge(best, on=["task", "backbone", "prefix_length"]), (
+        "held-out slice" if on_holdout else "evaluation split")
+
+
+def _chosen_on(*splits: str) -> str:
+    used = sorted({s for s in splits if s})
+    return f"; best prefix length chosen on the {' and '.join(used)}" if used else ""
 
 
 def plus_beats_prefix(df: pd.DataFrame) -> Verdict:
@@ -119,10 +164,11 @@ def plus_beats_prefix(df: pd.DataFrame) -> Verdict:
     missing = _missing(df, ("prefix_tuning_plus", "prefix_tuning"))
     if missing:
         return Verdict(INCONCLUSIVE, f"no records of {', '.join(missing)}")
-    frame = pd.concat([_at_best_length(df, "prefix_tuning_plus"), _at_best_length(df, "prefix_tuning")])
-    rows = _matched(frame, "prefix_tuning_plus", "prefix_tuning", ["task", "backbone", "seed"])
+    (plus, on_a), (prefix, on_b) = _at_best_length(df, "prefix_tuning_plus"), _at_best_length(df, "prefix_tuning")
+    rows = _matched(pd.concat([plus, prefix]), "prefix_tuning_plus", "prefix_tuning", ["task", "backbone", "seed"])
     return _diff_verdict(rows, "prefix_tuning_plus", "prefix_tuning",
-                         "main metric, prefix_tuning_plus − prefix_tuning (each at its best prefix length)")
+                         "main metric, prefix_tuning_plus − prefix_tuning (each at its best prefix length"
+                         + _chosen_on(on_a, on_b) + ")")
 
 
 def plus_close_to_lora(df: pd.DataFrame) -> Verdict:
@@ -131,10 +177,12 @@ def plus_close_to_lora(df: pd.DataFrame) -> Verdict:
     missing = _missing(df, ("prefix_tuning_plus", "lora"))
     if missing:
         return Verdict(INCONCLUSIVE, f"no records of {', '.join(missing)}")
-    frame = pd.concat([_at_best_length(df, "prefix_tuning_plus"), df[df["method"] == "lora"]])
-    rows = _matched(frame, "prefix_tuning_plus", "lora", ["task", "backbone", "seed"])
+    plus, on = _at_best_length(df, "prefix_tuning_plus")
+    rows = _matched(pd.concat([plus, df[df["method"] == "lora"]]), "prefix_tuning_plus", "lora",
+                    ["task", "backbone", "seed"])
     return _diff_verdict(rows, "prefix_tuning_plus", "lora",
-                         f"main metric, prefix_tuning_plus − lora; close = CI above −{CLOSE_MARGIN}",
+                         f"main metric, prefix_tuning_plus − lora{_chosen_on(on)}; close = CI above "
+                         f"−{CLOSE_MARGIN}",
                          lower_bound=-CLOSE_MARGIN)
 
 
@@ -168,12 +216,15 @@ def report(records: list[ResultRecord], sources: list[str], suites: dict[str, st
     lines = ["# Reproduction report", "",
              "Generated by `prefix-bench reproduction-report` from the records in: "
              + (", ".join(f"`{s}`" for s in sources) or "(none)") + f" ({len(df)} finished runs{left_out}).", "",
-             f"Verdicts: **confirmed** (the 95% bootstrap CI lies on the claimed side), **not confirmed**, or "
-             f"**inconclusive** (a method has no records, or fewer than {MIN_SEEDS} seeds are matched). With "
-             f"few seeds the bootstrap CI is optimistic; the permutation p-value is shown beside it.", "",
-             "| claim | source | verdict |", "|---|---|---|"]
+             f"Verdicts: **confirmed** when the 95% bootstrap CI lies on the claimed side and the paired "
+             f"permutation test agrees (p < {ALPHA}); **not confirmed** when the pairs could decide and did not; "
+             f"**inconclusive** when a method has no records, fewer than {MIN_SEEDS} seeds are matched, or the "
+             f"pairs are too few for the test to reach p < {ALPHA} (n pairs allow no p below 2/2^n). Matched "
+             f"pairs are pooled over every task, backbone and seed the records hold.", "",
+             "| claim | source | pairs | verdict |", "|---|---|---|---|"]
     verdicts = [(c, c.evaluate(df)) for c in CLAIMS]
-    lines += [f"| {c.statement} | {c.source} | **{v.status}** |" for c, v in verdicts]
+    lines += [f"| {c.statement} | {c.source} | {0 if v.table is None else len(v.table)} | **{v.status}** |"
+              for c, v in verdicts]
     for c, v in verdicts:
         suite_note = (f"`{c.suite}` — {suites[c.suite]}" if c.suite in suites
                       else f"`{c.suite}` (not defined in bench/suites.toml yet)")

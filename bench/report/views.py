@@ -67,11 +67,12 @@ def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
     rows, left_out = newest_experiments(records)
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
-            "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind", "eval_examples", "eval_split_size"]
+            "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind", "eval_examples", "eval_split_size",
+            "holdout_score"]
     df = pd.DataFrame([{**{c: getattr(r, c) for c in cols},
                         "weights": str(r.config.get("weights", "")) if isinstance(r.config, dict) else ""}
                        for r in rows], columns=[*cols, "weights"])
-    for c in ("main_score", "inference_params", "inference_bytes"):  # None (unknown) -> NaN
+    for c in ("main_score", "inference_params", "inference_bytes", "holdout_score"):  # None (unknown) -> NaN
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df.attrs["left_out"] = dict(left_out)
     return df
