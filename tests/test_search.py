@@ -103,6 +103,27 @@ def test_bad_searches_are_config_errors(change, message):
         expand(doc, "s")
 
 
+def test_a_search_at_one_prefix_length_serves_every_length():
+    """search.prefix_length: one set of trials per (method, task, backbone), at that length; the
+    final cells of every length take its choice. Methods without a prefix keep their own form."""
+    cells = expand(suite(methods=["prefix_tuning", "lora"], prefix_lengths=[2, 4, 8],
+                         search={"lr": GRID, "prefix_length": 4}), "s")
+    trials = [c for c in cells if c.is_trial]
+    assert sorted((c.method, c.prefix_length) for c in trials) == sorted(
+        [("prefix_tuning", 4)] * len(GRID) + [("lora", None)] * len(GRID))
+    finals = [c for c in cells if not c.is_trial and c.method == "prefix_tuning"]
+    assert sorted({c.prefix_length for c in finals}) == [2, 4, 8]
+    for c in finals:
+        assert c.search["prefix_length"] == 4 and {t.prefix_length for t in c.trials()} == {4}
+        assert {t.id for t in c.trials()} <= {t.id for t in trials}
+    assert all("prefix_length" not in c.search for c in cells if c.method == "lora" and not c.is_trial)
+    # per-length trials (no search.prefix_length) are another plan: 3 lengths, 3 sets of trials
+    per_length = expand(suite(methods=["prefix_tuning"], prefix_lengths=[2, 4, 8]), "s")
+    assert len([c for c in per_length if c.is_trial]) == 3 * len(GRID)
+    with pytest.raises(ConfigError, match=r"search.prefix_length: 5 is not one of the suite's prefix_lengths \(2, 4, 8\)"):
+        expand(suite(prefix_lengths=[2, 4, 8], search={"lr": GRID, "prefix_length": 5}), "s")
+
+
 def test_equal_length_search_overrides_give_each_method_its_own_grid():
     cells = expand(suite(methods=["prefix_tuning", "lora"],
                          search_overrides={"lora": {"lr": [1e-4, 1e-2]}}), "s")

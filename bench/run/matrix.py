@@ -19,6 +19,7 @@ File layout (every key is checked; unknown keys are errors)::
     method_args.prefix_tuning = { projection = false }        # the method's own Config
     exclude = [{ method = "lora", backbone = "smollm2-135m" }]
     search = { lr = [1e-4, 3e-4, 1e-3] }                     # learning-rate search (seed: the first seed)
+    search = { lr = [...], prefix_length = 20 }              # trials at one length; its choice serves all
     search_overrides.lora = { lr = [1e-4, 1e-3, 1e-2] }      # a method's own grid, of the same length
     executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
 
@@ -31,7 +32,7 @@ the same ids. An id covers the resolved options and the code identity of the cel
 and task (``bench.core.identity``), so editing either makes new cells, never reuses old rows.
 
 A suite with ``search`` chooses each (method, task, backbone, prefix length) group's learning
-rate: one *trial* cell per grid value at the search seed, scored on the held-out slice of the
+rate (with ``search.prefix_length``, each (method, task, backbone) group's, tried at that length): one *trial* cell per grid value at the search seed, scored on the held-out slice of the
 training split (``holdout`` > 0 is required), then one *final* cell per seed whose id covers the
 grid instead of an lr; the driver runs the trials first and hands each final cell the value its
 trials chose (bench/run/search.py). Every method gets as many trials as the suite's grid has
@@ -56,7 +57,7 @@ from bench.core.safe_names import check_name
 from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
 from bench.run import precision
 from bench.run.backbones import BACKBONES
-from bench.run.search_spec import check_searchable, search_grids
+from bench.run.search_spec import check_searchable, search_grids, search_length
 from methods import METHODS
 from tasks import TASKS
 
@@ -155,8 +156,10 @@ class Cell:
         search). Derived from the cell, so pinning the final cell pins its trials alike."""
         if not self.search:
             return []
-        return [dataclasses.replace(self, role=TRIAL, seed=self.search["seed"], train={**self.train, "lr": lr},
-                                    search={}, selection={}) for lr in self.search["lr"]]
+        length = self.search.get("prefix_length", self.prefix_length)
+        return [dataclasses.replace(self, role=TRIAL, seed=self.search["seed"], prefix_length=length,
+                                    train={**self.train, "lr": lr}, search={}, selection={})
+                for lr in self.search["lr"]]
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any], suite: str = "reproduce") -> Cell:
@@ -252,6 +255,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     for s in seeds:
         check_point(where, None, s)
     grids, search_seed = search_grids(where, spec, methods, seeds)
+    trial_length = search_length(where, spec, lengths)
     executor = spec.get("executor", {})
     if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
         raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
@@ -300,6 +304,8 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         if (method, task) not in identities:
             identities[method, task] = cell_identity(method_cls, TASKS.get(task))
         search = {"lr": grids[method], "seed": search_seed} if grids else {}
+        if search and trial_length is not None and plen is not None:
+            search["prefix_length"] = trial_length  # every length takes the choice made at this one
         cell = Cell(suite, method, task, backbone, plen, seed, _stored_train(cfg), margs, source_choice,
                     identities[method, task], search=search)
         for c in (*cell.trials(), cell):  # a group's trials before its first final cell

@@ -55,6 +55,7 @@ def choose(final: Cell, latest: Mapping[str, ResultRecord], higher_is_better: bo
         if s is not None and (best is None or (s > best_score if higher_is_better else s < best_score)):
             best, best_score = lr, s  # strictly better: a tie keeps the first in the grid
     selection = {"grid": {"lr": grid}, "seed": final.search["seed"], "scores": scores,
+                 **({"prefix_length": final.search["prefix_length"]} if "prefix_length" in final.search else {}),
                  "chosen": {} if best is None else {"lr": best}, "trials": len(trials),
                  "cost_s": float(sum(r.train_seconds + r.eval_seconds for r in rows if r is not None))}
     if best is None:

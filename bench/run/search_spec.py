@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.core.config import LIMITS, ConfigError, TrainConfig, unknown_keys
 
-SEARCH_KEYS = ("lr", "seed")  # only the learning rate is searched
+SEARCH_KEYS = ("lr", "seed", "prefix_length")  # only the learning rate is searched
 
 
 def check_searchable(where: str, cfg: TrainConfig, train: dict[str, Any]) -> None:
@@ -79,3 +79,17 @@ def search_grids(where: str, spec: dict[str, Any], methods: list[str],
                               "make the comparison measure the budget, not the method)")
         grids[method] = own
     return grids, seed
+
+
+def search_length(where: str, spec: dict[str, Any], lengths: list[int]) -> int | None:
+    """``search.prefix_length``: the one prefix length a method's trials run at, whose choice
+    serves every length of that method (None: each length runs its own trials). It must be on
+    the suite's prefix_lengths axis, so the chosen rate was tried where it is used at least once."""
+    search = spec.get("search")
+    if not isinstance(search, dict) or "prefix_length" not in search:
+        return None
+    value = search["prefix_length"]
+    if isinstance(value, bool) or not isinstance(value, int) or value not in lengths:
+        raise ConfigError(f"{where}.search.prefix_length: {value!r} is not one of the suite's prefix_lengths "
+                          f"({', '.join(map(str, lengths))}); the trials run at one of them")
+    return value
