@@ -82,8 +82,8 @@ def _diff_verdict(rows: pd.DataFrame, a: str, b: str, what: str, lower_bound: fl
     """Verdict on mean(a - b) over matched rows: confirmed when its CI lies above ``lower_bound``
     and the paired test of (a - b - lower_bound) against 0 gives p < ALPHA with a positive mean."""
     seeds = rows["seed"].nunique() if len(rows) else 0
-    shifted = paired_test((rows[a] - lower_bound).to_numpy(), rows[b].to_numpy())
     r = paired_test(rows[a].to_numpy(), rows[b].to_numpy())
+    shifted = r if lower_bound == 0 else paired_test((rows[a] - lower_bound).to_numpy(), rows[b].to_numpy())
     tested = "difference" if lower_bound == 0 else f"difference + {-lower_bound:g}"
     measured = (f"{what}: mean {r.mean_diff:+.4f}, 95% CI {r.ci_low:+.4f} … {r.ci_high:+.4f}, "
                 f"permutation p = {fmt_p(shifted.p_value)} (two-sided, on the {tested}); "
