@@ -48,14 +48,21 @@ LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets builder
 
 # -- lm-eval's task index ------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=8)
 def _manager(include_path: str | None) -> Any:
-    """lm-eval's TaskManager over ``include_path`` alone, or over its built-in tasks (None)."""
+    """lm-eval's TaskManager over ``include_path`` alone (indexed afresh: a few files, and
+    they may have changed), or over its built-in tasks (None: once per process)."""
     from lm_eval.tasks import TaskManager
 
     if include_path is None:
-        return TaskManager()
+        return _builtin_manager()
     return TaskManager(include_path=include_path, include_defaults=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_manager() -> Any:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
 
 
 def _runnable(entry: Any) -> bool:
@@ -273,7 +280,6 @@ def cell_args(name: str, options: Mapping[str, Any], include_path: str | None, w
     return args
 
 
-@functools.lru_cache(maxsize=256)
 def _build(name: str, args_json: str) -> Task:
     args = json.loads(args_json)
     include_path = args.pop(INCLUDE_KEY, None)
@@ -302,8 +308,8 @@ def _build(name: str, args_json: str) -> Task:
 
 def task_for(name: str, args: Mapping[str, Any] | None = None) -> Task:
     """The task a cell runs: the registered ``name`` itself when ``args`` is empty and it is
-    registered, else ``name`` built with ``args`` (an ``lm_eval/`` task; one object per
-    name and options in a process). Raises UnknownNameError / ConfigError for a bad name."""
+    registered, else ``name`` built with ``args`` (an ``lm_eval/`` task, read from lm-eval's
+    index and the include folder as they are now). Raises UnknownNameError / ConfigError for a bad name."""
     if not args and name in TASKS:
         return TASKS.get(name)
     if not name.startswith(PREFIX):
