@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.run.matrix import load_suite
     from tasks import DataSettings
 
-    cells = load_suite(args.config, args.suite)
+    cells = load_suite(args.config, args.suite, _include_path(args))
     for key in ("method", "task", "backbone"):
         wanted = getattr(args, key)
         if wanted:
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from tasks import TASKS
             registry = {"method": METHODS, "task": TASKS, "backbone": BACKBONES}[key]
             for name in wanted:
-                if name not in registry:
+                if name not in registry and not (key == "task" and any(c.task == name for c in cells)):
                     raise ConfigError(f"--{key}: {registry.unknown_message(name)}")
             cells = [c for c in cells if getattr(c, key) in wanted]
     if not cells:
@@ -110,11 +110,25 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"no records in {_results_dir(args)}", file=sys.stderr)
         return 1
     records = _current_cells_only(records, args)
-    for path in render(records, _tables_dir(args), facts=task_facts(), order=_suite_order(args)):
+    facts = {**_suite_task_facts(args), **task_facts()}
+    for path in render(records, _tables_dir(args), facts=facts, order=_suite_order(args)):
         print(f"wrote {path}")
         if path.name == "leaderboard.md" and not args.quiet:
             print(path.read_text(encoding="utf-8"))
     return 0
+
+
+def _suite_task_facts(args: argparse.Namespace) -> dict:
+    """Facts of the suite's tasks that are not registered (``lm_eval/`` tasks found by name),
+    so their metrics' directions reach the tables; {} without such a suite."""
+    from bench.run.matrix import load_suite
+    from tasks import TASKS, cell_task
+
+    try:
+        cells = load_suite(args.config, args.suite, _include_path(args))
+    except ConfigError:
+        return {}
+    return {c.task: cell_task(c).facts() for c in cells if c.task not in TASKS}
 
 
 def _suite_order(args: argparse.Namespace) -> list[tuple[str, str]] | None:
@@ -122,7 +136,7 @@ def _suite_order(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     from bench.run.matrix import load_suite
 
     try:
-        cells = load_suite(args.config, args.suite)
+        cells = load_suite(args.config, args.suite, _include_path(args))
     except ConfigError:
         return None
     return list(dict.fromkeys((c.task, c.backbone) for c in cells))
@@ -139,7 +153,7 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
     if getattr(args, "all_records", False):
         return records
     try:
-        cells = load_suite(args.config, args.suite)
+        cells = load_suite(args.config, args.suite, _include_path(args))
     except ConfigError:
         return records
     # a row's id also hashes the threads, deterministic setting, weights and precision it ran
@@ -189,6 +203,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("tasks:")
         for name, task in TASKS.items():
             print(f"  {name:20} {task.describe()}")
+        from tasks.lm_eval_any import OPTIONS
+        print(f"  {'lm_eval/<task>':20} any lm-evaluation-harness task by name, or one of a suite's "
+              "lm_eval_include_path folder; its options (a suite's task_args.\"lm_eval/<task>\"):")
+        for option, text in OPTIONS.items():
+            print(f"      {option}: {text}")
     if what in ("backbones", "all"):
         print("backbones:")
         for name, bb in BACKBONES.items():
@@ -219,10 +238,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     folder, origin = (args.data_dir, "--data-dir") if args.data_dir else find_data_dir()
     print(f"data folder: {folder or '(none)'} (from {origin})")
     data = DataSettings.from_env(folder or "", allow_hub=False) if folder else DataSettings(None, False)
-    names = sorted({c.task for c in _suite_cells(args)}) if args.suite else TASKS.names()
+    from tasks import cell_task
+
+    tasks = ({c.task: cell_task(c) for c in _suite_cells(args)} if args.suite
+             else {name: TASKS.get(name) for name in TASKS.names()})
+    names = sorted(tasks)
     missing = []
     for name in names:
-        task = TASKS.get(name)
+        task = tasks[name]
         try:
             task.check_available(data)
             sizes = [f"{split} {len(task.load(split, data).examples):,}" for split in (task.train_split, task.eval_split)]
@@ -237,10 +260,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _include_path(args: argparse.Namespace) -> str | None:
+    """--lm-eval-include-path, where the command has it (None: the suite's own, if any)."""
+    return getattr(args, "lm_eval_include_path", None)
+
+
 def _suite_cells(args: argparse.Namespace) -> list:
     from bench.run.matrix import load_suite
 
-    return load_suite(args.config, args.suite)
+    return load_suite(args.config, args.suite, _include_path(args))
 
 
 MAX_THREADS = LIMITS["threads"][0]
@@ -267,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--results", default=None, help="records folder (default: results/runs/SUITE)")
         sp.add_argument("--tables", default=None, help="tables folder (default: results/tables/SUITE)")
         sp.add_argument("--quiet", action="store_true", help="do not print rendered tables")
+        sp.add_argument("--lm-eval-include-path", default=None, metavar="DIR",
+                        help="folder of lm-eval task YAMLs, so a suite can name their tasks as lm_eval/<task> "
+                             "(replaces the suite's lm_eval_include_path)")
 
     run = sub.add_parser("run", help="train and evaluate every unfinished cell of a suite, then render",
                          description="Train and evaluate every unfinished cell of a suite, then render. A suite "
@@ -315,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "config's data_dir, or the default folder; see the README)")
     data.add_argument("--suite", default=None, help="check only this suite's tasks (default: every task)")
     data.add_argument("--config", default=None, help="suite TOML file (default: bench/suites.toml)")
+    data.add_argument("--lm-eval-include-path", default=None, metavar="DIR",
+                      help="folder of lm-eval task YAMLs (replaces the suite's lm_eval_include_path)")
     data.set_defaults(func=cmd_data)
 
     lst = sub.add_parser("list", help="list methods, tasks, backbones, suites")

@@ -218,11 +218,11 @@ def _guard_eval_split(monkeypatch) -> list[str]:
     seen: list[str] = []
     real = data_mod.load_split
 
-    def guarded(task_name, split, data):
+    def guarded(task_name, split, data, task_args=None):
         seen.append(split)
         if split == TASKS.get(task_name).eval_split:
             raise AssertionError(f"the evaluation split {split!r} was read")
-        return real(task_name, split, data)
+        return real(task_name, split, data, task_args)
 
     for module in (data_mod, cell_mod, validate_mod):
         monkeypatch.setattr(module, "load_split", guarded)

@@ -41,7 +41,7 @@ from bench.run.matrix import Cell
 from bench.run.precision import Precision, fp32_evaluation
 from bench.run.trainer import EvalResult, TrainStats, evaluate, train
 from methods import METHODS, Anatomy, AttachContext
-from tasks import TASKS, DataSettings
+from tasks import DataSettings, cell_task
 from tasks.base import Example, Split, Task
 
 
@@ -108,7 +108,7 @@ def prepare(cell: Cell, data: DataSettings, device: torch.device) -> CellRun:
     started = provenance.now()
     if cell.threads:  # a pinned cell runs with the settings its id hashes
         provenance.apply_torch_settings(cell.threads, cell.deterministic)
-    task = TASKS.get(cell.task)
+    task = cell_task(cell)
     now = identity.cell_identity(METHODS.get(cell.method), task)
     if cell.identity != now:
         changed = ", ".join(identity.identity_changes(cell.identity, now))
@@ -121,10 +121,10 @@ def prepare(cell: Cell, data: DataSettings, device: torch.device) -> CellRun:
     precision = Precision.of(cfg.precision, device)
     cfg = dataclasses.replace(cfg, precision=precision.name)
     form_cls = choose_formulation(cfg.formulation, task, BACKBONES.get(cell.backbone).causal)
-    train_split = load_split(cell.task, task.train_split, data)
+    train_split = load_split(cell.task, task.train_split, data, cell.task_args)
     # a trial selects on the held-out slice: it must not even read the evaluation split
     eval_split = Split([], "not read (a search trial)", "") if cell.is_trial else load_split(cell.task, task.eval_split,
-                                                                                              data)
+                                                                                              data, cell.task_args)
     loaded = load_backbone(cell.backbone, form_cls.head, task.num_labels, cell.backbone_source, device)
     formulation = form_cls(task, loaded.tokenizer, cfg.max_length)
     flops.peak_flops(device, precision.dtype)  # once per process, off the cell clock
@@ -259,7 +259,8 @@ def record(run: CellRun) -> ResultRecord:
         device=provenance.device_name(run.device), kernels=reproducible.kernel_provenance(),
         backbone_source=run.loaded.source,
         data_source=f"train={run.train_split.source} eval={eval_source}",
-        data_fingerprint=data_fingerprint(cell.task, run.data, eval_split=not cell.is_trial), data_notes=notes,
+        data_fingerprint=data_fingerprint(cell.task, run.data, eval_split=not cell.is_trial,
+                                          task_args=cell.task_args), data_notes=notes,
         gen_tokens_per_s=run.formulation.gen_tokens_per_s(),
         started_at=run.started, finished_at=provenance.now(),
         role=cell.role, holdout_score=None if holdout is None else float(holdout), best_step=stats.best_step,

@@ -8,9 +8,13 @@ is selected and early-stopped on the same examples. The cell trains on the rest,
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-from tasks import TASKS, DataSettings
+from tasks import DataSettings, task_for
 from tasks.base import Example, Split
 
 _SPLITS: dict[tuple, Split] = {}
@@ -21,20 +25,23 @@ HOLDOUT_SEED = 17_2026
 NOT_READ = "-"
 
 
-def load_split(task_name: str, split: str, data: DataSettings) -> Split:
-    key = (task_name, split, data)
+def load_split(task_name: str, split: str, data: DataSettings, task_args: Mapping[str, Any] | None = None) -> Split:
+    """``split`` of task ``task_name`` (with a cell's ``task_args``), read once per process."""
+    key = (task_name, json.dumps(dict(task_args or {}), sort_keys=True), split, data)
     if key not in _SPLITS:
-        _SPLITS[key] = TASKS.get(task_name).load(split, data)
+        _SPLITS[key] = task_for(task_name, task_args).load(split, data)
     return _SPLITS[key]
 
 
-def data_fingerprint(task_name: str, data: DataSettings, *, eval_split: bool = True) -> str:
+def data_fingerprint(task_name: str, data: DataSettings, *, eval_split: bool = True,
+                     task_args: Mapping[str, Any] | None = None) -> str:
     """The task's data as a row records it ("train/eval" fingerprints); reads it if needed.
     ``eval_split`` False: a cell that never reads the evaluation split (a search trial),
     whose fingerprint names only the training split's ("train/-")."""
-    task = TASKS.get(task_name)
-    train = load_split(task_name, task.train_split, data).fingerprint
-    return f"{train}/{load_split(task_name, task.eval_split, data).fingerprint if eval_split else NOT_READ}"
+    task = task_for(task_name, task_args)
+    train = load_split(task_name, task.train_split, data, task_args).fingerprint
+    evaluated = load_split(task_name, task.eval_split, data, task_args).fingerprint if eval_split else NOT_READ
+    return f"{train}/{evaluated}"
 
 
 def subset(examples: list[Example], limit: int | None, seed: int | None) -> list[Example]:

@@ -26,7 +26,7 @@ from bench.run.data import data_fingerprint
 from bench.run.executors import CellJob, Executor, LocalExecutor, lost_cell
 from bench.run.matrix import Cell
 from bench.run.validate import validate_cells
-from tasks import TASKS, DataSettings
+from tasks import DataSettings, cell_task
 
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
@@ -62,7 +62,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
         log(problem_summary(problems))
     # validate_cells has read every task's data: its fingerprints cost nothing more. A trial's
     # names only the training split: it never reads the evaluation split
-    fingerprints = {c.id: data_fingerprint(c.task, data, eval_split=not c.is_trial) for c in cells}
+    fingerprints = {c.id: data_fingerprint(c.task, data, eval_split=not c.is_trial, task_args=c.task_args) for c in cells}
     plan = staleness.plan(cells, records, fingerprints, retry_failed)
     todo = plan.todo
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
@@ -130,7 +130,7 @@ def _hand_out_choices(cells: list[Cell], results_dir: Path,
         if not cell.search:
             ready.append(cell)
             continue
-        task = TASKS.get(cell.task)
+        task = cell_task(cell)
         choice = search.choose(cell, latest, task.facts().higher_is_better.get(task.main_metric, True))
         group = tuple(t.id for t in cell.trials())
         where = f"search {cell.method} {cell.task} {cell.backbone} P={cell.prefix_length}"

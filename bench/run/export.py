@@ -116,14 +116,14 @@ def rebuild(record: ResultRecord, results_dir: Path, device: torch.device | str 
     from bench.run.rerun import stored_cell
     from methods import METHODS, Anatomy, AttachContext
     from methods.base import load_adapter
-    from tasks import TASKS
+    from tasks import cell_task
 
     cell = stored_cell(record)
     if cell.id != record.cell_id:
         raise ConfigError(f"cell {record.cell_id}: its stored config hashes to {cell.id}; the record was edited or "
                           "written by an incompatible version, so its adapter cannot be rebuilt faithfully")
     try:
-        method_cls, task, backbone = METHODS.get(cell.method), TASKS.get(cell.task), BACKBONES.get(cell.backbone)
+        method_cls, task, backbone = METHODS.get(cell.method), cell_task(cell), BACKBONES.get(cell.backbone)
     except UnknownNameError as err:
         raise ConfigError(f"cell {record.cell_id}: {err} (a plugin's? load it with --plugin)") from None
     if not method_cls.peft_export_type:

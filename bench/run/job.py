@@ -130,7 +130,7 @@ def _data_fingerprint(cell: Cell, job: CellJob) -> str | None:
     """The cell's data as this worker reads it (cached for its run), or None when it cannot:
     the cell then fails in ``run_cell`` with the reason."""
     try:
-        return data_fingerprint(cell.task, job.data, eval_split=not cell.is_trial)
+        return data_fingerprint(cell.task, job.data, eval_split=not cell.is_trial, task_args=cell.task_args)
     except Exception:  # any reason is run_cell's to report, as a failed row
         return None
 

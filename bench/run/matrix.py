@@ -15,6 +15,8 @@ File layout (every key is checked; unknown keys are errors)::
     train = { train_steps = 300 }   # TrainConfig overrides for this suite
     backbone_overrides.smollm2-135m = { batch_size = 16 }    # TrainConfig, per backbone
     task_overrides."glue/rte" = { max_length = 128 }         # TrainConfig, per task
+    task_args."lm_eval/arc_easy" = { num_fewshot = 5, limit = 200 }   # the task's own options
+    lm_eval_include_path = "my_tasks"   # lm-eval task YAMLs (relative to this file): lm_eval/<their task>
     overrides.lora = { lr = 1e-3 }                            # TrainConfig, per method
     method_args.prefix_tuning = { projection = false }        # the method's own Config
     exclude = [{ method = "lora", backbone = "smollm2-135m" }]
@@ -25,6 +27,10 @@ File layout (every key is checked; unknown keys are errors)::
 
 Training options resolve in this order, later winning: [defaults], the suite's ``train``,
 ``backbone_overrides``, ``task_overrides``, ``overrides`` (per method).
+``tasks`` may name any lm-evaluation-harness task as ``lm_eval/<harness task>``, lm-eval's own
+or one of the ``lm_eval_include_path`` folder (``--lm-eval-include-path`` on the command line
+wins); ``task_args`` sets its options (tasks/lm_eval_any.py ``OPTIONS``: train_source,
+train_split, num_fewshot, limit, main_metric). An unknown name fails here, naming close ones.
 A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (with
 ``description`` and ``executor`` only); its cells are theirs, labelled with its name.
 ``expand`` is a pure function: the same file and the same code give the same cells with
@@ -59,11 +65,12 @@ from bench.run import precision
 from bench.run.backbones import BACKBONES
 from bench.run.search_spec import check_searchable, search_grids, search_length
 from methods import METHODS
-from tasks import TASKS
+from tasks import task_for
+from tasks.lm_eval_any import cell_args, parse_options
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
               "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor",
-              "search", "search_overrides")
+              "search", "search_overrides", "task_args", "lm_eval_include_path")
 COMPOSITE_KEYS = ("description", "include", "executor")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
@@ -109,14 +116,17 @@ class Cell:
     # trials chose. Cells reach workers pickled whole (local, subprocess, Ray, Slurm), so it
     # travels with them; a cell rebuilt from its resolved() form must be given it back.
     selection: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the task's own options (a suite's task_args, e.g. an lm_eval/ task's num_fewshot) and,
+    # for a task from the suite's lm_eval_include_path, that folder (tasks/lm_eval_any.py)
+    task_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """What the id hashes (the suite's name is a label, not part of the id). ``role`` and
-        ``search`` join only when set, so cells without a search keep their ids."""
+        """What the id hashes (the suite's name is a label, not part of the id). ``role``,
+        ``search`` and ``task_args`` join only when set, so cells without them keep their ids."""
         d = dataclasses.asdict(self)
         for name in ("suite", "selection"):
             d.pop(name)
-        for name in ("role", "search"):
+        for name in ("role", "search", "task_args"):
             if not d[name]:
                 d.pop(name)
         return d
@@ -191,7 +201,7 @@ def _train_table(where: str, table: Any) -> dict[str, Any]:
 
 
 def _expand_composite(doc: dict[str, Any], suite: str, spec: dict[str, Any], source: str, where: str,
-                      seen: tuple[str, ...]) -> list[Cell]:
+                      seen: tuple[str, ...], include_path: str | None) -> list[Cell]:
     """A suite made of other suites (``include = [...]``): the union of their cells, labelled
     with this suite's name. Lets one suite pair each task with its own backbones and budget.
     A name the file does not define is looked up among the built-in suites (bench/suites.toml),
@@ -211,13 +221,15 @@ def _expand_composite(doc: dict[str, Any], suite: str, spec: dict[str, Any], sou
             if part not in (part_doc.get("suites") or {}):
                 raise ConfigError(f"{where}: include {part!r}: no such suite in {source} or among the built-in "
                                   f"suites ({', '.join(sorted(part_doc.get('suites') or {}))})")
-        for cell in expand(part_doc, part, part_source, _seen=(*seen, suite)):
+        for cell in expand(part_doc, part, part_source, _seen=(*seen, suite), include_path=include_path):
             cells.setdefault(cell.id, dataclasses.replace(cell, suite=suite))
     return list(cells.values())
 
 
-def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tuple[str, ...] = ()) -> list[Cell]:
-    """Expand suite ``suite`` of a parsed TOML document into cells (pure, deterministic)."""
+def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tuple[str, ...] = (),
+           include_path: str | None = None) -> list[Cell]:
+    """Expand suite ``suite`` of a parsed TOML document into cells (pure, deterministic).
+    ``include_path`` (--lm-eval-include-path) replaces the suite's ``lm_eval_include_path``."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a document of tables, got {doc!r:.200}")
     unknown_top = sorted(map(str, set(doc) - {"defaults", "suites"}))
@@ -234,7 +246,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a table")
     if "include" in spec:
-        return _expand_composite(doc, suite, spec, source, where, _seen)
+        return _expand_composite(doc, suite, spec, source, where, _seen, include_path)
     unknown = sorted(set(spec) - set(SUITE_KEYS))
     if unknown:
         raise ConfigError(unknown_keys(where, unknown, SUITE_KEYS))
@@ -248,7 +260,8 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     lengths = _check_list(where, "prefix_lengths", spec["prefix_lengths"], int)
     seeds = _check_list(where, "seeds", spec["seeds"], int)
     _check_names(where, "methods", methods, METHODS)
-    _check_names(where, "tasks", tasks, TASKS)
+    task_args = _task_args(where, spec, tasks, _include_path(where, spec, source, include_path))
+    task_objs = {t: task_for(t, task_args[t]) for t in tasks}
     _check_names(where, "backbones", backbones, BACKBONES)
     for p in lengths:
         check_point(where, p, None)
@@ -291,7 +304,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         train = {**defaults, **suite_train, **per_backbone.get(backbone, {}),
                  **per_task.get(task, {}), **per_method.get(method, {})}
         cfg = check_fields(TrainConfig, train, f"{where} cell {method}/{task}/{backbone}")
-        if suite.startswith(CLAIMS_PREFIX) and TASKS.get(task).corpus_metrics and cfg.eval_limit is not None:
+        if suite.startswith(CLAIMS_PREFIX) and task_objs[task].corpus_metrics and cfg.eval_limit is not None:
             raise ConfigError(f"{where}: a claims suite evaluates task {task!r} on its full evaluation split: its "
                               f"metrics are corpus statistics, so eval_limit = {cfg.eval_limit} would make "
                               "its scores comparable to nothing; remove eval_limit")
@@ -302,17 +315,43 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         margs = method_cls.Config.from_dict(method_args.get(method, {}),
                                             f"{where}.method_args.{method}").to_dict()
         if (method, task) not in identities:
-            identities[method, task] = cell_identity(method_cls, TASKS.get(task))
+            identities[method, task] = cell_identity(method_cls, task_objs[task])
         search = {"lr": grids[method], "seed": search_seed} if grids else {}
         if search and trial_length is not None and plen is not None:
             search["prefix_length"] = trial_length  # every length takes the choice made at this one
         cell = Cell(suite, method, task, backbone, plen, seed, _stored_train(cfg), margs, source_choice,
-                    identities[method, task], search=search)
+                    identities[method, task], search=search, task_args=task_args[task])
         for c in (*cell.trials(), cell):  # a group's trials before its first final cell
             cells.setdefault(c.id, c)  # methods without a prefix collapse the length axis
     if not cells:
         raise ConfigError(f"{where}: the excludes remove every cell")
     return list(cells.values())
+
+
+def _include_path(where: str, spec: dict, source: str, given: str | None) -> str | None:
+    """The folder of lm-eval task YAMLs for this suite's ``lm_eval/`` tasks, absolute:
+    ``given`` (the command line; relative to the working directory), else the suite's
+    ``lm_eval_include_path`` (relative to its TOML file)."""
+    raw, base = (given, Path.cwd()) if given else (spec.get("lm_eval_include_path"), None)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{where}: lm_eval_include_path must be a folder path, got {raw!r}")
+    if base is None:
+        base = Path(source).parent if Path(source).is_file() else Path.cwd()
+    path = (base / Path(raw).expanduser()).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"{where}: lm_eval_include_path {raw!r} is not a folder ({path})")
+    return str(path)
+
+
+def _task_args(where: str, spec: dict, tasks: list[str], include_path: str | None) -> dict[str, dict[str, Any]]:
+    """Each task's ``Cell.task_args``: its checked ``task_args`` table and, for a task found in
+    ``include_path``, that folder. An unknown task name fails here (with close valid names)."""
+    tables = _keyed_tables(where, "task_args", spec, tasks, train=False)
+    return {task: cell_args(task, parse_options(task, tables[task], f"{where}.task_args.{task}")
+                            if task in tables else {}, include_path, f"{where}: tasks")
+            for task in tasks}
 
 
 def _stored_train(cfg: TrainConfig) -> dict[str, Any]:
@@ -354,6 +393,6 @@ def executor_table(path: str | Path | None, suite: str) -> tuple[dict[str, Any],
     return dict(spec.get("executor", {})), f"{path} [suites.{suite}].executor"
 
 
-def load_suite(path: str | Path | None, suite: str) -> list[Cell]:
+def load_suite(path: str | Path | None, suite: str, include_path: str | None = None) -> list[Cell]:
     path = Path(path) if path else DEFAULT_SUITES
-    return expand(load_toml(path), suite, str(path))
+    return expand(load_toml(path), suite, str(path), include_path=include_path)

@@ -189,7 +189,7 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
     from bench.run.cell import run_cell
     from bench.run.validate import validate_cells
     from methods import METHODS
-    from tasks import TASKS
+    from tasks import cell_task
 
     if "identity" not in record.config:
         raise ConfigError(f"cell {record.cell_id} was recorded before cell ids covered the code (schema 1): "
@@ -200,7 +200,7 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
                           "or written by an incompatible version, so it cannot be reproduced faithfully")
     validate_cells([cell], data)
     # the same options under today's code: a code change is reported, as the usual reason a number moves
-    now = dataclasses.replace(cell, identity=cell_identity(METHODS.get(cell.method), TASKS.get(cell.task)))
+    now = dataclasses.replace(cell, identity=cell_identity(METHODS.get(cell.method), cell_task(cell)))
     if reproducible.is_pinned(record.kernels):
         threads = _recorded_threads(record, reproducible.DEFAULT_THREADS)
         rerun = _run_pinned(now, data, device, results_dir, threads, plugins)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bench.core.config import ConfigError
+from bench.core.registry import UnknownNameError
 from bench.run.backbones import BACKBONES, BackboneUnavailableError, check_backbone
 from bench.run.data import load_split
 from bench.run.formulations import choose_formulation
 from bench.run.matrix import Cell
 from methods import METHODS
-from tasks import TASKS, DataSettings
+from tasks import DataSettings, cell_task
 from tasks.base import DataUnavailableError
 
 
@@ -20,11 +21,14 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
     (a missing package), missing or unreadable data, an empty split."""
     for cell in cells:
         where = f"cell {cell.method}/{cell.task}/{cell.backbone}/P={cell.prefix_length}/seed={cell.seed}"
-        for registry, name in ((METHODS, cell.method), (TASKS, cell.task), (BACKBONES, cell.backbone)):
+        for registry, name in ((METHODS, cell.method), (BACKBONES, cell.backbone)):
             if name not in registry:
                 raise ConfigError(f"{where}: {registry.unknown_message(name)}")
+        try:  # an lm_eval/ task need not be registered: lm-eval's index or an include folder has it
+            task = cell_task(cell)
+        except (ConfigError, UnknownNameError) as err:
+            raise ConfigError(f"{where}: {err}") from None
         method_cls = METHODS.get(cell.method)
-        task = TASKS.get(cell.task)
         backbone = BACKBONES.get(cell.backbone)
         method_cls.Config.from_dict(cell.method_args, f"{where} method_args")
         cfg = cell.train_config
@@ -39,7 +43,7 @@ def validate_cells(cells: Iterable[Cell], data: DataSettings) -> None:
         # a search trial never reads the evaluation split, not even to check it
         for split in (task.train_split,) if cell.is_trial else (task.train_split, task.eval_split):
             try:
-                loaded = load_split(cell.task, split, data)
+                loaded = load_split(cell.task, split, data, cell.task_args)
             except (DataUnavailableError, OSError, ValueError, KeyError) as err:
                 raise ConfigError(f"{where}: task {cell.task!r} split {split!r}: cannot read its data: "
                                   f"{type(err).__name__}: {err}") from None
