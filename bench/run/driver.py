@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,11 +29,15 @@ from bench.run.matrix import Cell
 from bench.run.validate import validate_cells
 from tasks import TASKS, DataSettings
 
+if TYPE_CHECKING:
+    from bench.run.trackers import Tracker
+
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
               retry_failed: bool = False, log: Callable[[str], None] = print,
               executor: Executor | None = None, threads: int = 0,
-              plugins: tuple[str, ...] = (), reproducible_mode: bool = False) -> dict[str, int]:
+              plugins: tuple[str, ...] = (), reproducible_mode: bool = False,
+              tracker: str = "", tracker_uri: str = "") -> dict[str, int]:
     """Run every unfinished cell with ``executor`` (default: in this process); returns counts
     (cells, ran, skipped, failed). The results folder is checked writable and everything is
     validated before any model loads. Cells are pinned to the executor's threads and the
@@ -41,8 +46,11 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     same ones; cells it finds running elsewhere are looked at again at the end and otherwise
     left to that run (counted as skipped). Each row is in the store before it is reported.
     Search trials run before every other cell; a final cell whose trials run elsewhere is
-    left for a later run (counted as skipped)."""
+    left for a later run (counted as skipped). With ``tracker`` (bench/run/trackers/) every
+    row a worker stores is also logged there (``tracker_uri``, default under ``results_dir``);
+    a missing backend is a ConfigError before anything runs."""
     cells = with_trials(cells)
+    tracked = _tracker(tracker, tracker_uri, Path(results_dir)) if tracker else None
     validate_cells(cells, data)
     try:
         locks.check_writable(results_dir)
@@ -72,7 +80,12 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
         f" ({executor.name} executor, {executor.threads_per_cell(threads)} threads per cell)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory
     job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins),
-                  reproducible=reproducible_mode)
+                  reproducible=reproducible_mode, tracker=tracker,
+                  tracker_uri=tracked.uri if tracked else "")  # absolute: workers may start elsewhere
+    if tracked is not None and todo:
+        from bench.run.trackers.base import experiment_name
+
+        tracked.prepare(experiment_name(c.suite) for c in todo)
     if reproducible_mode:
         reproducible.export_env()  # inherited by every worker this driver starts
     held = locks.DriverClaims(Path(results_dir), log, fingerprints)
@@ -94,6 +107,12 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     if progress.errors:
         log(progress.failure_summary())
     return counts
+
+
+def _tracker(name: str, uri: str, results_dir: Path) -> Tracker:
+    from bench.run.trackers import make_tracker
+
+    return make_tracker(name, uri, results_dir)
 
 
 def with_trials(cells: list[Cell]) -> list[Cell]:

@@ -21,11 +21,12 @@ File layout (every key is checked; unknown keys are errors)::
     search = { lr = [1e-4, 3e-4, 1e-3] }                     # learning-rate search (seed: the first seed)
     search_overrides.lora = { lr = [1e-4, 1e-3, 1e-2] }      # a method's own grid, of the same length
     executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
+    tracker = { name = "mlflow", uri = "file:///abs/mlruns" }              # run --tracker's default (not in the id)
 
 Training options resolve in this order, later winning: [defaults], the suite's ``train``,
 ``backbone_overrides``, ``task_overrides``, ``overrides`` (per method).
 A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (with
-``description`` and ``executor`` only); its cells are theirs, labelled with its name.
+``description``, ``executor`` and ``tracker`` only); its cells are theirs, labelled with its name.
 ``expand`` is a pure function: the same file and the same code give the same cells with
 the same ids. An id covers the resolved options and the code identity of the cell's method
 and task (``bench.core.identity``), so editing either makes new cells, never reuses old rows.
@@ -62,8 +63,8 @@ from tasks import TASKS
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
               "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor",
-              "search", "search_overrides")
-COMPOSITE_KEYS = ("description", "include", "executor")
+              "search", "search_overrides", "tracker")
+COMPOSITE_KEYS = ("description", "include", "executor", "tracker")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
 CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score as the papers do
@@ -230,6 +231,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     spec = suites[suite]
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a table")
+    _check_tracker(where, spec.get("tracker", {}))
     if "include" in spec:
         return _expand_composite(doc, suite, spec, source, where, _seen)
     unknown = sorted(set(spec) - set(SUITE_KEYS))
@@ -346,6 +348,22 @@ def executor_table(path: str | Path | None, suite: str) -> tuple[dict[str, Any],
     path = Path(path) if path else DEFAULT_SUITES
     spec = load_toml(path).get("suites", {}).get(suite, {})
     return dict(spec.get("executor", {})), f"{path} [suites.{suite}].executor"
+
+
+def _check_tracker(where: str, table: Any) -> None:
+    """A suite's ``tracker`` table: ``name`` (bench/run/trackers/, or "none") and ``uri``, both strings."""
+    if not isinstance(table, dict) or set(table) - {"name", "uri"} or (table and not isinstance(table.get("name"), str)) \
+            or not isinstance(table.get("uri", ""), str):
+        raise ConfigError(f"{where}: 'tracker' must be a table with a 'name' (tensorboard, mlflow, none) and "
+                          f"optionally a 'uri' (a log folder or tracking URI), got {table!r:.200}")
+
+
+def tracker_table(path: str | Path | None, suite: str) -> dict[str, str]:
+    """The suite's ``tracker`` table (empty when it has none). Logging never changes what a
+    cell computes, so it is not in the id."""
+    path = Path(path) if path else DEFAULT_SUITES
+    table = load_toml(path).get("suites", {}).get(suite, {}).get("tracker", {})
+    return dict(table) if isinstance(table, dict) else {}
 
 
 def load_suite(path: str | Path | None, suite: str) -> list[Cell]:
