@@ -343,10 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("-v", "--verbose", action="store_true", help="show each method's options")
     lst.set_defaults(func=cmd_list)
 
+    from bench import push
     from bench.compat import cli as compat
     from bench.report import compare, verdicts
     from bench.run import export, rerun  # each module owns its subcommand's options
-    for module in (compare, rerun, export, verdicts, compat):
+    for module in (compare, rerun, export, verdicts, compat, push):
         module.add_subcommand(sub)
     for command in sub.choices.values():  # every command sees the plugins its records or suite name
         command.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE",
