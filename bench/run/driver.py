@@ -30,7 +30,7 @@ from bench.run.validate import validate_cells
 from tasks import TASKS, DataSettings
 
 if TYPE_CHECKING:
-    from bench.run.trackers import Tracker
+    from bench.run.trackers.log import CellTracking
 
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
@@ -46,11 +46,11 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     same ones; cells it finds running elsewhere are looked at again at the end and otherwise
     left to that run (counted as skipped). Each row is in the store before it is reported.
     Search trials run before every other cell; a final cell whose trials run elsewhere is
-    left for a later run (counted as skipped). With ``tracker`` (bench/run/trackers/) every
-    row a worker stores is also logged there (``tracker_uri``, default under ``results_dir``);
-    a missing backend is a ConfigError before anything runs."""
+    left for a later run (counted as skipped). With ``tracker`` (bench/run/trackers/) each row
+    this run stores is also logged there (``tracker_uri``, default under ``results_dir``) by a
+    process of its own; a missing backend is a ConfigError before anything runs."""
     cells = with_trials(cells)
-    tracked = _tracker(tracker, tracker_uri, Path(results_dir)) if tracker else None
+    tracking = _tracking(tracker, tracker_uri, Path(results_dir), log) if tracker else None
     validate_cells(cells, data)
     try:
         locks.check_writable(results_dir)
@@ -80,16 +80,13 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
         f" ({executor.name} executor, {executor.threads_per_cell(threads)} threads per cell)")
     # absolute: workers (child processes, Ray, Slurm) may start in another directory
     job = CellJob(data, str(device), str(Path(results_dir).resolve()), threads, plugins=tuple(plugins),
-                  reproducible=reproducible_mode, tracker=tracker,
-                  tracker_uri=tracked.uri if tracked else "")  # absolute: workers may start elsewhere
-    if tracked is not None and todo:
-        from bench.run.trackers.base import experiment_name
-
-        tracked.prepare(experiment_name(c.suite) for c in todo)
+                  reproducible=reproducible_mode)
     if reproducible_mode:
         reproducible.export_env()  # inherited by every worker this driver starts
+    if tracking is not None:
+        tracking.start(todo)
     held = locks.DriverClaims(Path(results_dir), log, fingerprints)
-    progress = Progress(len(todo))
+    progress = Progress(len(todo), tracking.row if tracking else None)
     try:
         # share loaded backbones and data; cells that can pack adjacent
         _run_phase(packed.ordered(c for c in todo if c.is_trial), executor, job, held, counts, progress, log)
@@ -101,6 +98,8 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
         _run_phase(packed.ordered(rest), executor, job, held, counts, progress, log)
     finally:
         held.release_all()
+        if tracking is not None:
+            tracking.close()
     if held.elsewhere:
         log(f"{len(held.elsewhere)} cell(s) still running elsewhere, left to that run")
     counts["skipped"] = len(cells) - counts["ran"]
@@ -109,10 +108,10 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     return counts
 
 
-def _tracker(name: str, uri: str, results_dir: Path) -> Tracker:
-    from bench.run.trackers import make_tracker
+def _tracking(name: str, uri: str, results_dir: Path, log: Callable[[str], None]) -> CellTracking:
+    from bench.run.trackers.log import CellTracking
 
-    return make_tracker(name, uri, results_dir)
+    return CellTracking(name, uri, results_dir, log)
 
 
 def with_trials(cells: list[Cell]) -> list[Cell]:
@@ -200,8 +199,9 @@ class Progress:
     """Cell k of n, the time so far and an estimate of the time left (the mean time per cell
     this run has taken so far, times the cells left), and the failed cells' errors."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, on_row: Callable[[ResultRecord], None] | None = None) -> None:
         self.total, self.done, self.start = total, 0, time.monotonic()
+        self.on_row = on_row  # each row this run stored, once reported (a tracker's)
         self.errors: dict[str, list[str]] = {}
 
     def step(self) -> str:
@@ -238,6 +238,8 @@ def _report(record: ResultRecord, counts: dict[str, int], progress: Progress, ru
         log(f"{head}: finished elsewhere meanwhile, not run again")
         return
     counts["ran"] += 1
+    if progress.on_row is not None:
+        progress.on_row(record)
     if record.status != "ok":
         counts["failed"] += 1
         progress.failed(record)

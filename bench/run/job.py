@@ -13,7 +13,6 @@ of the next run never both record one cell.
 from __future__ import annotations
 
 import contextlib
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,10 +41,6 @@ class CellJob:
     isolated: bool = False  # the worker process runs only this cell: its peak RSS is the cell's
     plugins: tuple[str, ...] = ()  # modules the user named with --plugin, imported in the worker too
     reproducible: bool = False  # bench/measure/reproducible.py: pinned kernels; needs a fresh worker process
-    # bench/run/trackers/: the tracker each stored row is logged with ("": none), and where
-    # (resolved by the driver, which has checked the backend is installed)
-    tracker: str = ""
-    tracker_uri: str = ""
     # the driver run, stamped on every row it writes: tells a row this run produced from one
     # it found in the store (finished by another run, or by a worker of a dead driver)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
@@ -128,22 +123,7 @@ def _store(cell: Cell, job: CellJob, data: str | None, record: ResultRecord) -> 
     record.data_fingerprint = record.data_fingerprint or data or ""  # a failed try: what it ran on
     if append_record(job.results_dir, record, once=True) is None:
         return locks.stored_finished_row(job.results_dir, cell.id, data) or record
-    _track(cell, job, record)
     return record
-
-
-def _track(cell: Cell, job: CellJob, record: ResultRecord) -> None:
-    """Log a row this run stored with the run's tracker, if any. The row is already in the
-    store: a tracker that fails is a warning, never a failed cell."""
-    if not job.tracker:
-        return
-    try:
-        from bench.run.trackers import log_cell
-
-        log_cell(job.tracker, job.tracker_uri, cell, record, job.results_dir)
-    except Exception as err:
-        print(f"prefix-bench: warning: --tracker {job.tracker} could not log cell {cell.id} "
-              f"({type(err).__name__}: {str(err)[:300]}); its row is stored", file=sys.stderr)
 
 
 def _data_fingerprint(cell: Cell, job: CellJob) -> str | None:
@@ -170,5 +150,4 @@ def lost_cell(cell: Cell, job: CellJob, reason: str, started: str) -> ResultReco
     record.run_id, record.data_fingerprint = job.run_id, data or ""
     if append_record(job.results_dir, record, once=True) is None:
         return finished_row(read_records(job.results_dir)[0], cell.id, data) or record
-    _track(cell, job, record)
     return record

@@ -1,12 +1,13 @@
-"""Experiment trackers (``prefix-bench run --tracker NAME``): each cell a worker runs becomes
+"""Experiment trackers (``prefix-bench run --tracker NAME``): each cell a run computes becomes
 one tracker run named by its cell id, holding its per-step curve (loss, learning rate,
 periodic evaluations, a method's step logs) and, at its last step, its row's numbers.
 
-A tracker logs only after the worker has stored the cell's row, and only from that row and
-the curve file beside it: it cannot change a cell's id, its training or its row, and one that
-fails is a warning, never a failed cell. Backends are imported when a tracker is made, not
-when this module is; a missing one is a ConfigError (exit 2) naming the pip package, raised
-by the driver before any cell trains (:func:`make_tracker`).
+A cell is logged once its row is in the store, from that row and the curve file the worker
+wrote beside it (bench/run/trackers/log.py), by a process of the tracker's own
+(bench/run/trackers/sink.py), whatever the executor: a tracker cannot change a cell's id,
+its training, its row or the memory a training process measures, and one that fails is a
+warning, never a failed cell. A missing backend is a ConfigError (exit 2) naming the pip
+package, raised before any cell trains (:func:`make_tracker`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class Tracker(ABC):
         if not found:
             raise ConfigError(f"--tracker {cls.name} needs the {cls.package!r} package, which is not installed: "
                               f"pip install {cls.package}  (or: pip install '{EXTRA}'); nothing was run")
+
+    def load_backend(self) -> None:
+        """Import the backend: only in the tracker's own process (bench/run/trackers/sink.py)."""
+        importlib.import_module(self.module)
 
     def prepare(self, experiments: Iterable[str]) -> None:  # noqa: B027 (an optional hook)
         """Once in the driver, before any cell runs: create what workers log into, so that

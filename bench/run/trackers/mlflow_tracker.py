@@ -35,6 +35,9 @@ class MLflowTracker(Tracker):
 
         return MlflowClient(tracking_uri=self.uri)
 
+    def load_backend(self) -> None:
+        self._client()  # imports MLflow and opens the store: a refused URI fails here
+
     def prepare(self, experiments: Iterable[str]) -> None:
         client = self._client()
         for name in sorted(set(experiments)):

@@ -21,6 +21,9 @@ class TensorBoardTracker(Tracker):
     def default_uri(cls, results_dir: Path) -> str:
         return str(results_dir / "tensorboard")
 
+    def load_backend(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
+
     def run_dir(self, run: TrackedRun) -> Path:
         """Where ``run``'s event file goes; names from the row are checked before they name folders."""
         cell = check_name("cell id", run.name, "tensorboard")
