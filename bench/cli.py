@@ -50,6 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("the filters leave no cell to run")
     cells = _with_precision(cells, args)
     data = DataSettings.from_env(args.data_dir)
+    tracker, tracker_uri = _tracker_choice(args)
+    if tracker:  # a missing backend fails here, before any model loads (also on --dry-run)
+        from bench.run.trackers import make_tracker
+        make_tracker(tracker, tracker_uri, _results_dir(args))
     if args.dry_run:
         from bench.run.validate import validate_cells
         validate_cells(cells, data)
@@ -78,13 +82,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(str(err)) from None
     counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed,
                        executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()),
-                       reproducible_mode=args.deterministic)
+                       reproducible_mode=args.deterministic, tracker=tracker, tracker_uri=tracker_uri)
     print(f"ran {counts['ran']} cells: {counts['ran'] - counts['failed']} ok, {counts['failed']} failed; "
           f"skipped {counts['skipped']} finished or running elsewhere")
     if not args.no_render:
         cmd_render(args)
     # a failed cell is data (its row is kept), but a run that produced one did not succeed
     return 1 if counts["failed"] and not args.allow_failures else 0
+
+
+def _tracker_choice(args: argparse.Namespace) -> tuple[str, str]:
+    """(tracker, uri): --tracker and --tracker-uri, else the suite's ``tracker`` table."""
+    from bench.run.matrix import tracker_table
+
+    table = {} if args.tracker else tracker_table(args.config, args.suite)
+    name = args.tracker or table.get("name", "")
+    return ("" if name == "none" else name), args.tracker_uri or table.get("uri", "")
 
 
 def _with_precision(cells: list, args: argparse.Namespace) -> list:
@@ -326,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: the suite's executor table, else local)")
     run.add_argument("--executor-option", action="append", metavar="KEY=VALUE",
                      help="executor option, e.g. address=auto, gpus_per_cell=1, partition=gpu (repeatable)")
+    run.add_argument("--tracker", default=None, metavar="tensorboard|mlflow|none",
+                     help="also log each cell's per-step curve and its row to an experiment tracker, one run per "
+                          "cell named by its id (pip install 'prefix-bench[trackers]'; default: the suite's "
+                          "tracker table, else none)")
+    run.add_argument("--tracker-uri", default=None,
+                     help="where the tracker logs: a TensorBoard log folder or an MLflow tracking URI "
+                          "(default: RESULTS/tensorboard, or the local file store file://RESULTS/mlruns)")
     run.add_argument("--retry-failed", action="store_true", help="re-run only cells whose last record failed")
     run.add_argument("--dry-run", action="store_true", help="validate and list the cells, train nothing")
     run.add_argument("--no-render", action="store_true", help="skip rendering tables afterwards")
@@ -356,10 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("-v", "--verbose", action="store_true", help="show each method's options")
     lst.set_defaults(func=cmd_list)
 
+    from bench import push
     from bench.compat import cli as compat
     from bench.report import compare, verdicts
     from bench.run import export, rerun  # each module owns its subcommand's options
-    for module in (compare, rerun, export, verdicts, compat):
+    for module in (compare, rerun, export, verdicts, compat, push):
         module.add_subcommand(sub)
     for command in sub.choices.values():  # every command sees the plugins its records or suite name
         command.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE",

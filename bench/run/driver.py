@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,11 +29,15 @@ from bench.run.matrix import Cell
 from bench.run.validate import validate_cells
 from tasks import DataSettings, cell_task
 
+if TYPE_CHECKING:
+    from bench.run.trackers.log import CellTracking
+
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
               retry_failed: bool = False, log: Callable[[str], None] = print,
               executor: Executor | None = None, threads: int = 0,
-              plugins: tuple[str, ...] = (), reproducible_mode: bool = False) -> dict[str, int]:
+              plugins: tuple[str, ...] = (), reproducible_mode: bool = False,
+              tracker: str = "", tracker_uri: str = "") -> dict[str, int]:
     """Run every unfinished cell with ``executor`` (default: in this process); returns counts
     (cells, ran, skipped, failed). The results folder is checked writable and everything is
     validated before any model loads. Cells are pinned to the executor's threads and the
@@ -41,8 +46,11 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     same ones; cells it finds running elsewhere are looked at again at the end and otherwise
     left to that run (counted as skipped). Each row is in the store before it is reported.
     Search trials run before every other cell; a final cell whose trials run elsewhere is
-    left for a later run (counted as skipped)."""
+    left for a later run (counted as skipped). With ``tracker`` (bench/run/trackers/) each row
+    this run stores is also logged there (``tracker_uri``, default under ``results_dir``) by a
+    process of its own; a missing backend is a ConfigError before anything runs."""
     cells = with_trials(cells)
+    tracking = _tracking(tracker, tracker_uri, Path(results_dir), log) if tracker else None
     validate_cells(cells, data)
     try:
         locks.check_writable(results_dir)
@@ -75,8 +83,10 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
                   reproducible=reproducible_mode)
     if reproducible_mode:
         reproducible.export_env()  # inherited by every worker this driver starts
+    if tracking is not None:
+        tracking.start(todo)
     held = locks.DriverClaims(Path(results_dir), log, fingerprints)
-    progress = Progress(len(todo))
+    progress = Progress(len(todo), tracking.row if tracking else None)
     try:
         # share loaded backbones and data; cells that can pack adjacent
         _run_phase(packed.ordered(c for c in todo if c.is_trial), executor, job, held, counts, progress, log)
@@ -88,12 +98,20 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
         _run_phase(packed.ordered(rest), executor, job, held, counts, progress, log)
     finally:
         held.release_all()
+        if tracking is not None:
+            tracking.close()
     if held.elsewhere:
         log(f"{len(held.elsewhere)} cell(s) still running elsewhere, left to that run")
     counts["skipped"] = len(cells) - counts["ran"]
     if progress.errors:
         log(progress.failure_summary())
     return counts
+
+
+def _tracking(name: str, uri: str, results_dir: Path, log: Callable[[str], None]) -> CellTracking:
+    from bench.run.trackers.log import CellTracking
+
+    return CellTracking(name, uri, results_dir, log)
 
 
 def with_trials(cells: list[Cell]) -> list[Cell]:
@@ -181,8 +199,9 @@ class Progress:
     """Cell k of n, the time so far and an estimate of the time left (the mean time per cell
     this run has taken so far, times the cells left), and the failed cells' errors."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, on_row: Callable[[ResultRecord], None] | None = None) -> None:
         self.total, self.done, self.start = total, 0, time.monotonic()
+        self.on_row = on_row  # each row this run stored, once reported (a tracker's)
         self.errors: dict[str, list[str]] = {}
 
     def step(self) -> str:
@@ -219,6 +238,8 @@ def _report(record: ResultRecord, counts: dict[str, int], progress: Progress, ru
         log(f"{head}: finished elsewhere meanwhile, not run again")
         return
     counts["ran"] += 1
+    if progress.on_row is not None:
+        progress.on_row(record)
     if record.status != "ok":
         counts["failed"] += 1
         progress.failed(record)

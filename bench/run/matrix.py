@@ -24,6 +24,7 @@ File layout (every key is checked; unknown keys are errors)::
     search = { lr = [...], prefix_length = 20 }              # trials at one length; its choice serves all
     search_overrides.lora = { lr = [1e-4, 1e-3, 1e-2] }      # a method's own grid, of the same length
     executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
+    tracker = { name = "mlflow", uri = "file:///abs/mlruns" }              # run --tracker's default (not in the id)
 
 Training options resolve in this order, later winning: [defaults], the suite's ``train``,
 ``backbone_overrides``, ``task_overrides``, ``overrides`` (per method).
@@ -32,7 +33,7 @@ or one of the ``lm_eval_include_path`` folder (``--lm-eval-include-path`` on the
 wins); ``task_args`` sets its options (tasks/lm_eval_any.py ``OPTIONS``: train_source,
 train_split, num_fewshot, limit, main_metric). An unknown name fails here, naming close ones.
 A suite may instead be a union of others: ``include = ["suite-a", "suite-b"]`` (with
-``description`` and ``executor`` only); its cells are theirs, labelled with its name.
+``description``, ``executor`` and ``tracker`` only); its cells are theirs, labelled with its name.
 ``expand`` is a pure function: the same file and the same code give the same cells with
 the same ids. An id covers the resolved options and the code identity of the cell's method
 and task (``bench.core.identity``), so editing either makes new cells, never reuses old rows.
@@ -70,8 +71,8 @@ from tasks.lm_eval_any import cell_args, parse_options
 
 SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", "seeds", "train",
               "backbone_overrides", "task_overrides", "overrides", "method_args", "exclude", "backbone_source", "executor",
-              "search", "search_overrides", "task_args", "lm_eval_include_path")
-COMPOSITE_KEYS = ("description", "include", "executor")
+              "search", "search_overrides", "task_args", "lm_eval_include_path", "tracker")
+COMPOSITE_KEYS = ("description", "include", "executor", "tracker")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
 CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score as the papers do
@@ -245,6 +246,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
     spec = suites[suite]
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a table")
+    _check_tracker(where, spec.get("tracker", {}))
     if "include" in spec:
         return _expand_composite(doc, suite, spec, source, where, _seen, include_path)
     unknown = sorted(set(spec) - set(SUITE_KEYS))
@@ -391,6 +393,22 @@ def executor_table(path: str | Path | None, suite: str) -> tuple[dict[str, Any],
     path = Path(path) if path else DEFAULT_SUITES
     spec = load_toml(path).get("suites", {}).get(suite, {})
     return dict(spec.get("executor", {})), f"{path} [suites.{suite}].executor"
+
+
+def _check_tracker(where: str, table: Any) -> None:
+    """A suite's ``tracker`` table: ``name`` (bench/run/trackers/, or "none") and ``uri``, both strings."""
+    if not isinstance(table, dict) or set(table) - {"name", "uri"} or (table and not isinstance(table.get("name"), str)) \
+            or not isinstance(table.get("uri", ""), str):
+        raise ConfigError(f"{where}: 'tracker' must be a table with a 'name' (tensorboard, mlflow, none) and "
+                          f"optionally a 'uri' (a log folder or tracking URI), got {table!r:.200}")
+
+
+def tracker_table(path: str | Path | None, suite: str) -> dict[str, str]:
+    """The suite's ``tracker`` table (empty when it has none). Logging never changes what a
+    cell computes, so it is not in the id."""
+    path = Path(path) if path else DEFAULT_SUITES
+    table = load_toml(path).get("suites", {}).get(suite, {}).get("tracker", {})
+    return dict(table) if isinstance(table, dict) else {}
 
 
 def load_suite(path: str | Path | None, suite: str, include_path: str | None = None) -> list[Cell]:
