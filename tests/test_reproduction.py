@@ -91,9 +91,9 @@ def test_report_text_and_cli(tmp_path, capsys):
     assert "`claims-stability` — three lengths, three seeds" in text
     assert "`claims-ptplus` (not defined in bench/suites.toml yet)" in text
 
-    runs = tmp_path / "runs" / "x"
+    runs = tmp_path / "runs" / "claims-stability"
     for r in make_records(seeds=(0,)):
-        append_record(runs, r)
+        append_record(runs, dataclasses.replace(r, suite="claims-stability"))
     out = tmp_path / "REPRODUCTION.md"
     assert main(["reproduction-report", "--runs-root", str(tmp_path / "runs"), "--out", str(out), "--quiet"]) == 0
     written = out.read_text()
@@ -121,3 +121,43 @@ def test_published_prefix_tuning_plus_without_a_length_is_compared() -> None:
     assert beats.status != INCONCLUSIVE and close.status != INCONCLUSIVE
     # against prefix_tuning's best length (P=20): +0.10 on every seed of both tasks
     assert len(beats.table) == 6 and (beats.table["prefix_tuning_plus"] - beats.table["prefix_tuning"]).round(6).eq(0.1).all()
+
+
+
+def _write_suite(root, suite: str, seeds=(0, 1, 2)):
+    folder = root / suite
+    for r in pooled(seeds=seeds):
+        append_record(folder, dataclasses.replace(r, suite=suite))
+    return folder
+
+
+def test_report_reads_only_the_claims_suites(tmp_path):
+    """A default-suite run beside the claims suites is not read: its rows would make every
+    verdict inconclusive (one seed) or mix other settings in."""
+    runs = tmp_path / "runs"
+    stab = _write_suite(runs, "claims-stability")
+    _write_suite(runs, "default", seeds=(0,))
+    _write_suite(runs, "smoke", seeds=(0,))
+    out = tmp_path / "REPRODUCTION.md"
+    assert main(["reproduction-report", "--runs-root", str(runs), "--out", str(out), "--quiet"]) == 0
+    written = out.read_text()
+    assert str(stab) in written and "default" not in written.split("\n")[2] and "smoke" not in written
+    assert written.count("| **confirmed** |") == 3  # 6 pairs per claim, all of claims-stability
+
+
+def test_default_suite_never_writes_the_report(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    default = _write_suite(runs, "default", seeds=(0,))
+    out = tmp_path / "REPRODUCTION.md"
+    # only a default run under the root: nothing read, an all-inconclusive report of no records
+    assert main(["reproduction-report", "--runs-root", str(runs), "--out", str(out), "--quiet"]) == 0
+    assert "(none) (0 finished runs)" in out.read_text()
+    out.unlink()
+    # named explicitly, the default suite's folder is refused and nothing is written
+    assert main(["reproduction-report", "--results", str(default), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists() and "reads only the claims suites" in capsys.readouterr().err
+    # a folder renamed to look like a claims suite still holds default rows: refused
+    disguised = default.rename(runs / "claims-ptplus")
+    assert main(["reproduction-report", "--runs-root", str(runs), "--out", str(out), "--quiet"]) == 2
+    assert main(["reproduction-report", "--results", str(disguised), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()

@@ -13,7 +13,10 @@ allows, prefix length) of the records, and its verdict says how many pairs it re
 A method's "best prefix length" is chosen on the held-out slice of the training split when
 every run of it has a held-out score, else on the evaluation split, and the verdict says which.
 
-Works on whatever records exist: claims about methods that have not run yet say so.
+Works on whatever records exist: claims about methods that have not run yet say so. The
+command reads the claims suites only (``CLAIM_SUITES``, the suites the claims name): by default
+their folders under ``--runs-root``, and it refuses (status 2, nothing written) a folder holding
+records of any other suite, so a run of the default suite can never write REPRODUCTION.md.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from bench.core.config import ConfigError
 from bench.core.record_check import problem_summary
 from bench.core.records import ResultRecord, read_records, result_rows
 from bench.core.suite_file import DEFAULT_SUITES, load_toml
@@ -204,6 +208,10 @@ CLAIMS = (
 )
 
 
+# the suites the claims are tested on: the only records the command reads
+CLAIM_SUITES = tuple(dict.fromkeys(c.suite for c in CLAIMS))
+
+
 def report(records: list[ResultRecord], sources: list[str], suites: dict[str, str] | None = None) -> str:
     """The REPRODUCTION.md text. ``suites`` maps suite names to descriptions (those defined)."""
     records = result_rows(records)  # search trials are not results
@@ -238,7 +246,17 @@ def report(records: list[ResultRecord], sources: list[str], suites: dict[str, st
 
 
 def default_sources(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob("*/records.jsonl"))
+    """The claims suites' records folders under ``root`` (those that exist); no other suite's."""
+    return [root / s for s in CLAIM_SUITES if (root / s / "records.jsonl").is_file()]
+
+
+def check_claims_only(records: list[ResultRecord], source: Path) -> None:
+    """Refuse records of a suite that tests no claim (a default or smoke run): its rows would
+    turn the verdicts into "inconclusive" or mix other settings into them."""
+    others = sorted({r.suite for r in records} - set(CLAIM_SUITES))
+    if others:
+        raise ConfigError(f"{source} holds records of suite(s) {', '.join(map(repr, others))}; the reproduction "
+                          f"report reads only the claims suites ({', '.join(CLAIM_SUITES)})")
 
 
 def cmd_reproduction_report(args: argparse.Namespace) -> int:
@@ -250,6 +268,7 @@ def cmd_reproduction_report(args: argparse.Namespace) -> int:
         recs, problems = read_records(s)
         if problems:
             print(problem_summary(problems), file=sys.stderr)
+        check_claims_only(recs, s)
         records += recs
     doc = load_toml(args.config or DEFAULT_SUITES)
     suites = {name: spec.get("description", "") for name, spec in doc.get("suites", {}).items()}
@@ -264,8 +283,10 @@ def cmd_reproduction_report(args: argparse.Namespace) -> int:
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduction-report", help="write results/REPRODUCTION.md: each claim and its verdict")
     p.add_argument("--results", action="append",
-                   help="records folder to read (repeatable; default: every folder under --runs-root)")
-    p.add_argument("--runs-root", default="results/runs", help="where suites' records folders live")
+                   help="records folder of a claims suite to read (repeatable; default: the claims suites' "
+                        "folders under --runs-root); a folder with records of another suite exits 2")
+    p.add_argument("--runs-root", default="results/runs",
+                   help=f"where suites' records folders live; only {', '.join(CLAIM_SUITES)} are read")
     p.add_argument("--config", default=None, help="suite TOML file (default: bench/suites.toml)")
     p.add_argument("--out", default="results/REPRODUCTION.md", help="output file")
     p.add_argument("--quiet", action="store_true", help="do not print the report")
