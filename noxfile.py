@@ -1,4 +1,5 @@
 """Sessions: `nox -s bench` (default suite, offline on CPU), `nox -s tests`, `nox -s lint`,
+`nox -s standard` (the standard suite, hours: README "The standard suite"),
 `nox -s compat` (the compatibility matrix, one venv per transformers version)."""
 
 from __future__ import annotations
@@ -52,6 +53,56 @@ def bench(session: nox.Session) -> None:
     e.g. `-- --executor ray`)."""
     install(session, "distributed")
     session.run("prefix-bench", "run", *session.posargs, env=data_env())
+
+
+# The standard suite's parts in the order they run, the most cited first; each runs its
+# learning-rate trials, then its cells. Trials of a part are chosen before its cells, so a part
+# finished is a part complete.
+STANDARD_PARTS = [("glue/sst2", "minilm-l6"), ("glue/sst2", "smollm2-135m"), ("e2e_nlg", "smollm2-135m"),
+                  ("glue/rte", "minilm-l6"), ("glue/rte", "smollm2-135m"), ("glue/mrpc", "minilm-l6"),
+                  ("glue/stsb", "minilm-l6"), ("glue/cola", "minilm-l6")]
+# what of a suite's records folder is committed (results/records/SUITE/): the rows, their curves and
+# E2E sample outputs; never the trained adapters (hundreds of MB)
+COMMITTED = ("records.jsonl", "curves", "samples")
+
+
+def publish_records(session: nox.Session, suite: str) -> None:
+    """Copy a suite's records into results/records/SUITE/ and render its tables from that copy,
+    so the committed tables are what the committed records give (tests/test_committed_records.py)."""
+    runs, kept = ROOT / "results" / "runs" / suite, ROOT / "results" / "records" / suite
+    if not (runs / "records.jsonl").is_file():
+        session.warn(f"no records in {runs} yet")
+        return
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in COMMITTED:
+        src, dst = runs / name, kept / name
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, dst)
+    session.run("prefix-bench", "render", "--suite", suite, "--results", str(kept), "--tables",
+                str(ROOT / "results" / "tables" / suite), "--all-records", "--quiet", env=data_env())
+
+
+@nox.session(python=PYTHON)
+def standard(session: nox.Session) -> None:
+    """The standard suite (bench/suites.toml; README "The standard suite" gives its cost), part by
+    part; after each part its records and tables go to results/records/standard/ and
+    results/tables/standard/ and results/REPRODUCTION.md is rebuilt from them. Interrupted, it
+    resumes where it stopped (args go to every `prefix-bench run`, e.g. `-- --device cuda`)."""
+    install(session, "distributed")
+    failed = 0
+    for task, backbone in STANDARD_PARTS:
+        try:
+            session.run("prefix-bench", "run", "--suite", "standard", "--task", task, "--backbone", backbone,
+                        "--no-render", *session.posargs, env=data_env())
+        except nox.command.CommandFailed:  # a failed cell is a row; the next part still runs
+            failed += 1
+        publish_records(session, "standard")
+        session.run("prefix-bench", "reproduction-report", "--results", "results/records/standard", "--quiet",
+                    env=data_env())
+    if failed:
+        session.error(f"{failed} part(s) of the standard suite had failed cells (their rows say why)")
 
 
 @nox.session(python=PYTHON)

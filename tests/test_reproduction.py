@@ -25,6 +25,24 @@ def pooled(**kw):
     return make_records(task="glue/sst2", **kw) + make_records(task="glue/rte", **kw)
 
 
+def as_suite(records, suite):
+    """The records as runs of ``suite`` (its own cells: a suite's settings are in its cells' ids)."""
+    return [dataclasses.replace(r, suite=suite, cell_id=f"{r.cell_id}-{suite}") for r in records]
+
+
+def test_each_suite_tests_a_claim_on_its_own_records():
+    """The standard suite and claims-stability run residual_prefix at different settings: a
+    verdict never pools them. claims-stability's 3 pairs are inconclusive, standard's 6 confirm."""
+    recs = as_suite(make_records(), "claims-stability") + as_suite(pooled(), "standard")
+    text = report(recs, ["fixture"], {})
+    rows = [line for line in text.splitlines() if line.startswith("| The gated residual prefix")]
+    assert rows == [
+        "| The gated residual prefix (`residual_prefix`) is more stable across prefix lengths than plain "
+        "`prefix_tuning`. | seed 002 | `claims-stability` | 3 | **inconclusive** |",
+        "| The gated residual prefix (`residual_prefix`) is more stable across prefix lengths than plain "
+        "`prefix_tuning`. | seed 002 | `standard` | 6 | **confirmed** |"]
+
+
 def test_fixture_confirms_every_claim():
     df = records_frame(pooled())
     for check in (stability, plus_beats_prefix, plus_close_to_lora):
@@ -85,11 +103,14 @@ def test_inconclusive_with_two_seeds_or_a_missing_method():
 
 
 def test_report_text_and_cli(tmp_path, capsys):
-    text = report(pooled(), ["fixture"], {"claims-stability": "three lengths, three seeds"})
+    text = report(as_suite(pooled(), "standard"), ["fixture"], {"standard": "three lengths, three seeds"})
     assert text.startswith("# Reproduction report")
     assert text.count("| **confirmed** |") == 3 and text.count("Verdict: **confirmed**") == 3
-    assert "`claims-stability` — three lengths, three seeds" in text
+    assert "`standard` — three lengths, three seeds" in text
+    # a claim with no records names its own suite
+    text = report(pooled(), ["fixture"], {})
     assert "`claims-ptplus` (not defined in bench/suites.toml yet)" in text
+    assert text.count("| **inconclusive** |") == 3
 
     runs = tmp_path / "runs" / "claims-stability"
     for r in make_records(seeds=(0,)):
@@ -142,7 +163,8 @@ def test_report_reads_only_the_claims_suites(tmp_path):
     assert main(["reproduction-report", "--runs-root", str(runs), "--out", str(out), "--quiet"]) == 0
     written = out.read_text()
     assert str(stab) in written and "default" not in written.split("\n")[2] and "smoke" not in written
-    assert written.count("| **confirmed** |") == 3  # 6 pairs per claim, all of claims-stability
+    # claims-stability tests the stability claim only; the others have no claims-ptplus records
+    assert written.count("| **confirmed** |") == 1 and written.count("| **inconclusive** |") == 2
 
 
 def test_default_suite_never_writes_the_report(tmp_path, capsys):

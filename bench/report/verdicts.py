@@ -57,7 +57,7 @@ class Claim:
     id: str
     source: str
     statement: str
-    suite: str
+    suites: tuple[str, ...]  # each tests the claim on its own records, never pooled with another's
     test: str  # how the records are read, in words
     evaluate: Callable[[pd.DataFrame], Verdict]
 
@@ -190,17 +190,21 @@ def plus_close_to_lora(df: pd.DataFrame) -> Verdict:
                          lower_bound=-CLOSE_MARGIN)
 
 
+# The standard suite (bench/suites.toml) tests every claim on searched, early-stopped runs of each
+# method at its own published settings; the claims-* suites test one claim each at pinned settings.
+STANDARD = "standard"
+
 CLAIMS = (
     Claim("stability", "seed 002",
           "The gated residual prefix (`residual_prefix`) is more stable across prefix lengths than plain "
-          "`prefix_tuning`.", "claims-stability",
+          "`prefix_tuning`.", ("claims-stability", STANDARD),
           "per (task, backbone, seed), the spread (max − min) of the main metric over the prefix lengths both "
           "methods ran; claim holds when the CI of prefix_tuning's spread minus residual_prefix's is above 0",
           stability),
-    Claim("plus-beats-prefix", "seed 001", "`prefix_tuning_plus` beats `prefix_tuning`.", "claims-ptplus",
+    Claim("plus-beats-prefix", "seed 001", "`prefix_tuning_plus` beats `prefix_tuning`.", ("claims-ptplus", STANDARD),
           "each method at its best prefix length (the published form has none), matched (task, backbone, "
           "seed); claim holds when the CI of the difference is above 0", plus_beats_prefix),
-    Claim("plus-close-to-lora", "seed 001", "`prefix_tuning_plus` is close to `lora`.", "claims-ptplus",
+    Claim("plus-close-to-lora", "seed 001", "`prefix_tuning_plus` is close to `lora`.", ("claims-ptplus", STANDARD),
           f"prefix_tuning_plus (its best prefix length, where it has one) vs lora on matched (task, backbone, "
           f"seed); claim holds "
           f"when the CI of the difference is above −{CLOSE_MARGIN} (at most {CLOSE_MARGIN} worse)",
@@ -209,7 +213,14 @@ CLAIMS = (
 
 
 # the suites the claims are tested on: the only records the command reads
-CLAIM_SUITES = tuple(dict.fromkeys(c.suite for c in CLAIMS))
+CLAIM_SUITES = tuple(dict.fromkeys(s for c in CLAIMS for s in c.suites))
+
+
+def _by_suite(df: pd.DataFrame, claim: Claim) -> list[tuple[str, pd.DataFrame]]:
+    """The claim's suites that have records (each with its own rows), else its first suite with
+    none: one suite's settings are never pooled with another's."""
+    have = [(s, df[df["suite"] == s]) for s in claim.suites if "suite" in df and (df["suite"] == s).any()]
+    return have or [(claim.suites[0], df.iloc[0:0])]
 
 
 def report(records: list[ResultRecord], sources: list[str], suites: dict[str, str] | None = None) -> str:
@@ -229,15 +240,15 @@ def report(records: list[ResultRecord], sources: list[str], suites: dict[str, st
              f"**inconclusive** when a method has no records, fewer than {MIN_SEEDS} seeds are matched, or the "
              f"pairs are too few for the test to reach p < {ALPHA} (n pairs allow no p below 2/2^n). Matched "
              f"pairs are pooled over every task, backbone and seed the records hold.", "",
-             "| claim | source | pairs | verdict |", "|---|---|---|---|"]
-    verdicts = [(c, c.evaluate(df)) for c in CLAIMS]
-    lines += [f"| {c.statement} | {c.source} | {0 if v.table is None else len(v.table)} | **{v.status}** |"
-              for c, v in verdicts]
-    for c, v in verdicts:
-        suite_note = (f"`{c.suite}` — {suites[c.suite]}" if c.suite in suites
-                      else f"`{c.suite}` (not defined in bench/suites.toml yet)")
-        lines += ["", f"## {c.id}: {c.statement}", "", f"- Source: {c.source}",
-                  f"- Suite: {suite_note}; run `prefix-bench run --suite {c.suite}`", f"- Test: {c.test}",
+             "| claim | source | suite | pairs | verdict |", "|---|---|---|---|---|"]
+    verdicts = [(c, s, c.evaluate(rows)) for c in CLAIMS for s, rows in _by_suite(df, c)]
+    lines += [f"| {c.statement} | {c.source} | `{s}` | {0 if v.table is None else len(v.table)} | **{v.status}** |"
+              for c, s, v in verdicts]
+    for c, s, v in verdicts:
+        suite_note = (f"`{s}` — {markdown(suites[s])}" if s in suites
+                      else f"`{s}` (not defined in bench/suites.toml yet)")
+        lines += ["", f"## {c.id} ({s}): {c.statement}", "", f"- Source: {c.source}",
+                  f"- Suite: {suite_note}; run `prefix-bench run --suite {s}`", f"- Test: {c.test}",
                   f"- Measured: {v.measured}", f"- Verdict: **{v.status}**"]
         if v.table is not None and len(v.table):
             lines += ["", tabulate(map_text(v.table, markdown), headers="keys", tablefmt="github", showindex=False,

@@ -68,7 +68,7 @@ def records_frame(records: list[ResultRecord]) -> pd.DataFrame:
     cols = ["method", "task", "backbone", "prefix_length", "seed", "main_metric", "main_score", "collapsed",
             "trainable_params", "adapter_bytes", "inference_params", "inference_bytes", "train_tokens_per_s",
             "eval_tokens_per_s", "peak_memory_bytes", "peak_memory_kind", "eval_examples", "eval_split_size",
-            "holdout_score"]
+            "holdout_score", "suite"]
     df = pd.DataFrame([{**{c: getattr(r, c) for c in cols},
                         "weights": str(r.config.get("weights", "")) if isinstance(r.config, dict) else ""}
                        for r in rows], columns=[*cols, "weights"])

@@ -75,7 +75,8 @@ SUITE_KEYS = ("description", "methods", "tasks", "backbones", "prefix_lengths", 
 COMPOSITE_KEYS = ("description", "include", "executor", "tracker")
 AXES = ("methods", "tasks", "backbones", "prefix_lengths", "seeds")
 EXCLUDE_KEYS = ("method", "task", "backbone", "prefix_length", "seed")
-CLAIMS_PREFIX = "claims"  # suites named claims-* make claims: they must score as the papers do
+# suites named claims-* or standard* make claims (REPRODUCTION.md): they must score as the papers do
+CLAIMS_PREFIXES = ("claims", "standard")
 # What a cell stored before an option existed ran with (its train table lacks the key): the
 # behaviour then, not today's default. Every cell expanded now stores every option.
 LEGACY_TRAIN = {"precision": "fp32", "compile": False, "bucket_window": 0}
@@ -306,8 +307,8 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         train = {**defaults, **suite_train, **per_backbone.get(backbone, {}),
                  **per_task.get(task, {}), **per_method.get(method, {})}
         cfg = check_fields(TrainConfig, train, f"{where} cell {method}/{task}/{backbone}")
-        if suite.startswith(CLAIMS_PREFIX) and task_objs[task].corpus_metrics and cfg.eval_limit is not None:
-            raise ConfigError(f"{where}: a claims suite evaluates task {task!r} on its full evaluation split: its "
+        if suite.startswith(CLAIMS_PREFIXES) and task_objs[task].corpus_metrics and cfg.eval_limit is not None:
+            raise ConfigError(f"{where}: a claims-making suite evaluates task {task!r} on its full evaluation split: its "
                               f"metrics are corpus statistics, so eval_limit = {cfg.eval_limit} would make "
                               "its scores comparable to nothing; remove eval_limit")
         if grids:
