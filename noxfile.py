@@ -80,8 +80,14 @@ def publish_records(session: nox.Session, suite: str) -> None:
             shutil.copytree(src, dst, dirs_exist_ok=True)
         elif src.is_file():
             shutil.copy2(src, dst)
-    session.run("prefix-bench", "render", "--suite", suite, "--results", str(kept), "--tables",
-                str(ROOT / "results" / "tables" / suite), "--all-records", "--quiet", env=data_env())
+    # a fresh folder: a file an older render wrote and this one does not (a plot with nothing to
+    # show now) must not stay beside the tables; run.log (the run's wall time) is kept
+    tables = ROOT / "results" / "tables" / suite
+    for old in tables.glob("*") if tables.is_dir() else ():
+        if old.is_file() and old.name != "run.log":
+            old.unlink()
+    session.run("prefix-bench", "render", "--suite", suite, "--results", str(kept), "--tables", str(tables),
+                "--all-records", "--quiet", env=data_env())
 
 
 @nox.session(python=PYTHON)
