@@ -217,10 +217,10 @@ CLAIM_SUITES = tuple(dict.fromkeys(s for c in CLAIMS for s in c.suites))
 
 
 def _by_suite(df: pd.DataFrame, claim: Claim) -> list[tuple[str, pd.DataFrame]]:
-    """The claim's suites that have records (each with its own rows), else its first suite with
-    none: one suite's settings are never pooled with another's."""
+    """The claim's suites that have records, each with its own rows (one suite's settings are
+    never pooled with another's); with none, every suite of the claim, each without records."""
     have = [(s, df[df["suite"] == s]) for s in claim.suites if "suite" in df and (df["suite"] == s).any()]
-    return have or [(claim.suites[0], df.iloc[0:0])]
+    return have or [(s, df.iloc[0:0]) for s in claim.suites]
 
 
 def report(records: list[ResultRecord], sources: list[str], suites: dict[str, str] | None = None) -> str:
