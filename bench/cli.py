@@ -379,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import push
     from bench.compat import cli as compat
     from bench.report import compare, verdicts
-    from bench.run import export, rerun  # each module owns its subcommand's options
-    for module in (compare, rerun, export, verdicts, compat, push):
+    from bench.run import export, rerun, searched_lrs  # each module owns its subcommand's options
+    for module in (compare, rerun, export, verdicts, compat, push, searched_lrs):
         module.add_subcommand(sub)
     for command in sub.choices.values():  # every command sees the plugins its records or suite name
         command.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE",

@@ -65,6 +65,7 @@ from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa
 from bench.run import precision
 from bench.run.backbones import BACKBONES
 from bench.run.search_spec import check_searchable, search_grids, search_length
+from bench.run.searched_lrs import searched_lr
 from methods import METHODS
 from tasks import task_for
 from tasks.lm_eval_any import cell_args, parse_options
@@ -313,8 +314,8 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
                               "its scores comparable to nothing; remove eval_limit")
         if grids:
             check_searchable(f"{where} cell {method}/{task}/{backbone}", cfg, train)
-        elif cfg.lr is None:
-            cfg = dataclasses.replace(cfg, lr=method_cls.default_lr)
+        elif cfg.lr is None:  # the committed search's rate for this backbone, else the method's own
+            cfg = dataclasses.replace(cfg, lr=searched_lr(backbone, method) or method_cls.default_lr)
         margs = method_cls.Config.from_dict(method_args.get(method, {}),
                                             f"{where}.method_args.{method}").to_dict()
         if (method, task) not in identities:
