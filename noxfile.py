@@ -114,7 +114,7 @@ def standard(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite (args go to pytest, e.g. `-m "not slow"`)."""
-    install(session, "test", "distributed")  # so the executor tests run, not skip
+    install(session, "test", "distributed", "trackers")  # so the executor and tracker tests run, not skip
     session.run("pytest", *session.posargs, env=data_env())
 
 
