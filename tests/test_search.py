@@ -413,3 +413,28 @@ def test_packing_refuses_cells_that_stop_early(data):
     for r in no_patience:
         r.cfg = dataclasses.replace(r.cfg, patience=0)
     assert "patience" not in packed.why_not(no_patience)
+
+
+def test_a_held_out_slice_of_generation_rows_holds_out_whole_inputs():
+    """E2E trains on one row per reference, each scored against all of its MR's references: a
+    held-out row whose MR also trained would be scored against targets the model saw."""
+    from tasks.base import Example
+
+    rows = [Example(f"mr {m}", label=f"ref {m}.{r}", references=tuple(f"ref {m}.{k}" for k in range(1 + m % 4)))
+            for m in range(60) for r in range(1 + m % 4)]
+    train_rows, held = data_mod.split_holdout(rows, 0.1, None, seed=3)
+    assert {e.text_a for e in train_rows}.isdisjoint({e.text_a for e in held})
+    assert round(0.1 * len(rows)) <= len(held) < round(0.1 * len(rows)) + 4  # whole groups, just past the target
+    assert len(train_rows) + len(held) == len(rows)
+    again, held_again = data_mod.split_holdout(rows, 0.1, None, seed=4)
+    assert held_again == held  # the same slice for every seed and trial; the training draw moves
+    # rows with one reference each (classification, regression) keep the row-level draw
+    single = [Example(f"s {i}", label=i % 2) for i in range(50)]
+    _, held_single = data_mod.split_holdout(single, 0.1, None, seed=3)
+    assert len(held_single) == 5
+
+
+def test_the_real_e2e_devset_holds_out_whole_mrs(data):
+    split = data_mod.load_split("e2e_nlg", "train", data)
+    train_rows, held = data_mod.split_holdout(split.examples, 0.02, None, seed=0)
+    assert held and {e.text_a for e in train_rows}.isdisjoint({e.text_a for e in held})

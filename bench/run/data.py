@@ -60,7 +60,8 @@ def split_holdout(examples: list[Example], fraction: float, limit: int | None,
     ``subset(examples, limit, seed)`` and none. With one: of the ``limit`` examples a cell
     would use (all without a limit), ``fraction`` (at least one, and at least one left to
     train on) is held out, drawn from the whole split with ``HOLDOUT_SEED``, in a fixed order;
-    the cell trains on a seeded draw of the rest."""
+    the cell trains on a seeded draw of the rest. Where rows share references (generation),
+    whole inputs are held out (``_split_groups``)."""
     if fraction <= 0:
         return subset(examples, limit, seed), []
     used = len(examples) if limit is None else min(limit, len(examples))
@@ -68,7 +69,32 @@ def split_holdout(examples: list[Example], fraction: float, limit: int | None,
     if n_held < 1:
         raise ValueError(f"a held-out slice needs at least 2 training examples, the split has {len(examples)}")
     g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    if any(len(e.references) > 1 for e in examples):
+        return _split_groups(examples, n_held, used, seed, g)
     order = torch.randperm(len(examples), generator=g).tolist()
     held = sorted(order[:n_held])
     rest = [examples[i] for i in sorted(order[n_held:])]
     return subset(rest, used - n_held, seed), [examples[i] for i in held]
+
+
+def _split_groups(examples: list[Example], n_held: int, used: int, seed: int,
+                  g: torch.Generator) -> tuple[list[Example], list[Example]]:
+    """Rows that share an input share its references (E2E: one row per reference, each
+    scored against all of its MR's references), so a held-out row whose input also trains
+    would be scored against targets the model trained on. Whole inputs are held out: groups
+    drawn with ``HOLDOUT_SEED`` until they hold ``n_held`` rows, at least one group left."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault((e.text_a, e.text_b), []).append(i)
+    if len(groups) < 2:
+        raise ValueError(f"a held-out slice of whole inputs needs at least 2 distinct inputs, the split has "
+                         f"{len(groups)}")
+    keys = list(groups)
+    held: list[int] = []
+    for k in torch.randperm(len(keys), generator=g).tolist()[:len(keys) - 1]:
+        if len(held) >= n_held:
+            break
+        held += groups[keys[k]]
+    out = set(held)
+    rest = [e for i, e in enumerate(examples) if i not in out]
+    return subset(rest, max(1, used - len(held)), seed), [examples[i] for i in sorted(held)]
