@@ -72,3 +72,12 @@ def test_the_command_writes_the_table_from_a_records_folder(tmp_path, capsys):
     append_record(folder, chosen("lora", "glue/sst2", 3e-4, backbone="smollm2-135m"))
     assert main(["searched-lrs", "--results", str(folder), "--out", str(out)]) == 0
     assert searched.searched_lr("smollm2-135m", "lora", out) == 3e-4
+
+
+def test_names_from_records_cannot_write_toml_of_their_own(table):
+    recs = [chosen("lora", "glue/sst2", 1e-3, backbone='x"]\nlora = 1e9\n["y'),
+            chosen("lora", "glue/sst2\n[evil]\nlora = 5", 2e-3)]
+    text = searched.render(recs, "fixture")
+    table.write_text(text)
+    assert searched._load(table) == {("minilm-l6", "lora"): 2e-3}
+    assert "[evil]" not in text.replace("# chose glue/sst2?[evil]?lora", "")

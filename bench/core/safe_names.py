@@ -32,10 +32,15 @@ class UnsafePathError(ConfigError):
     """A write would land outside its folder (a hostile name or a planted symlink)."""
 
 
+def is_name(value: object) -> bool:
+    """Whether ``value`` is safe as one path component (NAME_RULE)."""
+    return isinstance(value, str) and bool(_NAME.fullmatch(value)) and ".." not in value
+
+
 def check_name(kind: str, value: object, where: str = "") -> str:
     """``value`` if it is safe as one path component (see NAME_RULE); else ConfigError
     naming ``where``, the kind of name, the value and what is allowed."""
-    if isinstance(value, str) and _NAME.fullmatch(value) and ".." not in value:
+    if is_name(value):
         return value
     prefix = f"{where}: " if where else ""
     raise ConfigError(f"{prefix}{kind} name {value!r} is not allowed (it names a folder); use {NAME_RULE}")

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
 from bench.core.config import ConfigError
 from bench.core.records import ResultRecord, read_records, result_rows
+from bench.core.safe_names import is_name
 from bench.core.suite_file import load_toml
 
 SEARCHED_LRS = Path(__file__).parent.parent / "searched_lrs.toml"
+_UNSAFE_TASK = re.compile(r"[^A-Za-z0-9._/-]")  # a task name in a comment: one line, nothing else
 HEADER = """\
 # The learning rate each method takes on each backbone when a suite neither sets nor searches one
 # (bench/run/searched_lrs.py): what the search of {source} chose, on the most tasks.
@@ -51,9 +54,13 @@ def searched_lr(backbone: str, method: str, path: Path | None = None) -> float |
 
 
 def choices(records: list[ResultRecord]) -> dict[tuple[str, str], dict[str, float]]:
-    """(backbone, method) -> {task: chosen lr} from the final rows of searched cells."""
+    """(backbone, method) -> {task: chosen lr} from the final rows of searched cells. Records
+    are untrusted: a backbone or method that is no registrable name (NAME_RULE) is left out,
+    so nothing a row holds can write TOML of its own into the file."""
     out: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for r in result_rows(records):
+        if not (is_name(r.backbone) and is_name(r.method)):
+            continue
         chosen = r.search.get("chosen") if r.status == "ok" and isinstance(r.search, dict) else None
         lr = chosen.get("lr") if isinstance(chosen, dict) else None
         if isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0:
@@ -70,7 +77,7 @@ def pick(per_task: dict[str, float]) -> float:
 def render(records: list[ResultRecord], source: str) -> str:
     by_backbone: dict[str, list[str]] = defaultdict(list)
     for (backbone, method), per_task in sorted(choices(records).items()):
-        detail = ", ".join(f"{t}: {lr:g}" for t, lr in sorted(per_task.items()))
+        detail = ", ".join(f"{_UNSAFE_TASK.sub('?', t)[:100]}: {lr:g}" for t, lr in sorted(per_task.items()))
         by_backbone[backbone].append(f"{method} = {pick(per_task)!r}  # chose {detail}")
     body = "".join(f'\n["{b}"]\n' + "\n".join(lines) + "\n" for b, lines in sorted(by_backbone.items()))
     return HEADER.format(source=source) + body
