@@ -180,6 +180,21 @@ def test_choice_takes_the_best_held_out_score_in_the_metrics_direction_ties_to_t
     assert search.choose(final, {lo.id: _row(lo)}, True).pending
 
 
+def test_a_choice_at_the_edge_of_a_grid_says_so():
+    final = next(c for c in expand(suite(search={"lr": [1e-3, 1e-2, 3e-2]}), "s") if not c.is_trial)
+    trials = final.trials()
+
+    def chosen(scores):
+        return search.choose(final, {t.id: _row(t, score=v) for t, v in zip(trials, scores, strict=True)}, True).selection
+
+    assert chosen([0.5, 0.6, 0.7])["edge"] == "top" and "above it, widen" in search.edge_warning(chosen([0.5, 0.6, 0.7]))
+    assert chosen([0.7, 0.6, 0.5])["edge"] == "bottom"
+    assert "edge" not in chosen([0.5, 0.7, 0.6]) and search.edge_warning(chosen([0.5, 0.7, 0.6])) == ""
+    # two rates: every choice is an edge, so nothing is said
+    assert "edge" not in search.choose(_final(), {t.id: _row(t, score=v) for t, v in
+                                                  zip(_final().trials(), [0.5, 0.6], strict=True)}, True).selection
+
+
 def test_the_chosen_lr_survives_pickling_and_comes_back_from_the_row():
     final = dataclasses.replace(_final(), selection={"chosen": {"lr": GRID[1]}, "grid": {"lr": GRID}})
     back = pickle.loads(pickle.dumps(final))  # how cells reach subprocess, Ray and Slurm workers

@@ -160,7 +160,7 @@ def _hand_out_choices(cells: list[Cell], results_dir: Path,
             scores = ", ".join(f"{lr}: {'failed' if v is None else f'{v:.4f}'}"
                                for lr, v in choice.selection["scores"].items())
             log(f"{where}: {choice.error or 'lr ' + str(choice.selection['chosen']['lr']) + ' chosen'} "
-                f"(held-out {task.main_metric}: {scores})")
+                f"(held-out {task.main_metric}: {scores}){search.edge_warning(choice.selection)}")
         if choice.error:
             unrunnable[cell.id] = (dataclasses.replace(cell, selection=choice.selection), choice.error)
         else:

@@ -56,13 +56,30 @@ def choose(final: Cell, latest: Mapping[str, ResultRecord], higher_is_better: bo
             best, best_score = lr, s  # strictly better: a tie keeps the first in the grid
     selection = {"grid": {"lr": grid}, "seed": final.search["seed"], "scores": scores,
                  **({"prefix_length": final.search["prefix_length"]} if "prefix_length" in final.search else {}),
-                 "chosen": {} if best is None else {"lr": best}, "trials": len(trials),
+                 "chosen": {} if best is None else {"lr": best}, **_edge(grid, best), "trials": len(trials),
                  "cost_s": float(sum(r.train_seconds + r.eval_seconds for r in rows if r is not None))}
     if best is None:
         why = "; ".join(f"lr {lr}: {_first_line(r)}" for lr, r in zip(grid, rows, strict=True))
         return Choice(selection, error=f"every trial of its learning-rate search failed or has no held-out "
                                        f"score, so no learning rate was chosen ({why})"[:2000])
     return Choice(selection)
+
+
+def _edge(grid: list[float], best: float | None) -> dict[str, str]:
+    """``{"edge": "top" | "bottom"}`` when a grid of three or more rates chose its largest or
+    smallest: the best rate may lie beyond the grid, so the comparison may measure the grid."""
+    if best is None or len(grid) < 3:
+        return {}
+    return {"edge": "top"} if best == max(grid) else {"edge": "bottom"} if best == min(grid) else {}
+
+
+def edge_warning(selection: Mapping) -> str:
+    """A run log's words for a choice at the edge of its grid ("" for none)."""
+    edge = selection.get("edge")
+    if edge not in ("top", "bottom"):
+        return ""
+    beyond = "above" if edge == "top" else "below"
+    return f"; the {edge} of its grid: the best rate may lie {beyond} it, widen the grid"
 
 
 def _first_line(row: ResultRecord | None) -> str:
