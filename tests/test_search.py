@@ -453,3 +453,39 @@ def test_the_real_e2e_devset_holds_out_whole_mrs(data):
     split = data_mod.load_split("e2e_nlg", "train", data)
     train_rows, held = data_mod.split_holdout(split.examples, 0.02, None, seed=0)
     assert held and {e.text_a for e in train_rows}.isdisjoint({e.text_a for e in held})
+
+
+@pytest.mark.parametrize("patience", [0, 5])
+def test_a_scheduler_hook_sees_each_evaluation_and_its_stop_keeps_the_best_parameters(data, patience):
+    """``on_eval`` (Ray Tune's hook, bench/run/executors/tune_trials.py) sees every periodic
+    evaluation training would continue past; its stop keeps the best evaluation's parameters and
+    is not patience's. A hook that never stops changes nothing."""
+    scores = [0.5, 0.7, 0.6, 0.65, 0.9]
+    seen: list[tuple[int, float]] = []
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    run = _attached(data, patience=patience)
+
+    def scripted(step: int) -> float:
+        snapshots[step] = {k: v.clone() for k, v in run.adapter.trainable_state_dict().items()}
+        return scores[step - 1]
+
+    def scheduler(step: int, score: float) -> bool:
+        seen.append((step, score))
+        return step == 4
+
+    stats = train(run.adapter, run.formulation, run.train_examples, run.cfg, run.cell.seed, CPU,
+                  periodic_eval=scripted, on_eval=scheduler)
+    assert seen == [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.65)]
+    assert stats.scheduler_stop and (stats.best_step, stats.stopped_step, len(stats.losses)) == (2, 4, 4)
+    assert stats.plateaued is (False if patience else None)
+    kept = run.adapter.trainable_state_dict()
+    assert all(torch.equal(kept[k], snapshots[2][k]) for k in kept)
+    # a hook that never stops: the same run as without one (no patience: the last parameters kept)
+    plain, watched = _attached(data), _attached(data)
+    a = train(plain.adapter, plain.formulation, plain.train_examples, plain.cfg, 0, CPU, periodic_eval=lambda s: 0.5)
+    b = train(watched.adapter, watched.formulation, watched.train_examples, watched.cfg, 0, CPU,
+              periodic_eval=lambda s: 0.5, on_eval=lambda step, score: False)
+    assert a.losses == b.losses and a.evals == b.evals and not b.scheduler_stop
+    assert (b.best_step, b.plateaued) == (None, None)
+    assert all(torch.equal(plain.adapter.trainable_state_dict()[k], v)
+               for k, v in watched.adapter.trainable_state_dict().items())

@@ -11,7 +11,9 @@ builds the flat row.
 With ``holdout`` > 0 a slice of the training split is held out (bench/run/data.py): periodic
 evaluations and early stopping score it, and the row's ``holdout_score`` is its main metric
 for the kept parameters. A search trial (``Cell.role`` "trial") never loads the evaluation
-split: its final evaluation, and so its metrics, are the held-out slice's."""
+split: its final evaluation, and so its metrics, are the held-out slice's. A trial run under a
+search scheduler (``on_eval``: Ray Tune's, bench/run/executors/tune_trials.py) reports each
+periodic held-out score to it and may be stopped early; its row's ``search`` says so."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import dataclasses
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,7 @@ class CellRun:
     metrics: dict[str, float] = field(default_factory=dict)
     peak: tuple[int, str] = (0, "")
     saved: dict[str, Any] = field(default_factory=dict)  # ResultRecord fields of the artefacts
+    on_eval: Callable[[int, float], bool] | None = None  # a search scheduler's hook (bench/run/trainer.py)
 
     @property
     def label(self) -> str:
@@ -91,12 +95,14 @@ class CellRun:
         return self.task.facts().higher_is_better.get(self.task.main_metric, True)
 
 
-def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None) -> ResultRecord:
+def run_cell(cell: Cell, data: DataSettings, device: torch.device, results_dir: Path | None = None,
+             on_eval: Callable[[int, float], bool] | None = None) -> ResultRecord:
     """Train and evaluate one cell; returns its record: ok, or failed when its main score is
     missing, NaN or infinite (``checked_score``). Raises on any other failure, also when the
     code is no longer what the cell was planned with (its row would claim an identity it
-    was not computed with: e.g. a queued Slurm job after an edit)."""
+    was not computed with: e.g. a queued Slurm job after an edit). ``on_eval``: see ``train``."""
     run = prepare(cell, data, device)
+    run.on_eval = on_eval
     attach(run)
     train_stage(run)
     evaluate_stage(run)
@@ -160,7 +166,7 @@ def attach(run: CellRun, share_frozen: bool = False) -> None:
 def train_stage(run: CellRun) -> None:
     run.stats = train(run.adapter, run.formulation, run.train_examples, run.cfg, run.cell.seed, run.device,
                       desc=f"train {run.label}", periodic_eval=lambda step: periodic_eval(run),
-                      higher_is_better=run.higher_is_better)
+                      higher_is_better=run.higher_is_better, on_eval=run.on_eval)
     run.stats.evals_on = "holdout" if run.holdout_examples else "eval"
 
 
@@ -264,8 +270,17 @@ def record(run: CellRun) -> ResultRecord:
         gen_tokens_per_s=run.formulation.gen_tokens_per_s(),
         started_at=run.started, finished_at=provenance.now(),
         role=cell.role, holdout_score=None if holdout is None else float(holdout), best_step=stats.best_step,
-        stopped_step=len(stats.losses), plateaued=stats.plateaued, search=dict(cell.selection),
+        stopped_step=len(stats.losses), plateaued=stats.plateaued, search=search_field(cell, stats),
     )
+
+
+def search_field(cell: Cell, stats: TrainStats) -> dict[str, Any]:
+    """The row's ``search``: a final cell's selection; for a trial run under a search scheduler,
+    which one and whether it stopped the trial before its step budget (at ``stopped_step``)."""
+    search = dict(cell.selection)
+    if "scheduler" in search:
+        search["stopped_by_scheduler"] = stats.scheduler_stop
+    return search
 
 
 def seed_everything(seed: int) -> None:

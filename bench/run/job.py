@@ -46,17 +46,18 @@ class CellJob:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
-def execute_cell(cell: Cell, job: CellJob) -> ResultRecord:
+def execute_cell(cell: Cell, job: CellJob, on_eval: Callable[[int, float], bool] | None = None) -> ResultRecord:
     """Run one cell wherever this is called and append its row (ok or failed). It runs under
     the cell's run lock, after waiting for any other process still computing it; a cell that
-    is finished on this data by then is not run again and its row is returned instead."""
+    is finished on this data by then is not run again and its row is returned instead.
+    ``on_eval``: a search scheduler's hook (bench/run/trainer.py ``train``)."""
     _enter(job)
     with locks.run_lock(job.results_dir, cell.id):
         data = _data_fingerprint(cell, job)
         found = locks.stored_finished_row(job.results_dir, cell.id, data)
         if found is not None:
             return found
-        return _store(cell, job, data, _alone(cell, job))
+        return _store(cell, job, data, _alone(cell, job, on_eval))
 
 
 def execute_pack(cells: list[Cell], job: CellJob, log: Callable[[str], None] = print) -> list[ResultRecord]:
@@ -98,14 +99,14 @@ def _enter(job: CellJob) -> None:
         torch.set_num_threads(job.threads)
 
 
-def _alone(cell: Cell, job: CellJob) -> ResultRecord:
+def _alone(cell: Cell, job: CellJob, on_eval: Callable[[int, float], bool] | None = None) -> ResultRecord:
     """The cell's row from running it alone: ok, or failed with the reason."""
     started = provenance.now()
     try:
         if job.reproducible:
             reproducible.enter_worker(job.threads or reproducible.DEFAULT_THREADS)
         device = provenance.pick_device(job.device)
-        record = run_cell(cell, job.data, device, Path(job.results_dir))
+        record = run_cell(cell, job.data, device, Path(job.results_dir), on_eval)
         if job.isolated and record.peak_memory_kind == "cpu_peak_rss_process":
             record.peak_memory_kind = "cpu_peak_rss_cell"
     except (KeyboardInterrupt, SystemExit):

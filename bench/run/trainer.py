@@ -17,6 +17,10 @@ Early stopping (``patience`` = K > 0): every ``eval_every`` steps, and at the la
 caller's periodic evaluation scores the held-out slice; training stops once K evaluations in a
 row have not improved on the best (in the main metric's direction), and the trainable
 parameters go back to the best evaluation's, which the cell then evaluates and saves.
+
+A scheduler outside the loop (``on_eval``; Ray Tune's, bench/run/executors/tune_trials.py) sees
+each periodic evaluation that training would continue past and may stop training there; the
+parameters then go back to the best evaluation's too, as an early stop by patience does.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class TrainStats:
     best_step: int | None = None
     stopped_step: int | None = None
     plateaued: bool | None = None
+    scheduler_stop: bool = False  # ``on_eval`` (a search scheduler) ended training before its budget
 
     @property
     def tokens(self) -> int:
@@ -223,7 +228,7 @@ class _Forward:
 class Plateau:
     """Early stopping: the best evaluation so far (its step, score and a copy of the
     trainable parameters) and how many evaluations since have not improved on it. A NaN
-    score never improves."""
+    score never improves. ``patience`` 0 only keeps the best (a scheduler may stop training)."""
 
     patience: int
     higher_is_better: bool = True
@@ -240,21 +245,25 @@ class Plateau:
             self.best_state = {k: v.detach().clone() for k, v in adapter.trainable_state_dict().items()}
             return False
         self.since_best += 1
-        return self.since_best >= self.patience
+        return 0 < self.patience <= self.since_best
 
     def finish(self, adapter: Adapter, stats: TrainStats, stopped: int) -> None:
         """Put the best evaluation's parameters back and record how training ended."""
         if self.best_state is not None:
             adapter.load_trainable_state_dict(self.best_state)
         stats.best_step, stats.stopped_step = self.best_step, stopped
-        stats.plateaued = self.since_best >= self.patience
+        stats.plateaued = self.since_best >= self.patience if self.patience else None
 
 
 def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example], cfg: TrainConfig,
           seed: int, device: torch.device, desc: str = "train",
-          periodic_eval: Callable[[int], float] | None = None, higher_is_better: bool = True) -> TrainStats:
+          periodic_eval: Callable[[int], float] | None = None, higher_is_better: bool = True,
+          on_eval: Callable[[int, float], bool] | None = None) -> TrainStats:
     """Train ``adapter`` for ``cfg.train_steps`` steps, or (``cfg.patience``) until the
     score ``periodic_eval`` returns (in the direction ``higher_is_better``) stops improving.
+    ``on_eval(step, score)`` is called after each periodic evaluation training would continue
+    past; True stops training there, with the best evaluation's parameters kept
+    (``stats.scheduler_stop``). It only observes: a run it never stops is the run without it.
     Under bf16-mixed the caller should have called ``Precision.prepare`` on the adapter
     (bench/run/cell.py does): without it autocast re-casts the frozen weights every step,
     to the same numbers, more slowly."""
@@ -270,7 +279,9 @@ def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example
     stats = TrainStats(precision=precision.name, optimizer=kind, padding_fraction=padded,
                        padding_fraction_unbucketed=padded_plain)
     forward = _Forward(adapter, cfg.compile)
-    plateau = Plateau(cfg.patience, higher_is_better) if cfg.patience and periodic_eval is not None else None
+    # with only a scheduler watching, the best parameters are kept for the case it stops training
+    plateau = (Plateau(cfg.patience, higher_is_better)
+               if periodic_eval is not None and (cfg.patience or on_eval is not None) else None)
     adapter.unfold()
     adapter.train()
     step = 0
@@ -298,15 +309,18 @@ def train(adapter: Adapter, formulation: Formulation, examples: Sequence[Example
             bar.set_postfix(loss=f"{stats.losses[-1]:.4f}", refresh=False)
         due = bool(cfg.eval_every) and step % cfg.eval_every == 0
         last = step == cfg.train_steps  # the final evaluation follows, except for early stopping's choice
-        if periodic_eval is not None and ((due and not last) or (plateau is not None and (due or last))):
+        if periodic_eval is not None and ((due and not last) or (cfg.patience and (due or last))):
             score = periodic_eval(step)
             stats.evals.append((step, score))
             if plateau is not None and plateau.update(step, score, adapter):
                 break
+            if on_eval is not None and not last and on_eval(step, score):
+                stats.scheduler_stop = True
+                break
             adapter.unfold()
             adapter.train()
     _drain(pending, stats)
-    if plateau is not None:
+    if plateau is not None and (cfg.patience or stats.scheduler_stop):  # else: as without a scheduler
         plateau.finish(adapter, stats, step)
     stats.seconds = time.perf_counter() - start
     stats.compiled, stats.compile_note = forward.compiled is not None, forward.note
