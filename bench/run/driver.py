@@ -52,6 +52,8 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     cells = with_trials(cells)
     tracking = _tracking(tracker, tracker_uri, Path(results_dir), log) if tracker else None
     validate_cells(cells, data)
+    executor = executor or LocalExecutor()
+    executor.check_cells(cells)
     try:
         locks.check_writable(results_dir)
     except OSError as err:
@@ -61,7 +63,6 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     repaired = set_aside_torn_tail(results_dir)  # a crash may have torn the last row
     if repaired:
         log(repaired)
-    executor = executor or LocalExecutor()
     if reproducible_mode:  # a fixed count, not one derived from this machine's cores
         threads = threads or reproducible.DEFAULT_THREADS
     cells = pinned_cells(cells, executor, threads, reproducible_mode, device)  # before any id is compared

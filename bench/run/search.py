@@ -7,6 +7,10 @@ A trial trains at one grid value and is scored on the held-out slice of the trai
 direction; ties go to the first in the grid, and a failed trial, or one without a finite
 score, loses. When every trial failed the final cells cannot be run and fail, saying why.
 The evaluation split is never read to choose: the final cells' scores stay unbiased.
+
+Trials run on Ray Tune (bench/run/executors/tune_trials.py) are chosen from alike: a trial its
+scheduler stopped early is an ok row whose held-out score is its best evaluation's. The final
+cells' ``search`` then names the scheduler and counts the trials it stopped.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def choose(final: Cell, latest: Mapping[str, ResultRecord], higher_is_better: bo
     selection = {"grid": {"lr": grid}, "seed": final.search["seed"], "scores": scores,
                  **({"prefix_length": final.search["prefix_length"]} if "prefix_length" in final.search else {}),
                  "chosen": {} if best is None else {"lr": best}, **_edge(grid, best), "trials": len(trials),
-                 "cost_s": float(sum(r.train_seconds + r.eval_seconds for r in rows if r is not None))}
+                 "cost_s": float(sum(r.train_seconds + r.eval_seconds for r in rows if r is not None)),
+                 **_scheduling(rows)}
     if best is None:
         why = "; ".join(f"lr {lr}: {_first_line(r)}" for lr, r in zip(grid, rows, strict=True))
         return Choice(selection, error=f"every trial of its learning-rate search failed or has no held-out "
@@ -80,6 +85,19 @@ def edge_warning(selection: Mapping) -> str:
         return ""
     beyond = "above" if edge == "top" else "below"
     return f"; the {edge} of its grid: the best rate may lie {beyond} it, widen the grid"
+
+
+def _scheduling(rows: list[ResultRecord | None]) -> dict[str, Any]:
+    """The trials' scheduler (a list when a resumed search ran them under several) and how many
+    it stopped early; nothing for trials run as plain cells, so their choice reads as before."""
+    named = [r.search["scheduler"] for r in rows if r is not None and isinstance(r.search.get("scheduler"), dict)]
+    if not named:
+        return {}
+    distinct = [s for i, s in enumerate(named) if s not in named[:i]]
+    if len(named) < len(rows):
+        distinct.append({"name": "grid"})  # some trials ran as plain cells
+    return {"scheduler": distinct[0] if len(distinct) == 1 else distinct,
+            "stopped_early": sum(1 for r in rows if r is not None and r.search.get("stopped_by_scheduler") is True)}
 
 
 def _first_line(row: ResultRecord | None) -> str:

@@ -48,6 +48,9 @@ class Executor(ABC):
     def validate(self) -> None:  # noqa: B027 (an optional hook, not an abstract method)
         """Checks that need no model (importable backend, reachable options)."""
 
+    def check_cells(self, cells: list[Cell]) -> None:  # noqa: B027 (an optional hook)
+        """Refuse (ConfigError) cells this executor's options cannot run, before any runs."""
+
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor", Executor)
 

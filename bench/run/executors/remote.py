@@ -12,6 +12,7 @@ from typing import Any
 from bench.core.config import ConfigError, positive
 from bench.core.records import ResultRecord
 from bench.run.executors.base import EXECUTORS, Executor, Log, require_package
+from bench.run.executors.tune_trials import SCHEDULERS, Scheduling, run_trials
 from bench.run.job import CellJob, execute_cell, lost_cell
 from bench.run.matrix import Cell
 
@@ -19,7 +20,9 @@ from bench.run.matrix import Cell
 @EXECUTORS.register("ray")
 class RayExecutor(Executor):
     """Cells as Ray tasks with resource requests. Connects to ``address`` (``auto``: the
-    cluster this machine belongs to) or starts a local Ray instance with ``num_cpus``."""
+    cluster this machine belongs to) or starts a local Ray instance with ``num_cpus``.
+    ``tune = true`` runs a learning-rate search's trial cells as Ray Tune trials under
+    ``scheduler`` (bench/run/executors/tune_trials.py); every other cell stays a plain task."""
 
     name = "ray"
 
@@ -32,15 +35,56 @@ class RayExecutor(Executor):
         gpus_per_cell: float = field(default=-1.0, metadata={
             "help": "GPUs requested by each cell; -1: 1 when the device is cuda (or auto with a "
                     "GPU in the cluster), else 0"})
+        tune: bool = field(default=False, metadata={
+            "help": "run a search's trial cells as Ray Tune trials, one per trial cell, each reporting its "
+                    "periodic held-out scores (eval_every) to the scheduler; rows and ids as without"})
+        scheduler: str = field(default="fifo", metadata={
+            "help": "with tune: fifo (every trial trains to its step budget: the plain grid) | asha (ASHA "
+                    "stops a trial whose held-out score at a rung is below its group's cut; the same "
+                    "settings for every method)"})
+        grace_evals: int = field(default=1, metadata={
+            "help": "asha: periodic evaluations a trial runs before it may be stopped"})
+        reduction_factor: float = field(default=2.0, metadata={
+            "help": "asha: rungs at grace_evals x eval_every x reduction_factor^k steps; a trial below the "
+                    "top 1/reduction_factor of a rung stops"})
 
         def __post_init__(self) -> None:
             positive("num_cpus", self.num_cpus)
             positive("cpus_per_cell", self.cpus_per_cell)
             if self.gpus_per_cell < 0 and self.gpus_per_cell != -1:
                 raise ConfigError(f"gpus_per_cell must be >= 0 or -1 (auto), got {self.gpus_per_cell!r}")
+            if self.scheduler not in SCHEDULERS:
+                raise ConfigError(f"scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+            if self.scheduler != "fifo" and not self.tune:
+                raise ConfigError(f"scheduler = {self.scheduler!r} needs tune = true (without Ray Tune every "
+                                  "trial runs to its budget as a plain task)")
+            positive("grace_evals", self.grace_evals)
+            if not self.reduction_factor > 1:
+                raise ConfigError(f"reduction_factor must be > 1, got {self.reduction_factor!r}")
+            if self.scheduler != "asha" and (self.grace_evals, self.reduction_factor) != (1, 2.0):
+                raise ConfigError("grace_evals and reduction_factor are asha's settings: set scheduler = 'asha' "
+                                  f"(scheduler is {self.scheduler!r})")
+
+        @property
+        def scheduling(self) -> Scheduling:
+            return Scheduling(self.scheduler, self.grace_evals, self.reduction_factor)
 
     def validate(self) -> None:
         require_package("ray", "ray")
+        if self.config.tune:
+            try:
+                import ray.tune  # noqa: F401  (its own dependencies are checked on import)
+            except ImportError as err:
+                raise ConfigError(f"tune = true needs Ray Tune ({err}): pip install 'ray[tune]'") from None
+
+    def check_cells(self, cells: list[Cell]) -> None:
+        if not self.config.tune:
+            return
+        for cell in cells:
+            problem = self.config.scheduling.problem(cell) if cell.is_trial else ""
+            if problem:
+                raise ConfigError(f"ray executor, trial {cell.method}/{cell.task}/{cell.backbone}/"
+                                  f"P={cell.prefix_length} lr={cell.train.get('lr')}: {problem}")
 
     def threads_per_cell(self, threads: int) -> int:
         return threads or max(1, int(self.config.cpus_per_cell))
@@ -69,14 +113,24 @@ class RayExecutor(Executor):
                     job.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
                 gpus = 1.0 if wants_cuda else 0.0
             threads = self.threads_per_cell(job.threads)
-            # max_calls=1: a fresh worker process per cell, so its peak RSS is the cell's and
-            # no state leaks between cells; max_retries=0: a crash becomes a failed row
-            remote = ray.remote(max_calls=1, max_retries=0)(execute_cell).options(
-                num_cpus=self.config.cpus_per_cell, num_gpus=gpus)
             cell_job = dataclasses.replace(
                 job, device="cuda" if gpus and job.device == "auto" else job.device, threads=threads,
                 isolated=True)
             started = provenance.now()
+            trials = [c for c in cells if c.is_trial] if self.config.tune else []
+            if trials:
+                fits = ray.cluster_resources()
+                concurrent = int(fits.get("CPU", 1) // self.config.cpus_per_cell)
+                if gpus:
+                    concurrent = min(concurrent, int(fits.get("GPU", 0) // gpus))
+                yield from run_trials(trials, cell_job, self.config.scheduling,
+                                      {"num_cpus": self.config.cpus_per_cell, "num_gpus": gpus}, concurrent,
+                                      lambda cell, why: lost_cell(cell, job, why, started), log)
+                cells = [c for c in cells if not c.is_trial]
+            # max_calls=1: a fresh worker process per cell, so its peak RSS is the cell's and
+            # no state leaks between cells; max_retries=0: a crash becomes a failed row
+            remote = ray.remote(max_calls=1, max_retries=0)(execute_cell).options(
+                num_cpus=self.config.cpus_per_cell, num_gpus=gpus)
             refs = {remote.remote(cell, cell_job): cell for cell in cells}
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
