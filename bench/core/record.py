@@ -102,7 +102,8 @@ class ResultRecord:
     # holdout_score: the held-out main metric of the kept parameters (None: no held-out slice);
     # best_step: the step whose parameters were kept, stopped_step: the step training ended;
     # plateaued: True stopped by patience, False the step budget ran out still improving,
-    # None early stopping off; search: a final cell's grid, scores, chosen, trials, cost_s
+    # None early stopping off; search: a final cell's grid, scores, chosen, trials, cost_s (and,
+    # trials run on Ray Tune: scheduler, stopped_early); a Tune trial's scheduler, stopped_by_scheduler
     role: str = ""
     holdout_score: float | None = None
     best_step: int | None = None

@@ -3,8 +3,9 @@ appending one record per cell. Backbones are loaded once per process and copied 
 so no cell can change the weights another cell sees.
 
 A learning-rate search runs in two phases: every trial cell first (ordinary cells to an
-executor, so trials that differ only in lr can pack), then each final cell with the value its
-trials' rows chose (bench/run/search.py), handed to it outside its id."""
+executor, so trials that differ only in lr can pack; the ``ray`` executor with ``tune = true``
+runs them as Ray Tune trials, each still appending its own row), then each final cell with the
+value its trials' rows chose (bench/run/search.py), handed to it outside its id."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Cells as Ray tasks or Slurm array jobs (the `distributed` extra)."""
+"""Cells as Ray tasks or Slurm array jobs (the `distributed` extra); on Ray, optionally a
+search's trial cells as Ray Tune trials (bench/run/executors/tune_trials.py)."""
 
 from __future__ import annotations
 
