@@ -489,3 +489,19 @@ def test_a_scheduler_hook_sees_each_evaluation_and_its_stop_keeps_the_best_param
     assert (b.best_step, b.plateaued) == (None, None)
     assert all(torch.equal(plain.adapter.trainable_state_dict()[k], v)
                for k, v in watched.adapter.trainable_state_dict().items())
+
+
+def test_a_trial_a_scheduler_stopped_is_recorded_so_and_reproduced_with_the_same_stop(data, tmp_path):
+    from bench.run.job import CellJob, execute_cell
+    from bench.run.rerun import find_record, reproduce
+
+    doc = suite(seeds=[0], train={"train_steps": 6, "batch_size": 4, "train_limit": 40, "max_length": 32,
+                                  "holdout": 0.25, "eval_every": 2})
+    trial = next(c for c in pinned_cells(expand(doc, "s")) if c.is_trial)
+    trial = dataclasses.replace(trial, selection={"scheduler": {"name": "asha"}})  # as the ray executor hands it
+    row = execute_cell(trial, CellJob(data, "cpu", str(tmp_path)), on_eval=lambda step, score: step == 2)
+    assert row.status == "ok", row.error
+    assert row.search == {"scheduler": {"name": "asha"}, "stopped_by_scheduler": True}
+    assert (row.stopped_step, row.train_steps, row.best_step, row.plateaued) == (2, 2, 2, None)
+    again = reproduce(find_record(tmp_path, row.cell_id), data, CPU)
+    assert again.ok and again.rerun.stopped_step == 2 and again.rerun.holdout_score == row.holdout_score

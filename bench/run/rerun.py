@@ -10,7 +10,8 @@ device) are printed beside the verdict, because they are the usual reason a numb
 A row made in reproducible mode (bench/measure/reproducible.py) is re-run in that mode, in a fresh
 process, so its bits can be compared on any x86 machine with AVX2. A CUDA row cannot be
 expected back bit for bit: it is judged against the spread of its seeds (the sibling rows
-that differ only in seed), not against a fixed tolerance.
+that differ only in seed), not against a fixed tolerance. A search trial that a scheduler (Ray
+Tune's ASHA) stopped early is re-run with the same stop, at its recorded ``stopped_step``.
 """
 
 from __future__ import annotations
@@ -110,7 +111,25 @@ def seed_spread_tolerance(records: list[ResultRecord], record: ResultRecord) -> 
     return SPREAD_FACTOR * statistics.stdev(siblings.values()), len(siblings)
 
 
-def _pinned_child(cell, data, device, results_dir, threads: int, conn, plugins: tuple[str, ...] = ()) -> None:
+@dataclass(frozen=True)
+class StopAt:
+    """A scheduler's stop replayed: training stops at the evaluation of ``step`` (picklable,
+    for the pinned child process)."""
+
+    step: int
+
+    def __call__(self, step: int, score: float) -> bool:
+        return step >= self.step
+
+    @classmethod
+    def of(cls, record: ResultRecord) -> StopAt | None:
+        """The stop a search scheduler made in ``record``'s run (None: none stopped it)."""
+        stopped = record.search.get("stopped_by_scheduler") is True and isinstance(record.stopped_step, int)
+        return cls(record.stopped_step) if stopped else None
+
+
+def _pinned_child(cell, data, device, results_dir, threads: int, conn, plugins: tuple[str, ...] = (),
+                  on_eval: StopAt | None = None) -> None:
     from bench.core.registry import import_plugins
     from bench.measure import reproducible
     from bench.run.cell import run_cell
@@ -118,13 +137,14 @@ def _pinned_child(cell, data, device, results_dir, threads: int, conn, plugins: 
     try:
         import_plugins(plugins)  # a fresh process knows only the built-in plugins
         reproducible.enter_worker(threads)
-        conn.send(run_cell(cell, data, device, results_dir))
+        conn.send(run_cell(cell, data, device, results_dir, on_eval))
     except Exception as err:  # sent back and raised in the parent
         conn.send(err)
     conn.close()
 
 
-def _run_pinned(cell, data, device, results_dir, threads: int, plugins: tuple[str, ...] = ()) -> ResultRecord:
+def _run_pinned(cell, data, device, results_dir, threads: int, plugins: tuple[str, ...] = (),
+                on_eval: StopAt | None = None) -> ResultRecord:
     """``run_cell`` in a fresh process with the pinned kernels (the mode needs a process
     that has run no kernel yet)."""
     import multiprocessing
@@ -134,7 +154,7 @@ def _run_pinned(cell, data, device, results_dir, threads: int, plugins: tuple[st
     reproducible.export_env()
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_pinned_child, args=(cell, data, device, results_dir, threads, send, plugins))
+    proc = ctx.Process(target=_pinned_child, args=(cell, data, device, results_dir, threads, send, plugins, on_eval))
     proc.start()
     send.close()
     try:
@@ -203,9 +223,9 @@ def reproduce(record: ResultRecord, data, device, tolerance: float = DEFAULT_TOL
     now = dataclasses.replace(cell, identity=cell_identity(METHODS.get(cell.method), cell_task(cell)))
     if reproducible.is_pinned(record.kernels):
         threads = _recorded_threads(record, reproducible.DEFAULT_THREADS)
-        rerun = _run_pinned(now, data, device, results_dir, threads, plugins)
+        rerun = _run_pinned(now, data, device, results_dir, threads, plugins, StopAt.of(record))
     else:
-        rerun = run_cell(now, data, device, results_dir)
+        rerun = run_cell(now, data, device, results_dir, StopAt.of(record))
     return Reproduction(record, rerun, tolerance, tuple(identity_changes(cell.identity, now.identity)))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def run_trials(cells: list[Cell], job: CellJob, scheduling: Scheduling, task_opt
         trainable, param_space={"cell": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(scheduler=_scheduler(scheduling, list(by_id.values())),
                                     max_concurrent_trials=max(1, concurrent), reuse_actors=False),
-        run_config=tune.RunConfig(name=f"search-{job.run_id}", storage_path=str(Path(job.results_dir) / "tune"),
+        run_config=tune.RunConfig(name=f"search-{job.run_id}-{uuid.uuid4().hex[:6]}", storage_path=str(Path(job.results_dir) / "tune"),
                                   verbose=0, callbacks=[tune_relay.Verdicts(mailbox)]))
     errors: list[str] = []
     fitting = threading.Thread(target=_fit, args=(tuner, errors), name="ray-tune", daemon=True)
