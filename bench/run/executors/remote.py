@@ -38,7 +38,7 @@ class RayExecutor(Executor):
                     "GPU in the cluster), else 0"})
         tune: bool = field(default=False, metadata={
             "help": "run a search's trial cells as Ray Tune trials, one per trial cell, each reporting its "
-                    "periodic held-out scores (eval_every) to the scheduler; rows and ids as without"})
+                    "periodic held-out scores (eval_every) to the scheduler; cell ids as without"})
         scheduler: str = field(default="fifo", metadata={
             "help": "with tune: fifo (every trial trains to its step budget: the plain grid) | asha (ASHA "
                     "stops a trial whose held-out score at a rung is below its group's cut; the same "
@@ -119,7 +119,7 @@ class RayExecutor(Executor):
                 isolated=True)
             started = provenance.now()
             trials = [c for c in cells if c.is_trial] if self.config.tune else []
-            if trials:
+            if trials:  # one relay per cell the cluster runs at once: a trial's cell starts only once its relay runs
                 fits = ray.cluster_resources()
                 concurrent = int(fits.get("CPU", 1) // self.config.cpus_per_cell)
                 if gpus:

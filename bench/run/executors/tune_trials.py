@@ -95,8 +95,9 @@ def run_trials(cells: list[Cell], job: CellJob, scheduling: Scheduling, task_opt
         trainable, param_space={"cell": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(scheduler=_scheduler(scheduling, list(by_id.values())),
                                     max_concurrent_trials=max(1, concurrent), reuse_actors=False),
-        run_config=tune.RunConfig(name=f"search-{job.run_id}-{uuid.uuid4().hex[:6]}", storage_path=str(Path(job.results_dir) / "tune"),
-                                  verbose=0, callbacks=[tune_relay.Verdicts(mailbox)]))
+        run_config=tune.RunConfig(name=f"search-{job.run_id}-{uuid.uuid4().hex[:6]}",
+                                  storage_path=str(Path(job.results_dir) / "tune"), verbose=0,
+                                  callbacks=[tune_relay.Verdicts(mailbox)]))
     errors: list[str] = []
     fitting = threading.Thread(target=_fit, args=(tuner, errors), name="ray-tune", daemon=True)
     log(f"ray tune: {len(by_id)} trial(s) in {len({group_of(c) for c in cells})} group(s), scheduler "
