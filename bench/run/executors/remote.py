@@ -73,10 +73,15 @@ class RayExecutor(Executor):
     def validate(self) -> None:
         require_package("ray", "ray")
         if self.config.tune:
+            import ray
+
             try:
-                import ray.tune  # noqa: F401  (its own dependencies are checked on import)
+                import ray.tune  # its own dependencies are checked on import
             except ImportError as err:
-                raise ConfigError(f"tune = true needs Ray Tune ({err}): pip install 'ray[tune]'") from None
+                raise ConfigError(f"tune = true needs Ray Tune ({err}): pip install 'prefix-bench[distributed]'") from None
+            if not hasattr(ray.tune, "RunConfig"):  # ray.tune.report and RunConfig came in 2.41
+                raise ConfigError(f"tune = true needs ray >= 2.41, this is ray {ray.__version__}: "
+                                  "pip install 'prefix-bench[distributed]'")
 
     def check_cells(self, cells: list[Cell]) -> None:
         if not self.config.tune:
