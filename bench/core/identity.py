@@ -14,7 +14,7 @@ averaging them with new ones.
   ``tasks/metrics.py`` ...) and what its ``depends_on`` names (an lm-eval task: the task
   it trains through, its local YAML and rows);
 - harness: a digest of the modules that compute losses, predictions, the optimiser step and
-  the precision they run in.
+  the precision they run in, and the training data drawn (held-out slice, subsample).
 
 The data itself is not here: fingerprinting it means reading it, which expanding a suite
 must not do. ``run`` compares each row's ``data_fingerprint`` with the data it has just
@@ -38,7 +38,9 @@ from typing import Any
 # Packages whose modules are plugin code; a third-party plugin's own package is added to them.
 PLUGIN_PACKAGES = ("methods", "tasks")
 # The code between a cell's config and its numbers that no plugin owns.
-HARNESS_MODULES = ("bench.run.trainer", "bench.run.formulations", "bench.run.label_head", "bench.run.precision")
+# bench.run.data: which training rows are held out and drawn (a change there moves every number)
+HARNESS_MODULES = ("bench.run.trainer", "bench.run.formulations", "bench.run.label_head", "bench.run.precision",
+                   "bench.run.data")
 # What a task declares; a change to any of these changes what the model is asked and scored on.
 TASK_DECLARATION = ("name", "kind", "version", "label_names", "label_words", "prompt", "metrics",
                     "main_metric", "train_split", "eval_split")
