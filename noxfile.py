@@ -61,25 +61,17 @@ def bench(session: nox.Session) -> None:
 STANDARD_PARTS = [("glue/sst2", "minilm-l6"), ("glue/sst2", "smollm2-135m"), ("e2e_nlg", "smollm2-135m"),
                   ("glue/rte", "minilm-l6"), ("glue/rte", "smollm2-135m"), ("glue/mrpc", "minilm-l6"),
                   ("glue/stsb", "minilm-l6"), ("glue/cola", "minilm-l6")]
-# what of a suite's records folder is committed (results/records/SUITE/): the rows, their curves and
-# E2E sample outputs; never the trained adapters (hundreds of MB)
-COMMITTED = ("records.jsonl", "curves", "samples")
-
 
 def publish_records(session: nox.Session, suite: str) -> None:
     """Copy a suite's records into results/records/SUITE/ and render its tables from that copy,
     so the committed tables are what the committed records give (tests/test_committed_records.py)."""
-    runs, kept = ROOT / "results" / "runs" / suite, ROOT / "results" / "records" / suite
-    if not (runs / "records.jsonl").is_file():
-        session.warn(f"no records in {runs} yet")
+    kept = ROOT / "results" / "records" / suite
+    # rows are added, never removed (bench/run/committed.py): a working folder that lost rows
+    # (a fresh machine) cannot shrink what is committed
+    session.run("python", "-m", "bench.run.committed", "publish", suite, "--root", str(ROOT))
+    if not (kept / "records.jsonl").is_file():
+        session.warn(f"no records in {kept} yet")
         return
-    kept.mkdir(parents=True, exist_ok=True)
-    for name in COMMITTED:
-        src, dst = runs / name, kept / name
-        if src.is_dir():
-            shutil.copytree(src, dst, dirs_exist_ok=True)
-        elif src.is_file():
-            shutil.copy2(src, dst)
     # a fresh folder: a file an older render wrote and this one does not (a plot with nothing to
     # show now) must not stay beside the tables; run.log (the run's wall time) is kept
     tables = ROOT / "results" / "tables" / suite
@@ -97,6 +89,8 @@ def standard(session: nox.Session) -> None:
     results/tables/standard/ and results/REPRODUCTION.md is rebuilt from them. Interrupted, it
     resumes where it stopped (args go to every `prefix-bench run`, e.g. `-- --device cuda`)."""
     install(session, "distributed")
+    # the committed rows first: on a fresh clone or machine the run resumes at the last checkpoint
+    session.run("python", "-m", "bench.run.committed", "adopt", "standard", "--root", str(ROOT))
     failed = 0
     for task, backbone in STANDARD_PARTS:
         try:
@@ -109,6 +103,19 @@ def standard(session: nox.Session) -> None:
                     env=data_env())
     if failed:
         session.error(f"{failed} part(s) of the standard suite had failed cells (their rows say why)")
+
+
+@nox.session(python=PYTHON)
+def publish(session: nox.Session) -> None:
+    """Checkpoint a suite that is still running (default: standard): its finished rows to
+    results/records/SUITE/, its tables re-rendered from them, REPRODUCTION.md rebuilt for the
+    standard suite; commit those paths and a lost machine loses nothing finished."""
+    install(session)
+    for suite in session.posargs or ["standard"]:
+        publish_records(session, suite)
+        if suite == "standard":
+            session.run("prefix-bench", "reproduction-report", "--results", "results/records/standard", "--quiet",
+                        env=data_env())
 
 
 @nox.session(python=PYTHON)
