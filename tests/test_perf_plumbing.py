@@ -9,6 +9,7 @@ import json
 import pytest
 
 from bench import perf
+from bench.measure.perf_report import summarise
 from bench.run import backbones
 
 
@@ -17,8 +18,10 @@ def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):
     src = tmp_path / "tiny"
     loaded.model.config.save_pretrained(src)
     loaded.tokenizer.save_pretrained(src)
+    # bf16-mixed on any CPU (emulated where it has no bf16 arithmetic): every arm runs, the fp32
+    # reference included, whatever the machine's "auto" resolves to
     s = perf.Settings(batch=2, seq=8, prefix=4, gen_batch=2, gen_prompt=4, new_tokens=2, repeats=2, steps=1,
-                      memory_repeats=1, scaling="3x5", random_init_from=str(src))
+                      memory_repeats=1, scaling="3x5", random_init_from=str(src), precision="bf16-mixed")
     res = perf.run(s, tmp_path / "out", memory=True, cell=False, log=lambda m: None)
 
     report = json.loads((tmp_path / "out" / "perf.json").read_text())
@@ -36,6 +39,20 @@ def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):
     (row,) = report["meta"]["scaling"]
     assert (row["batch"], row["prefix"]) == (3, 5) and row["ratio"] > 0
     assert "Training step at larger batch x prefix" in md
+
+
+def test_a_run_in_fp32_has_no_fp32_reference_arm_and_its_target_reads_not_measured():
+    """On a CPU without bf16 arithmetic "auto" is fp32: the fp32 reference arm does not run
+    (it would be the same arm twice), so its pair and target are left out, not a KeyError."""
+    arms = [a for a in perf.ARMS if a != perf.FP32_ARM]
+    times = {phase: {a: [1.0, 1.1] for a in arms} for phase in ("train", "eval", "generate")}
+    s = perf.Settings(batch=2, seq=8, gen_batch=2, new_tokens=2)
+    report = summarise(times, {}, {}, s, 1e12)
+    assert set(report["arms"]) == set(arms)
+    assert not any(perf.FP32_ARM in key for key in report["ratios"])
+    assert "train:ours_proj/peft_proj" in report["ratios"]
+    (fp32_target,) = [t for t in report["targets"] if t["arms"] == f"ours_proj/{perf.FP32_ARM}"]
+    assert fp32_target["ratio"] is None and fp32_target["met"] is None
 
 
 @pytest.mark.parametrize("spec", ["16x", "x64", "16*64", "0x8", "16x64,abc"])

@@ -53,6 +53,8 @@ def summarise(times: dict[str, dict[str, list[float]]], memory: dict[str, dict],
         arms[arm] = row
     ratios: dict[str, Any] = {}
     for a, b in PAIRS:
+        if a not in arms or b not in arms:  # the fp32 reference runs only beside another precision
+            continue
         for phase, per_arm in times.items():
             paired = [tb / ta for ta, tb in zip(per_arm[a], per_arm[b], strict=True)]  # rate ratio a/b
             q1, med, q3 = quartiles(paired)
