@@ -115,7 +115,10 @@ def sst2(data):
 
 def test_fused_or_foreach_adamw_updates_as_the_single_tensor_loop(sst2, monkeypatch):
     """Same losses and trained tensors as torch's single-tensor AdamW with gradients set to
-    None each step (the trainer before): within 1e-6 relative, fp rounding of a reordered sum."""
+    None each step (the trainer before): losses within 1e-6 relative, tensors within 1e-6
+    absolute, fp rounding of a reordered sum. (1e-7 held on an AVX-512 machine; an AVX2 one
+    rounds 8 of 32,768 values by 2e-7 after 5 steps. A wrong update, e.g. no bias correction,
+    moves them by about the learning rate, 1e-2.)"""
     adapter, form, cfg = _tiny_run(steps=5)
     reference = copy.deepcopy(adapter)
     start = {n: t.clone() for n, t in adapter.trainable_state_dict().items()}
@@ -132,7 +135,7 @@ def test_fused_or_foreach_adamw_updates_as_the_single_tensor_loop(sst2, monkeypa
     assert stats.losses == pytest.approx(ref.losses, rel=1e-6, abs=0)
     ours, theirs = adapter.trainable_state_dict(), reference.trainable_state_dict()
     for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(ours[n], start[n]) for n in start)  # it did train
 
 
