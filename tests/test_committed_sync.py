@@ -3,6 +3,8 @@ added, never removed or rewritten, and a line still being written is never copie
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.run import committed
@@ -65,3 +67,25 @@ def test_cli_moves_rows_by_direction_and_refuses_a_suite_that_is_a_path(tmp_path
     with pytest.raises(SystemExit):
         committed.main(["adopt", "../x", "--root", str(tmp_path)])
     assert "'../x' is not a name" in capsys.readouterr().err
+
+
+def test_a_working_folder_seeded_from_committed_rows_resumes_without_training(tmp_path, data):
+    """What `nox -s standard` relies on across machines: rows adopted from the committed folder
+    count as finished, so the next run trains only what is missing."""
+    import torch
+
+    from bench.run.driver import run_cells
+    from bench.run.matrix import expand
+    from tests.test_runner import TINY
+
+    doc = json.loads(json.dumps(TINY))
+    doc["suites"]["t"].update(methods=["lora"], seeds=[0, 1])
+    cells = expand(doc, "t")
+    first = run_cells(cells, tmp_path / "machine1", data, torch.device("cpu"), log=lambda m: None)
+    assert first["ran"] == 2 and first["failed"] == 0
+    committed.sync(tmp_path / "machine1", tmp_path / "records")  # publish
+    lines = (tmp_path / "records" / "records.jsonl").read_bytes().splitlines()
+    (tmp_path / "records" / "records.jsonl").write_bytes(lines[0] + b"\n")  # a checkpoint before the 2nd
+    assert committed.sync(tmp_path / "records", tmp_path / "machine2")[0] == 1  # adopt on a fresh machine
+    again = run_cells(cells, tmp_path / "machine2", data, torch.device("cpu"), log=lambda m: None)
+    assert again["skipped"] == 1 and again["ran"] == 1
