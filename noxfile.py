@@ -1,5 +1,6 @@
 """Sessions: `nox -s bench` (default suite, offline on CPU), `nox -s tests`, `nox -s lint`,
-`nox -s standard` (the standard suite, hours: README "The standard suite"),
+`nox -s standard` (the standard suite, hours: README "The standard suite"), `nox -s publish`
+(checkpoint a running suite's records and tables for a commit),
 `nox -s compat` (the compatibility matrix, one venv per transformers version)."""
 
 from __future__ import annotations
