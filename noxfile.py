@@ -111,8 +111,12 @@ def publish(session: nox.Session) -> None:
     """Checkpoint a suite that is still running (default: standard): its finished rows to
     results/records/SUITE/, its tables re-rendered from them, REPRODUCTION.md rebuilt for the
     standard suite; commit those paths and a lost machine loses nothing finished."""
+    suites = session.posargs or ["standard"]
+    bad = [s for s in suites if not s.replace("-", "").replace("_", "").isalnum()]
+    if bad:  # a suite name becomes a folder whose old tables are deleted: never a path
+        session.error(f"not a suite name (letters, digits, - and _): {', '.join(map(repr, bad))}")
     install(session)
-    for suite in session.posargs or ["standard"]:
+    for suite in suites:
         publish_records(session, suite)
         if suite == "standard":
             session.run("prefix-bench", "reproduction-report", "--results", "results/records/standard", "--quiet",
