@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nox
@@ -111,10 +112,13 @@ def publish(session: nox.Session) -> None:
     """Checkpoint a suite that is still running (default: standard): its finished rows to
     results/records/SUITE/, its tables re-rendered from them, REPRODUCTION.md rebuilt for the
     standard suite; commit those paths and a lost machine loses nothing finished."""
+    sys.path.insert(0, str(ROOT))  # the project's name rule (standard library only)
+    from bench.core.safe_names import NAME_RULE, is_name
+
     suites = session.posargs or ["standard"]
-    bad = [s for s in suites if not s.replace("-", "").replace("_", "").isalnum()]
+    bad = [s for s in suites if not is_name(s)]
     if bad:  # a suite name becomes a folder whose old tables are deleted: never a path
-        session.error(f"not a suite name (letters, digits, - and _): {', '.join(map(repr, bad))}")
+        session.error(f"not a suite name ({NAME_RULE}): {', '.join(map(repr, bad))}")
     install(session)
     for suite in suites:
         publish_records(session, suite)

@@ -10,7 +10,7 @@ copied when the other side lacks it, in the order it was written; a line still b
 (no newline yet) is left for the next call. Curves and sample outputs, one file per cell, are
 copied where the other side has no file of that name.
 
-Standard library only: nox calls it (``python -m bench.run.committed``) before the project's
+Standard library only (and bench.core's stdlib-only name rule): nox calls it (``python -m bench.run.committed``) before the project's
 own dependencies matter.
 """
 
@@ -22,6 +22,8 @@ import os
 import shutil
 import sys
 from pathlib import Path
+
+from bench.core.safe_names import NAME_RULE, is_name
 
 RECORDS_FILE = "records.jsonl"
 # what of a records folder is committed: the rows, their curves and E2E sample outputs; never
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("suite", help="suite name (results/runs/SUITE, results/records/SUITE)")
     p.add_argument("--root", default=".", help="the checkout (default: the current folder)")
     args = p.parse_args(argv)
-    if not args.suite.replace("-", "").replace("_", "").isalnum():
-        p.error(f"suite {args.suite!r} is not a name (letters, digits, - and _)")
+    if not is_name(args.suite):
+        p.error(f"suite {args.suite!r} is not a name ({NAME_RULE})")
     runs = Path(args.root) / "results" / "runs" / args.suite
     kept = Path(args.root) / "results" / "records" / args.suite
     src, dst = (runs, kept) if args.direction == "publish" else (kept, runs)
