@@ -76,7 +76,7 @@ def test_a_working_folder_seeded_from_committed_rows_resumes_without_training(tm
 
     from bench.run.driver import run_cells
     from bench.run.matrix import expand
-    from tests.test_runner import TINY
+    from test_runner import TINY
 
     doc = json.loads(json.dumps(TINY))
     doc["suites"]["t"].update(methods=["lora"], seeds=[0, 1])
