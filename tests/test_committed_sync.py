@@ -73,10 +73,10 @@ def test_a_working_folder_seeded_from_committed_rows_resumes_without_training(tm
     """What `nox -s standard` relies on across machines: rows adopted from the committed folder
     count as finished, so the next run trains only what is missing."""
     import torch
+    from test_runner import TINY
 
     from bench.run.driver import run_cells
     from bench.run.matrix import expand
-    from test_runner import TINY
 
     doc = json.loads(json.dumps(TINY))
     doc["suites"]["t"].update(methods=["lora"], seeds=[0, 1])
