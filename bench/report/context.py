@@ -55,3 +55,37 @@ def random_banner(rows: list[ResultRecord]) -> str:
     names = sorted({str(r.backbone) for r in rows if str(r.backbone_source or "").startswith("random:")
                     or str(r.backbone).startswith("tiny-")})
     return RANDOM_BANNER.format(names=", ".join(names)) if names else ""
+
+
+def _train(r: ResultRecord) -> dict:
+    train = r.config.get("train") if isinstance(r.config, dict) else None
+    return train if isinstance(train, dict) else {}
+
+
+def budget_line(rows: list[ResultRecord]) -> str:
+    """The training budget the rows ran under and whether they used it up: where a suite caps
+    steps or subsamples the training split, the table must say so, and a run stopped by the
+    step cap while still improving on its held-out slice is not a converged number."""
+    trains = [t for t in (_train(r) for r in rows) if t]
+    if not trains:  # rows that do not say how they trained (hand-made, or too old)
+        return ""
+    steps = _values(t.get("train_steps") for t in trains)
+    batch = _values(t.get("batch_size") for t in trains)
+    limits = {t.get("train_limit") for t in trains}
+    data = ("the whole training split" if limits <= {None} else
+            f"at most {_values(limits)} training examples")
+    held = {t.get("holdout") for t in trains} - {None, 0}
+    seen = {t.get("train_steps", 0) * t.get("batch_size", 0) for t in trains
+            if all(isinstance(t.get(k), int) and not isinstance(t.get(k), bool) for k in ("train_steps", "batch_size"))}
+    size = f" ({next(iter(seen)):,} examples)" if len(seen) == 1 and len(trains) == len(rows) else ""
+    text = f"Trained for at most {steps} steps of {batch}{size} drawn from {data}"
+    if held:
+        text += f", a share {_values(held)} of them held out for early stopping and the learning-rate search"
+    stopped = [r.plateaued for r in rows if r.plateaued is not None]
+    if stopped:
+        capped = len(stopped) - sum(bool(p) for p in stopped)
+        text += (f"; {sum(bool(p) for p in stopped)} of {len(stopped)} runs plateaued (early stopping)"
+                 + (f", {capped} reached the step cap still improving" if capped else ""))
+    else:
+        text += "; no early stopping (a fixed number of steps)"
+    return text + "."

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.report.escape import html_text
 from bench.report.failures import MARK
+from bench.report.search_view import SEARCH_NOTE, SEARCH_TITLE
 from bench.report.summary import PICKED_NOTE, SUMMARY_TITLE, VERDICTS_TITLE
 from bench.report.views import (
     COLLAPSE_NOTE,
@@ -158,12 +159,21 @@ def summary_html(overview: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     return "\n".join(parts) + "</section>"
 
 
+def search_html(searched: pd.DataFrame) -> str:
+    """How each learning rate was chosen (bench/report/search_view.py), below the answer."""
+    if searched.empty:
+        return ""
+    return (f'<section id="search"><h2>{html_text(SEARCH_TITLE)}</h2>{table_html(searched, "search")}'
+            f'<p class="note">{html_text(SEARCH_NOTE)}</p></section>')
+
+
 def page(views: list[SliceView], overview: pd.DataFrame | None = None, verdicts: pd.DataFrame | None = None,
-         title: str = "prefix-bench leaderboard") -> str:
+         title: str = "prefix-bench leaderboard", searched: pd.DataFrame | None = None) -> str:
     toc = "".join(f'<li><a href="#{html_text(v.stem)}">{html_text(v.title)}</a></li>' for v in views)
     body = "\n".join(slice_html(v) for v in views)
     top = summary_html(overview if overview is not None else pd.DataFrame(),
                        verdicts if verdicts is not None else pd.DataFrame())
+    top += search_html(searched if searched is not None else pd.DataFrame())
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html_text(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html_text(title)}</h1>{top}\n"
             f"<h2>Per table</h2><ul>{toc}</ul>\n{body}\n"

@@ -5,6 +5,8 @@ Per (task, backbone) slice, under the tables folder:
   metric's mean ± std over seeds with n and a 95% bootstrap CI; then trainable parameters,
   deployed adapter size (its inference state, e.g. the folded prefix), throughput and peak memory; below it paired comparisons (p-values),
   prefix-length sensitivity and Pareto tables with their plots.
+- ``search.md`` / ``search.csv``: where rows carry a learning-rate search, each method's grid,
+  held-out scores, chosen rate, grid-edge flag and cost, and how many of its runs plateaued.
 - ``STEM__scores.csv``, ``STEM__paired.csv``, ``STEM__sensitivity.csv``,
   ``STEM__sensitivity_curve.csv``, ``STEM__pareto.csv``: the numbers behind them.
 - ``STEM__sensitivity.png``, ``STEM__pareto.png``, ``STEM.tex`` (LaTeX booktabs).
@@ -23,10 +25,11 @@ from bench.core.records import ResultRecord, result_rows
 from bench.core.safe_names import inside
 from bench.core.task_facts import Facts
 from bench.report import failures, html_page, latex
-from bench.report.escape import csv_cell, map_text
+from bench.report.escape import csv_cell, map_text, markdown
 from bench.report.glue_board import glue_average_table
+from bench.report.search_view import SEARCH_NOTE, SEARCH_TITLE, search_table
 from bench.report.summary import summary_markdown, summary_table, versus_references
-from bench.report.views import _md, build_views, records_frame, slice_markdown
+from bench.report.views import _md, build_views, newest_experiments, records_frame, slice_markdown
 
 
 def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts: Facts | None = None,
@@ -79,11 +82,18 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
         head = summary_markdown(overview, verdicts)
         if len(overview):
             written += [_csv(overview, out("summary.csv")), _csv(verdicts, out("verdicts.csv"))]
+        searched = search_table(newest_experiments(records)[0])
+        search_md = ""
+        if len(searched):
+            search_md = f"## {SEARCH_TITLE}\n\n{_md(searched)}\n\n{markdown(SEARCH_NOTE)}\n"
+            out("search.md").write_text(search_md, encoding="utf-8")
+            written += [out("search.md"), _csv(searched, out("search.csv"))]
         board = out("leaderboard.md")
-        board.write_text("\n".join([head] * bool(head) + [slice_markdown(v, images=False) for v in views]
+        board.write_text("\n".join([head] * bool(head) + [search_md] * bool(search_md)
+                                   + [slice_markdown(v, images=False) for v in views]
                                    + [glue_md] * bool(glue_md)), encoding="utf-8")
         page = out("index.html")
-        page.write_text(html_page.page(views, overview, verdicts), encoding="utf-8")
+        page.write_text(html_page.page(views, overview, verdicts, searched=searched), encoding="utf-8")
         written += [board, page, write_parquet(records, out("records.parquet"))]  # the rows, as data
     return written
 

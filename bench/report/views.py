@@ -220,7 +220,7 @@ class SliceView:
     subset_note: str = ""  # bench/report/subsets.py: rows scored on part of the evaluation split
     # bench/report/instability.py: cells that move between machines or seeds by more than their noise
     unstable: list[str] = field(default_factory=list)
-    context: str = ""  # bench/report/context.py: what made the rows
+    context: str = ""  # bench/report/context.py: what made the rows, and the budget they trained under
     banner: str = ""  # random-weight backbones
 
     @property
@@ -263,7 +263,9 @@ def build_views(records: list[ResultRecord], facts: Facts | None = None,
                                left_out=left_out.get((task, backbone), 0), notes=notes,
                                subset_note=subsets.note(g, corpus_metrics(facts, task)),
                                unstable=[u.text for u in unstable],
-                               context=context.context_line(mine := [r for r in kept if (r.task, r.backbone) == (task, backbone)]),
+                               context=" ".join(filter(None, (
+                                   context.context_line(mine := [r for r in kept if (r.task, r.backbone) == (task, backbone)]),
+                                   context.budget_line(mine)))),
                                banner=context.random_banner(mine or [r for r in records if (r.task, r.backbone) == (task, backbone)])))
     stems = unique_stems((v.task, v.backbone) for v in views)
     for v in views:

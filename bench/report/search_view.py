@@ -1,0 +1,81 @@
+"""How each method's learning rate was chosen, and whether its runs converged: one row per
+(task, backbone, method) whose final rows carry a search (bench/run/search.py). A paper's
+reader needs this beside the scores: a method compared at a rate from the edge of its grid,
+or stopped by the step cap while still improving, is compared at less than its best."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import pandas as pd
+
+from bench.core.records import ResultRecord
+
+SEARCH_TITLE = "How each learning rate was chosen (held-out slice of the training split), and convergence"
+SEARCH_NOTE = ("Trials ran at the search's prefix length and seed; every final run of the method used the "
+               "chosen rate. edge: the choice is the grid's top or bottom, so the best rate may lie beyond it "
+               "(compare its margin over the next rate with the held-out score's noise). plateaued: final runs "
+               "stopped by early stopping, the others reached the step cap still improving.")
+COLUMNS = ["task", "backbone", "method", "searched at", "rates", "held-out score per rate", "chosen lr", "edge",
+           "search cost", "plateaued", "best step (median) / cap"]
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from an untrusted record, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _rate(value: Any) -> str:
+    x = _number(value)
+    return "?" if x is None else f"{x:g}"
+
+
+def _score(value: Any) -> str:
+    x = _number(value)
+    return "failed" if x is None else f"{x:.4f}"
+
+
+def _duration(seconds: Any) -> str:
+    s = _number(seconds)
+    if s is None:
+        return ""
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+
+
+def _row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dict[str, str] | None:
+    sel = rows[-1].search if isinstance(rows[-1].search, dict) else {}
+    grid = sel.get("grid", {}).get("lr") if isinstance(sel.get("grid"), dict) else None
+    if not isinstance(grid, list) or not grid:
+        return None
+    scores = sel.get("scores") if isinstance(sel.get("scores"), dict) else {}
+    chosen = sel.get("chosen") if isinstance(sel.get("chosen"), dict) else {}
+    where = [f"P={sel['prefix_length']}"] if _number(sel.get("prefix_length")) is not None else []
+    if _number(sel.get("seed")) is not None:
+        where.append(f"seed {int(sel['seed'])}")
+    stopped = [r.plateaued for r in rows if r.plateaued is not None]
+    best = [r.best_step for r in rows if _number(r.best_step) is not None]
+    caps = {r.config.get("train", {}).get("train_steps") for r in rows
+            if isinstance(r.config, dict) and isinstance(r.config.get("train"), dict)}
+    cap = next(iter(caps)) if len(caps) == 1 else None
+    return {"task": task, "backbone": backbone, "method": method, "searched at": ", ".join(where),
+            "rates": " · ".join(_rate(x) for x in grid),
+            "held-out score per rate": " · ".join(_score(scores.get(str(x))) for x in grid),
+            "chosen lr": _rate(chosen.get("lr")) if chosen else "none",
+            "edge": sel.get("edge") if sel.get("edge") in ("top", "bottom") else "",
+            "search cost": _duration(sel.get("cost_s")),
+            "plateaued": f"{sum(bool(p) for p in stopped)}/{len(stopped)}" if stopped else "no early stopping",
+            "best step (median) / cap": (f"{statistics.median(best):g} / {_rate(cap)}" if best else "")}
+
+
+def search_table(rows: list[ResultRecord]) -> pd.DataFrame:
+    """``rows``: the final rows a leaderboard aggregates (``views.newest_experiments``)."""
+    groups: dict[tuple[str, str, str], list[ResultRecord]] = {}
+    for r in rows:
+        if isinstance(r.search, dict) and r.search:
+            groups.setdefault((r.task, r.backbone, r.method), []).append(r)
+    out = [row for key, g in groups.items() if (row := _row(*key, g)) is not None]
+    return pd.DataFrame(out, columns=COLUMNS).sort_values(["task", "backbone", "method"], ignore_index=True)

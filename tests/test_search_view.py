@@ -1,0 +1,72 @@
+"""The search and convergence view: what a reader needs beside a searched suite's scores."""
+
+from __future__ import annotations
+
+import csv
+
+from _records_fixture import record
+
+from bench.report.context import budget_line
+from bench.report.render import render
+
+TRAIN = {"train_steps": 1500, "batch_size": 32, "train_limit": 32000, "holdout": 0.025, "patience": 3}
+
+
+def _searched(method: str, length: int | None, seed: int, chosen: float, edge: str | None, plateaued: bool,
+              best_step: int) -> object:
+    grid = [3e-4, 1e-3, 3e-3]
+    search = {"grid": {"lr": grid}, "seed": 0, "prefix_length": 20, "trials": 3, "cost_s": 5400.0,
+              "scores": {"0.0003": 0.8725, "0.001": 0.865, "0.003": None}, "chosen": {"lr": chosen},
+              **({"edge": edge} if edge else {})}
+    return record(method, length, seed, search=search, plateaued=plateaued, best_step=best_step,
+                  config={"method": method, "train": TRAIN})
+
+
+def _rows():
+    return ([_searched("prefix_tuning", p, s, 3e-4, "bottom", s != 2, 1000 + 100 * s) for p in (5, 20) for s in (0, 1, 2)]
+            + [_searched("lora", None, s, 1e-3, None, True, 900) for s in (0, 1, 2)])
+
+
+def test_the_search_view_shows_grid_scores_choice_edge_and_convergence(tmp_path):
+    render(_rows(), tmp_path, plots=False)
+    with open(tmp_path / "search.csv", newline="", encoding="utf-8") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    pt = rows["prefix_tuning"]
+    assert pt["rates"] == "0.0003 · 0.001 · 0.003"
+    assert pt["held-out score per rate"] == "0.8725 · 0.8650 · failed"  # a failed trial says so
+    assert (pt["chosen lr"], pt["edge"], pt["searched at"]) == ("0.0003", "bottom", "P=20, seed 0")
+    assert pt["plateaued"] == "4/6" and pt["best step (median) / cap"] == "1100 / 1500"
+    assert pt["search cost"] == "1.5 h"
+    assert rows["lora"]["edge"] == "" and rows["lora"]["plateaued"] == "3/3"
+    board = (tmp_path / "leaderboard.md").read_text(encoding="utf-8")
+    assert "How each learning rate was chosen" in board
+    assert 'id="search"' in (tmp_path / "index.html").read_text(encoding="utf-8")
+
+
+def test_no_search_no_view(tmp_path):
+    render([record("lora", None, s) for s in (0, 1)], tmp_path, plots=False)
+    assert not (tmp_path / "search.csv").exists()
+    assert "How each learning rate" not in (tmp_path / "leaderboard.md").read_text(encoding="utf-8")
+
+
+def test_tables_state_the_budget_and_the_runs_that_hit_the_step_cap(tmp_path):
+    line = budget_line(_rows())
+    assert "at most 1500 steps of 32 (48,000 examples) drawn from at most 32000 training examples" in line
+    assert "a share 0.025 of them held out" in line
+    assert "7 of 9 runs plateaued" in line and "2 reached the step cap still improving" in line
+    render(_rows(), tmp_path, plots=False)
+    assert line in (tmp_path / "glue_sst2__minilm-l6.md").read_text(encoding="utf-8")
+    fixed = record("lora", None, 0, config={"method": "lora", "train": {"train_steps": 120, "batch_size": 32}})
+    assert budget_line([fixed]) == ("Trained for at most 120 steps of 32 (3,840 examples) drawn from the whole training split; "
+                                    "no early stopping (a fixed number of steps).")
+    assert budget_line([record("lora", None, 0)]) == ""  # a row that does not say how it trained
+
+
+def test_search_fields_from_disk_are_untrusted(tmp_path):
+    bad = record("lora", None, 0, search={"grid": {"lr": ["x", 1e-3]}, "scores": "nope", "chosen": 5,
+                                          "edge": "<b>", "cost_s": float("nan")})
+    render([bad, record("lora", None, 1)], tmp_path, plots=False)
+    with open(tmp_path / "search.csv", newline="", encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["rates"], row["held-out score per rate"], row["edge"], row["search cost"]) == (
+        "? · 0.001", "failed · failed", "", "")
