@@ -505,3 +505,21 @@ def test_a_trial_a_scheduler_stopped_is_recorded_so_and_reproduced_with_the_same
     assert (row.stopped_step, row.train_steps, row.best_step, row.plateaued) == (2, 2, 2, None)
     again = reproduce(find_record(tmp_path, row.cell_id), data, CPU)
     assert again.ok and again.rerun.stopped_step == 2 and again.rerun.holdout_score == row.holdout_score
+
+
+def test_finals_at_the_searched_length_run_before_the_length_sweep():
+    """The standard suite's SST-2 part: every method's finals at P = 20 (the search's length)
+    and the no-prefix methods come before any P = 5 or 50 cell, each group in matrix order."""
+    from bench.run import packed
+    from bench.run.driver import searched_length_first
+    from bench.run.matrix import load_suite
+
+    finals = [c for c in load_suite(None, "standard-sst2-minilm") if not c.is_trial]
+    ordered = searched_length_first(packed.ordered(finals))
+    lengths = [c.prefix_length for c in ordered]
+    first_other = next(i for i, p in enumerate(lengths) if p not in (None, 20))
+    assert all(p in (5, 50) for p in lengths[first_other:])
+    head = ordered[:first_other]
+    assert [c.method for c in head][:6] == ["prefix_tuning"] * 3 + ["lora"] * 3
+    assert len(head) == len({c.method for c in finals}) * 3  # every method, three seeds
+    assert sorted(c.id for c in ordered) == sorted(c.id for c in finals)

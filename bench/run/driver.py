@@ -97,7 +97,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
             record = lost_cell(cell, job, unrunnable[cell.id][1], provenance.now())
             held.release(record.cell_id)
             _report(record, counts, progress, job.run_id, log)
-        _run_phase(packed.ordered(rest), executor, job, held, counts, progress, log)
+        _run_phase(searched_length_first(packed.ordered(rest)), executor, job, held, counts, progress, log)
     finally:
         held.release_all()
         if tracking is not None:
@@ -114,6 +114,19 @@ def _tracking(name: str, uri: str, results_dir: Path, log: Callable[[str], None]
     from bench.run.trackers.log import CellTracking
 
     return CellTracking(name, uri, results_dir, log)
+
+
+def searched_length_first(cells: list[Cell]) -> list[Cell]:
+    """Final cells at the prefix length their search ran at (and those without a length) before
+    the other lengths, otherwise in the given order: the methods' comparison at the searched
+    setting completes first, the length sweep after, so a run cut short leaves the answer to the
+    main question rather than half of every question. Stable within each (backbone, task), whose
+    cells stay together (``packed.ordered``: they share a loaded backbone and data)."""
+    def key(c: Cell) -> tuple[str, str, bool]:
+        searched = c.search.get("prefix_length") if isinstance(c.search, dict) else None
+        return c.backbone, c.task, searched is not None and c.prefix_length is not None and c.prefix_length != searched
+
+    return sorted(cells, key=key)
 
 
 def with_trials(cells: list[Cell]) -> list[Cell]:
