@@ -53,7 +53,10 @@ def data_env() -> dict[str, str]:
 def bench(session: nox.Session) -> None:
     """Run the default benchmark suite and render its tables (args go to `prefix-bench run`,
     e.g. `-- --executor ray`)."""
-    install(session, "distributed")
+    # Ray and submitit only for the executors that need them: the default run is local, and
+    # ray[tune] is the largest install after torch
+    wanted = " ".join(session.posargs)
+    install(session, *(["distributed"] if "ray" in wanted or "slurm" in wanted else []))
     session.run("prefix-bench", "run", *session.posargs, env=data_env())
 
 

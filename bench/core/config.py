@@ -127,6 +127,9 @@ def at_most(name: str, value: int | None, where: str = "") -> None:
         raise ConfigError(f"{prefix}{name} {value!r} is above {high}, the largest allowed: {why}")
 
 
+EVAL_ORDERS = ("given", "length")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training and evaluation settings shared by every method (one trainer for all)."""
@@ -160,6 +163,11 @@ class TrainConfig:
         "help": "batches per length-sorting window: each window of the seeded order is sorted by token "
                 "length, cut into batches and the batches shuffled (0: off, plain seeded batches; off by "
                 "default: it cuts padding but slowed learning in short runs, README 'Performance')"})
+    eval_order: str = field(default="given", metadata={
+        "help": "given | length: length evaluates the examples sorted by token length, so each evaluation "
+                "batch holds examples of like length and pads little, and hands the predictions back in the "
+                "given order; the same predictions, since no method's output depends on its batch "
+                "(tests/test_padding_invariance.py)"})
     holdout: float = field(default=0.0, metadata={
         "help": "fraction in [0, 0.5) of the training examples (after train_limit) held out, drawn with a "
                 "fixed seed (every seed and every search trial is scored on the same examples) and never "
@@ -190,6 +198,8 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         positive("bucket_window", self.bucket_window, allow_zero=True)
+        if self.eval_order not in EVAL_ORDERS:
+            raise ConfigError(f"eval_order must be one of {', '.join(EVAL_ORDERS)}, got {self.eval_order!r:.100}")
         if not 0 <= self.holdout < MAX_HOLDOUT:
             raise ConfigError(f"holdout must be in [0, {MAX_HOLDOUT}) (a fraction of the training examples held "
                               f"out for selection; the rest trains), got {self.holdout!r}")

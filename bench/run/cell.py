@@ -176,8 +176,7 @@ def periodic_eval(run: CellRun) -> float:
     if run.holdout_examples:
         res, metrics = score_holdout(run)
     else:
-        res = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size, run.device,
-                       desc="eval")
+        res = _evaluate(run, run.eval_examples, "eval")
         metrics = run.task.compute_metrics(res.predictions, run.eval_examples)
     run.periodic_eval_seconds += res.seconds
     return float(metrics.get(run.task.main_metric, float("nan")))
@@ -185,9 +184,25 @@ def periodic_eval(run: CellRun) -> float:
 
 def score_holdout(run: CellRun) -> tuple[EvalResult, dict[str, float]]:
     """The task's metrics on the held-out slice for the adapter as it stands."""
-    res = evaluate(run.adapter, run.formulation, run.holdout_examples, run.cfg.eval_batch_size, run.device,
-                   desc="holdout")
+    res = _evaluate(run, run.holdout_examples, "holdout")
     return res, run.task.compute_metrics(res.predictions, run.holdout_examples)
+
+
+def _evaluate(run: CellRun, examples: list[Example], desc: str) -> EvalResult:
+    """``evaluate`` in the cell's ``eval_order``. "length" runs the examples sorted by token
+    length, so a batch pads little, and puts the predictions back in the given order: the same
+    predictions, because no method's output depends on the rest of its batch (positions come
+    from the attention mask: tests/test_padding_invariance.py)."""
+    if run.cfg.eval_order != "length" or len(examples) < 2:
+        return evaluate(run.adapter, run.formulation, examples, run.cfg.eval_batch_size, run.device, desc=desc)
+    lengths = run.formulation.token_lengths(examples)
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    res = evaluate(run.adapter, run.formulation, [examples[i] for i in order], run.cfg.eval_batch_size,
+                   run.device, desc=desc)
+    predictions: list = [None] * len(examples)
+    for k, i in enumerate(order):
+        predictions[i] = res.predictions[k]
+    return dataclasses.replace(res, predictions=predictions)
 
 
 def evaluate_stage(run: CellRun) -> None:
@@ -200,8 +215,7 @@ def evaluate_stage(run: CellRun) -> None:
     with fp32_evaluation(run.adapter):  # lm-eval's forwards too: fp32, as every evaluation
         own = run.task.evaluate_adapted(run.adapter, run.loaded.tokenizer, run.device, run.cfg.eval_limit)
     if own is None:
-        run.result = evaluate(run.adapter, run.formulation, run.eval_examples, run.cfg.eval_batch_size,
-                              run.device, desc=f"eval {run.label}")
+        run.result = _evaluate(run, run.eval_examples, f"eval {run.label}")
         run.metrics = run.task.compute_metrics(run.result.predictions, run.eval_examples)
     else:
         run.result, run.metrics = EvalResult([], 0, time.perf_counter() - t_eval), own

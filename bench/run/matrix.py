@@ -83,7 +83,7 @@ CLAIMS_PREFIXES = ("claims", "standard")
 LEGACY_TRAIN = {"precision": "fp32", "compile": False, "bucket_window": 0}
 # Options that are off by default and join a cell's train table only when set: every cell
 # planned before they existed keeps its id, so a finished results folder is not re-run.
-OPTIONAL_TRAIN = {"holdout": 0.0, "patience": 0}
+OPTIONAL_TRAIN = {"holdout": 0.0, "patience": 0, "eval_order": "given"}
 TRIAL = "trial"  # Cell.role of a learning-rate search's trial cell
 
 
