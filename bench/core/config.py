@@ -161,8 +161,9 @@ class TrainConfig:
         "help": "run the model's forward through torch.compile (falls back to eager, saying why)"})
     bucket_window: int = field(default=0, metadata={
         "help": "batches per length-sorting window: each window of the seeded order is sorted by token "
-                "length, cut into batches and the batches shuffled (0: off, plain seeded batches; off by "
-                "default: it cuts padding but slowed learning in short runs, README 'Performance')"})
+                "length, cut into batches and the batches shuffled (0: off, plain seeded batches; the default "
+                "and standard suites set 16: the same dev accuracy on the MiniLM SST-2 pilot with 13% of the "
+                "tokens padding instead of 67%, README 'The standard suite')"})
     eval_order: str = field(default="given", metadata={
         "help": "given | length: length evaluates the examples sorted by token length, so each evaluation "
                 "batch holds examples of like length and pads little, and hands the predictions back in the "
