@@ -223,3 +223,37 @@ def test_a_cell_whose_loss_diverges_fails_alone_and_its_pack_goes_on(data, tmp_p
     alone = run_cell(good, data, torch.device("cpu"), tmp_path / "alone")
     assert json.loads(open(rows[good.id].curve_path).read())["loss"] == pytest.approx(
         json.loads(open(alone.curve_path).read())["loss"], rel=TOLERANCES["fp32"][0], abs=1e-7)
+
+
+def test_early_stopped_cells_pack_and_each_stops_where_it_would_alone(data, tmp_path):
+    """patience > 0: each packed cell scores its own held-out slice at the steps it would
+    alone, stops at the same step, goes back to the same best parameters and gets the same
+    row; a cell that stops leaves the pack and the others go on."""
+    train = {**TRAIN, "train_steps": 8, "eval_every": 1, "patience": 2, "holdout": 0.25}
+    cells = [dataclasses.replace(c, train={**c.train, **train}) for c in three_cells("prefix_tuning", "tiny-llama")]
+    assert len({packed.pack_key(c) for c in cells}) == 1
+    cpu = torch.device("cpu")
+    alone = {c.id: run_cell(c, data, cpu, tmp_path / "alone") for c in cells}
+    logs: list[str] = []
+    together = packed.train_together(cells, data, cpu, tmp_path / "packed", logs.append)
+    assert sorted(together) == sorted(alone), logs
+    stopped = set()
+    for cell in cells:
+        a, p = alone[cell.id], together[cell.id]
+        assert a.status == p.status == "ok", (a.error, p.error)
+        assert p.packed_with == 3
+        assert (p.best_step, p.stopped_step, p.plateaued, p.train_steps) == (
+            a.best_step, a.stopped_step, a.plateaued, a.train_steps)
+        stopped.add(a.stopped_step)
+        curve_a, curve_p = json.loads(open(a.curve_path).read()), json.loads(open(p.curve_path).read())
+        assert curve_p["loss"] == pytest.approx(curve_a["loss"], rel=TOLERANCES["fp32"][0], abs=1e-7)
+        assert [s for s, _ in curve_p["evals"]] == [s for s, _ in curve_a["evals"]]
+        assert p.holdout_score == pytest.approx(a.holdout_score, abs=1e-6)
+        assert p.main_score == pytest.approx(a.main_score, abs=1e-6)
+        state_a, state_p = load_file(a.adapter_path), load_file(p.adapter_path)
+        for name, t in state_a.items():
+            err = (state_p[name] - t).abs().max().item()
+            assert err <= TOLERANCES["fp32"][1] * cell.train["lr"] * train["train_steps"], name
+    # both exits are exercised: a cell leaves the pack while others go on (measured: two
+    # stop at step 3, the third at 6)
+    assert len(stopped) > 1 and min(stopped) < train["train_steps"], stopped

@@ -417,17 +417,18 @@ def test_an_early_stopped_row_records_its_plateau_and_the_kept_parameters_held_o
     assert row.holdout_score == 0.7  # the restored parameters are step 2's (step 4's would score 0.65)
 
 
-def test_packing_refuses_cells_that_stop_early(data):
+def test_cells_that_stop_early_pack_unless_a_scheduler_watches_them(data):
+    """patience alone packs (each packed cell stops at its own plateau: tests/test_packed_cells.py);
+    trials a search scheduler watches run alone, since it stops them one at a time."""
     runs = []
     for seed in (0, 1):
         run = _attached(data, patience=2)
         run = dataclasses.replace(run, cell=dataclasses.replace(run.cell, seed=seed))
         runs.append(run)
-    assert "patience > 0" in packed.why_not(runs)
-    no_patience = [copy.copy(r) for r in runs]
-    for r in no_patience:
-        r.cfg = dataclasses.replace(r.cfg, patience=0)
-    assert "patience" not in packed.why_not(no_patience)
+    assert packed.why_not(runs) == ""
+    watched = [copy.copy(r) for r in runs]
+    watched[1].on_eval = lambda step, score: False
+    assert "scheduler" in packed.why_not(watched)
 
 
 def test_a_held_out_slice_of_generation_rows_holds_out_whole_inputs():

@@ -12,6 +12,11 @@ for one backward, and since the cells' parameters are disjoint each cell's gradi
 the one it gets alone. Each cell then clips its own gradients and steps its own AdamW and
 schedule. Evaluation, artefacts and rows are each cell's own, as alone.
 
+Early stopping (``patience``) is each cell's own too: every cell scores its own held-out
+slice at the steps it would alone, keeps its own best parameters, and once its patience runs
+out it goes back to them and leaves the pack; the others go on in a smaller pass. A cell
+leaving changes the others' batch shape, not their numbers beyond float rounding.
+
 Equal to alone up to float rounding: a row's keys are padded to the pack's longest prefix
 and its text to the pack's longest example, which changes summation orders, never which
 terms are summed (masked slots weigh exactly 0). So packing needs a training forward
@@ -57,7 +62,15 @@ from bench.run.cell import (
 )
 from bench.run.formulations import spans
 from bench.run.matrix import Cell
-from bench.run.trainer import NonFiniteLossError, TrainStats, _drain, linear_schedule, make_optimizer, plan_training
+from bench.run.trainer import (
+    NonFiniteLossError,
+    Plateau,
+    TrainStats,
+    _drain,
+    linear_schedule,
+    make_optimizer,
+    plan_training,
+)
 from methods import METHODS, Adapter
 from tasks import DataSettings
 
@@ -181,9 +194,8 @@ def why_not(runs: Sequence[CellRun]) -> str:
         return "compile = true: a packed step runs eager, so each cell runs alone, compiled as asked"
     if any(p.requires_grad for p in lead.loaded.model.parameters()):
         return "the method unfroze a weight of the shared backbone"
-    if lead.cfg.patience:
-        return ("patience > 0: each cell would stop at its own plateau and go back to its own best parameters, "
-                "which a shared pass does not do; each runs alone, early-stopped as asked")
+    if any(r.on_eval is not None for r in runs):
+        return "a search scheduler watches each cell's evaluations (it stops trials one at a time, alone)"
     if draws_random(lead.adapter):
         return "the backbone draws dropout masks while training: a packed cell's masks would differ from its own"
     return ""
@@ -198,8 +210,22 @@ class Member:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
     plan: list[list[int]]
+    plateau: Plateau | None = None  # early stopping (patience > 0): this cell's best so far
     pending: list[torch.Tensor] = field(default_factory=list)
     error: BaseException | None = None
+    done: bool = False  # left the pack: its patience ran out, or it failed
+
+    def finish(self, step: int) -> None:
+        """Leave the pack at ``step``: the last losses drained and, when early-stopped, the
+        best evaluation's parameters back (as ``trainer.train`` ends alone)."""
+        self.done = True
+        try:
+            _drain(self.pending, self.run.stats)
+        except NonFiniteLossError as err:
+            self.error = err
+            return
+        if self.plateau is not None:
+            self.plateau.finish(self.run.adapter, self.run.stats, step)
 
     @classmethod
     def of(cls, run: CellRun) -> Member:
@@ -213,7 +239,8 @@ class Member:
         run.stats = TrainStats(precision=run.precision.name, optimizer=kind, padding_fraction=padded,
                                padding_fraction_unbucketed=padded_plain,
                                evals_on="holdout" if run.holdout_examples else "eval")
-        return cls(run, params, optimizer, schedule, plan)
+        plateau = Plateau(cfg.patience, run.higher_is_better) if cfg.patience else None
+        return cls(run, params, optimizer, schedule, plan, plateau)
 
 
 def train_pack(runs: Sequence[CellRun]) -> list[BaseException | None]:
@@ -232,7 +259,7 @@ def train_pack(runs: Sequence[CellRun]) -> list[BaseException | None]:
                leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
     start = time.perf_counter()
     for step in bar:
-        active = [m for m in members if m.error is None]
+        active = [m for m in members if m.error is None and not m.done]
         if not active:
             break
         t0 = time.perf_counter()
@@ -266,12 +293,25 @@ def train_pack(runs: Sequence[CellRun]) -> list[BaseException | None]:
                     _drain(m.pending, m.run.stats)
                 except NonFiniteLossError as err:
                     m.error = err
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.train_steps:
+        # the evaluations alone would run (bench/run/trainer.py): every eval_every steps, and
+        # with patience at the last step too
+        due = bool(cfg.eval_every) and step % cfg.eval_every == 0
+        last = step == cfg.train_steps
+        if (due and not last) or (cfg.patience and (due or last)):
             for m in active:
-                if m.error is None:
-                    m.run.stats.evals.append((step, periodic_eval(m.run)))
-                    m.run.adapter.unfold()
-                    m.run.adapter.train()
+                if m.error is not None:
+                    continue
+                score = periodic_eval(m.run)
+                m.run.stats.evals.append((step, score))
+                if m.plateau is not None and m.plateau.update(step, score, m.run.adapter):
+                    m.finish(step)
+                    continue
+                m.run.adapter.unfold()
+                m.run.adapter.train()
+        if last:
+            for m in active:
+                if m.error is None and not m.done:
+                    m.finish(step)
     bar.close()
     # the loop's time outside steps and periodic evaluations (draining, the bar) is shared
     # like the steps' time
