@@ -70,3 +70,36 @@ def test_search_fields_from_disk_are_untrusted(tmp_path):
         (row,) = list(csv.DictReader(f))
     assert (row["rates"], row["held-out score per rate"], row["edge"], row["search cost"]) == (
         "? · 0.001", "failed · failed", "", "")
+
+
+def _trial(method: str, lr: object, score: object, cell: str, **extra) -> object:
+    return record(method, 20 if method != "lora" else None, 0, cell_id=cell, role="trial", lr=lr,
+                  holdout_score=score, main_score=score, plateaued=True, train_seconds=600.0, eval_seconds=30.0,
+                  **extra)
+
+
+def test_a_search_still_running_shows_its_finished_trials_and_no_result(tmp_path):
+    trials = [_trial("prefix_tuning", 1e-3, 0.865, "t1"), _trial("prefix_tuning", 3e-4, 0.8725, "t2"),
+              _trial("prefix_tuning", 3e-3, 0.5, "t3"),
+              _trial("prefix_tuning", 3e-3, 0.855, "t3"),  # the newest row of a retried trial counts
+              _trial("lora", 1e-3, 0.889, "t4")]
+    finals = [_searched("lora", None, s, 1e-3, None, True, 900) for s in (0, 1, 2)]
+    render(trials + finals, tmp_path, plots=False)
+    with open(tmp_path / "search_progress.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["prefix_tuning"]  # lora's search is finished: its finals show it
+    assert rows[0]["held-out score per rate so far"] == "0.0003: 0.8725 · 0.001: 0.8650 · 0.003: 0.8550"
+    assert rows[0]["trials at"] == "P=20, seed 0" and rows[0]["trial time"] == "32 min"
+    board = (tmp_path / "leaderboard.md").read_text(encoding="utf-8")
+    assert "Searches still running" in board and "0.8725" in board
+    # trials are never results: no table averages them
+    assert "0.8725" not in (tmp_path / "glue_sst2__minilm-l6.md").read_text(encoding="utf-8")
+
+
+def test_trials_alone_still_give_the_progress_table_and_untrusted_fields_are_escaped(tmp_path):
+    render([_trial("prefix_tuning", "1e-3|x", float("nan"), "t1", status="failed", task="glue/<b>|t"),
+            _trial("prefix_tuning", 3e-4, 0.87, "t2", task="glue/<b>|t")], tmp_path, plots=False)
+    text = (tmp_path / "search_progress.md").read_text(encoding="utf-8")
+    assert "?: failed" in text and "0.0003: 0.8700" in text
+    assert "<b>" not in text and "glue/<b>|t" not in text
+    assert not (tmp_path / "leaderboard.md").exists()  # no result row: no leaderboard yet

@@ -7,6 +7,8 @@ Per (task, backbone) slice, under the tables folder:
   prefix-length sensitivity and Pareto tables with their plots.
 - ``search.md`` / ``search.csv``: where rows carry a learning-rate search, each method's grid,
   held-out scores, chosen rate, grid-edge flag and cost, and how many of its runs plateaued.
+- ``search_progress.md`` / ``.csv``: searches still running (trial rows, no final row yet):
+  the held-out score of each trial finished so far; written even before any table has a number.
 - ``STEM__scores.csv``, ``STEM__paired.csv``, ``STEM__sensitivity.csv``,
   ``STEM__sensitivity_curve.csv``, ``STEM__pareto.csv``: the numbers behind them.
 - ``STEM__sensitivity.png``, ``STEM__pareto.png``, ``STEM.tex`` (LaTeX booktabs).
@@ -27,7 +29,14 @@ from bench.core.task_facts import Facts
 from bench.report import failures, html_page, latex
 from bench.report.escape import csv_cell, map_text, markdown
 from bench.report.glue_board import glue_average_table
-from bench.report.search_view import SEARCH_NOTE, SEARCH_TITLE, search_table
+from bench.report.search_view import (
+    PROGRESS_NOTE,
+    PROGRESS_TITLE,
+    SEARCH_NOTE,
+    SEARCH_TITLE,
+    search_table,
+    trials_table,
+)
 from bench.report.summary import summary_markdown, summary_table, versus_references
 from bench.report.views import _md, build_views, newest_experiments, records_frame, slice_markdown
 
@@ -39,12 +48,19 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
     GLUE average; without it every metric is higher-is-better and no average is drawn.
     ``order``: the suite's (task, backbone) order for the summary and the per-table detail."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    running = trials_table(records)
     records = result_rows(records)  # search trials chose a learning rate; they are not results
     views = build_views(records, facts, order)
     written: list[Path] = []
 
     def out(name: str) -> Path:  # every write goes through this guard (bench/core/safe_names.py)
         return inside(out_dir, name)
+
+    progress_md = ""
+    if len(running):  # a long search's findings so far, before any final row exists
+        progress_md = f"## {PROGRESS_TITLE}\n\n{_md(running)}\n\n{markdown(PROGRESS_NOTE)}\n"
+        out("search_progress.md").write_text(progress_md, encoding="utf-8")
+        written += [out("search_progress.md"), _csv(running, out("search_progress.csv"))]
 
     for v in views:
         if plots:
@@ -90,6 +106,7 @@ def render(records: list[ResultRecord], out_dir: Path, plots: bool = True, facts
             written += [out("search.md"), _csv(searched, out("search.csv"))]
         board = out("leaderboard.md")
         board.write_text("\n".join([head] * bool(head) + [search_md] * bool(search_md)
+                                   + [progress_md] * bool(progress_md)
                                    + [slice_markdown(v, images=False) for v in views]
                                    + [glue_md] * bool(glue_md)), encoding="utf-8")
         page = out("index.html")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.core.records import ResultRecord
+from bench.core.records import ResultRecord, latest_by_cell
 
 SEARCH_TITLE = "How each learning rate was chosen (held-out slice of the training split), and convergence"
 SEARCH_NOTE = ("Trials ran at the search's prefix length and seed; every final run of the method used the "
@@ -79,3 +79,41 @@ def search_table(rows: list[ResultRecord]) -> pd.DataFrame:
             groups.setdefault((r.task, r.backbone, r.method), []).append(r)
     out = [row for key, g in groups.items() if (row := _row(*key, g)) is not None]
     return pd.DataFrame(out, columns=COLUMNS).sort_values(["task", "backbone", "method"], ignore_index=True)
+
+
+PROGRESS_TITLE = "Searches still running: the trials finished so far"
+PROGRESS_NOTE = ("Learning-rate searches whose method has no final run yet: each finished trial's held-out score "
+                 "(a slice of the training split, never the evaluation split), and how many trials stopped by "
+                 "early stopping. Not results: the method's final runs start at the best rate of its grid once "
+                 "every trial has finished.")
+PROGRESS_COLUMNS = ["task", "backbone", "method", "trials at", "held-out score per rate so far", "plateaued",
+                    "trial time"]
+
+
+def _trial_row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dict[str, str]:
+    rows = sorted(rows, key=lambda r: _number(r.lr) if _number(r.lr) is not None else math.inf)
+    lead = rows[0]
+    where = [f"P={lead.prefix_length}"] if _number(lead.prefix_length) is not None else []
+    if _number(lead.seed) is not None:
+        where.append(f"seed {int(lead.seed)}")
+    scores = [f"{_rate(r.lr)}: {_score(r.holdout_score if r.status == 'ok' else None)}" for r in rows]
+    stopped = [r.plateaued for r in rows if r.plateaued is not None]
+    seconds = [s for r in rows for s in (_number(r.train_seconds), _number(r.eval_seconds)) if s is not None]
+    return {"task": task, "backbone": backbone, "method": method, "trials at": ", ".join(where),
+            "held-out score per rate so far": " · ".join(scores),
+            "plateaued": f"{sum(bool(p) for p in stopped)}/{len(stopped)}" if stopped else "",
+            "trial time": _duration(sum(seconds)) if seconds else ""}
+
+
+def trials_table(records: list[ResultRecord]) -> pd.DataFrame:
+    """The search trials (``role`` "trial") of methods with no searched final row yet, newest row
+    per trial cell: what a long search has found so far, before any table has a number."""
+    finals = {(r.task, r.backbone, r.method) for r in records
+              if r.role != "trial" and isinstance(r.search, dict) and r.search}
+    groups: dict[tuple[str, str, str], list[ResultRecord]] = {}
+    for r in latest_by_cell([r for r in records if r.role == "trial"]).values():
+        key = (r.task, r.backbone, r.method)
+        if key not in finals:
+            groups.setdefault(key, []).append(r)
+    out = [_trial_row(*key, g) for key, g in groups.items()]
+    return pd.DataFrame(out, columns=PROGRESS_COLUMNS).sort_values(["task", "backbone", "method"], ignore_index=True)
