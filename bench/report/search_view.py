@@ -46,6 +46,14 @@ def _duration(seconds: Any) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
 
 
+def _where(prefix_length: Any, seed: Any) -> str:
+    """Where a search's trials ran ("P=20, seed 0"), from untrusted fields."""
+    where = [f"P={prefix_length}"] if _number(prefix_length) is not None else []
+    if _number(seed) is not None:
+        where.append(f"seed {int(seed)}")
+    return ", ".join(where)
+
+
 def _row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dict[str, str] | None:
     sel = rows[-1].search if isinstance(rows[-1].search, dict) else {}
     grid = sel.get("grid", {}).get("lr") if isinstance(sel.get("grid"), dict) else None
@@ -53,15 +61,12 @@ def _row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dic
         return None
     scores = sel.get("scores") if isinstance(sel.get("scores"), dict) else {}
     chosen = sel.get("chosen") if isinstance(sel.get("chosen"), dict) else {}
-    where = [f"P={sel['prefix_length']}"] if _number(sel.get("prefix_length")) is not None else []
-    if _number(sel.get("seed")) is not None:
-        where.append(f"seed {int(sel['seed'])}")
     stopped = [r.plateaued for r in rows if r.plateaued is not None]
     best = [r.best_step for r in rows if _number(r.best_step) is not None]
     caps = {r.config.get("train", {}).get("train_steps") for r in rows
             if isinstance(r.config, dict) and isinstance(r.config.get("train"), dict)}
     cap = next(iter(caps)) if len(caps) == 1 else None
-    return {"task": task, "backbone": backbone, "method": method, "searched at": ", ".join(where),
+    return {"task": task, "backbone": backbone, "method": method, "searched at": _where(sel.get("prefix_length"), sel.get("seed")),
             "rates": " · ".join(_rate(x) for x in grid),
             "held-out score per rate": " · ".join(_score(scores.get(str(x))) for x in grid),
             "chosen lr": _rate(chosen.get("lr")) if chosen else "none",
@@ -92,14 +97,10 @@ PROGRESS_COLUMNS = ["task", "backbone", "method", "trials at", "held-out score p
 
 def _trial_row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dict[str, str]:
     rows = sorted(rows, key=lambda r: _number(r.lr) if _number(r.lr) is not None else math.inf)
-    lead = rows[0]
-    where = [f"P={lead.prefix_length}"] if _number(lead.prefix_length) is not None else []
-    if _number(lead.seed) is not None:
-        where.append(f"seed {int(lead.seed)}")
     scores = [f"{_rate(r.lr)}: {_score(r.holdout_score if r.status == 'ok' else None)}" for r in rows]
     stopped = [r.plateaued for r in rows if r.plateaued is not None]
     seconds = [s for r in rows for s in (_number(r.train_seconds), _number(r.eval_seconds)) if s is not None]
-    return {"task": task, "backbone": backbone, "method": method, "trials at": ", ".join(where),
+    return {"task": task, "backbone": backbone, "method": method, "trials at": _where(rows[0].prefix_length, rows[0].seed),
             "held-out score per rate so far": " · ".join(scores),
             "plateaued": f"{sum(bool(p) for p in stopped)}/{len(stopped)}" if stopped else "",
             "trial time": _duration(sum(seconds)) if seconds else ""}
