@@ -144,3 +144,22 @@ def test_render_leaves_out_cells_the_suite_no_longer_defines(tmp_path, data, cap
     assert cli.main(["render", "--all-records", *args]) == 0
     assert "n=2" not in (tmp_path / "t" / "glue_sst2__tiny-llama.csv").read_text()
     assert "1 older row(s) left out" in (tmp_path / "t" / "glue_sst2__tiny-llama.md").read_text()
+
+
+def test_render_of_a_searched_suite_keeps_its_trials_as_current(tmp_path, data, capsys):
+    """A search's trial rows are the suite's own cells (the progress table shows them), never
+    counted as cells the suite no longer defines."""
+    from bench import cli
+
+    toml = tmp_path / "s.toml"
+    toml.write_text('[suites.x]\nmethods=["lora"]\ntasks=["glue/sst2"]\nbackbones=["tiny-llama"]\n'
+                    'prefix_lengths=[2]\nseeds=[0]\nsearch={lr=[1e-3, 3e-3]}\n'
+                    'train={train_steps=2, batch_size=4, eval_limit=8, train_limit=32, max_length=32, holdout=0.25}\n')
+    args = ["--config", str(toml), "--suite", "x", "--results", str(tmp_path / "r"),
+            "--tables", str(tmp_path / "t"), "--quiet"]
+    assert cli.main(["run", "--data-dir", str(data.data_dir), *args]) == 0
+    assert len(read_records(tmp_path / "r")[0]) == 3  # two trials, one final
+    capsys.readouterr()
+    assert cli.main(["render", *args]) == 0
+    assert "left out" not in capsys.readouterr().err
+    assert "lora" in (tmp_path / "t" / "search.md").read_text()
