@@ -174,9 +174,8 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
     cells = _with_precision(cells, args)
     pins = {(cfg.get("threads", 0), cfg.get("deterministic", False), cfg.get("weights", ""), _train_precision(cfg))
             for cfg in (r.config for r in records) if isinstance(cfg, dict)}
-    pinned = [c.pinned(t, d, w, auto_precision=p) for t, d, w, p in pins
-              if isinstance(t, int) and isinstance(d, bool) and isinstance(w, str) for c in cells]
-    ids = {x.id for c in pinned for x in (c, *c.trials())}  # a search's trials: its progress table
+    ids = {c.pinned(t, d, w, auto_precision=p).id for t, d, w, p in pins
+           if isinstance(t, int) and isinstance(d, bool) and isinstance(w, str) for c in cells}
     kept = [r for r in records if r.cell_id in ids]
     stale = len({r.cell_id for r in records} - ids)
     if not kept:
