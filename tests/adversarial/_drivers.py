@@ -20,6 +20,7 @@ T = TypeVar("T")
 # (--plugin): importing it here would register its method in the test process as well
 COUNTING_METHOD = "test_counting"
 COUNTING_LOG_ENV = "COUNTING_PLUGIN_LOG"
+COUNTING_HOLD_ENV = "COUNTING_PLUGIN_HOLD"  # counting_plugin.py: cells past seed 0 wait while it exists
 
 
 def write_suite(tmp_path: Path, seeds: int, steps: int, method: str = "prompt_tuning") -> Path:

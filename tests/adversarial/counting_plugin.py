@@ -9,6 +9,7 @@ the test process) and never registered by the package."""
 from __future__ import annotations
 
 import os
+import time
 
 from torch import nn
 
@@ -17,6 +18,9 @@ from methods.prompt_tuning import PromptTuning
 
 NAME = "test_counting"
 LOG_ENV = "COUNTING_PLUGIN_LOG"
+# a file: while it exists, every cell but seed 0's waits after logging its start, so a test can
+# signal a driver whose second cell is surely in flight (a tiny cell trains in seconds)
+HOLD_ENV = "COUNTING_PLUGIN_HOLD"
 
 
 @register_method(NAME)
@@ -31,4 +35,7 @@ class Counting(PromptTuning):
                 os.write(fd, f"{ctx.seed} {os.getpid()}\n".encode())
             finally:
                 os.close(fd)
+        hold = os.environ.get(HOLD_ENV)
+        while hold and ctx.seed != 0 and os.path.exists(hold):
+            time.sleep(0.05)
         return super().attach(model, ctx)

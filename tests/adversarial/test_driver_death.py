@@ -20,6 +20,7 @@ from bench.run import locks
 from bench.run.matrix import load_suite
 
 from ._drivers import (
+    COUNTING_HOLD_ENV,
     COUNTING_LOG_ENV,
     COUNTING_METHOD,
     REPO,
@@ -138,8 +139,9 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_run_resumes(tmp_path, data_dir
     finished rows, discards the cell in flight, and its children print nothing (also not
     at the driver's exit: a worker killed mid-training leaves no semaphore to warn about)."""
     suite = write_suite(tmp_path, seeds=2, steps=300, method=COUNTING_METHOD)
-    results, trained = tmp_path / "run", tmp_path / "trained.log"
-    env = driver_env(data_dir, **{COUNTING_LOG_ENV: str(trained)})
+    results, trained, hold = tmp_path / "run", tmp_path / "trained.log", tmp_path / "hold"
+    hold.touch()  # the second cell waits in flight until the driver has been signalled
+    env = driver_env(data_dir, **{COUNTING_LOG_ENV: str(trained), COUNTING_HOLD_ENV: str(hold)})
     out, err = tmp_path / "out", tmp_path / "err"
     with open(out, "w") as fo, open(err, "w") as fe:
         driver = subprocess.Popen(run_command(suite, results, "--executor", executor, "--plugin", "counting_plugin"),
@@ -155,6 +157,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_run_resumes(tmp_path, data_dir
         os.killpg(driver.pid, signal.SIGINT)
         assert driver.wait(timeout=120) == 130
     finally:
+        hold.unlink(missing_ok=True)  # the resumed run's cell trains through
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
