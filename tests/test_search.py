@@ -524,3 +524,21 @@ def test_finals_at_the_searched_length_run_before_the_length_sweep():
     assert [c.method for c in head][:6] == ["prefix_tuning"] * 3 + ["lora"] * 3
     assert len(head) == len({c.method for c in finals}) * 3  # every method, three seeds
     assert sorted(c.id for c in ordered) == sorted(c.id for c in finals)
+
+
+def test_a_trial_dropped_from_a_moved_grid_is_not_reported_stale():
+    """A grid moved by one step drops a rate: that trial's row stands at no planned cell (the
+    new rate is a new trial, not a re-run of it). A trial at a planned rate whose code changed
+    is stale, as any cell."""
+    from _records_fixture import record
+
+    from bench.run import staleness
+
+    cells = expand(suite(seeds=[0]), "s")
+    trial = next(c for c in cells if c.is_trial and c.train["lr"] == GRID[0])
+    dropped = record("prefix_tuning", 5, 0, prefix_length=2, task="glue/sst2", backbone="tiny-llama", cell_id="old-rate",
+                     role="trial", lr=GRID[0] / 10, config=trial.resolved())
+    changed = record("prefix_tuning", 5, 0, prefix_length=2, task="glue/sst2", backbone="tiny-llama", cell_id="old-code",
+                     role="trial", lr=GRID[0], config=trial.resolved())
+    assert not staleness.plan(cells, [dropped], {}).stale
+    assert sum(staleness.plan(cells, [dropped, changed], {}).stale.values()) == 1

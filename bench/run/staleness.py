@@ -23,13 +23,18 @@ from typing import Any
 
 from bench.core.identity import identity_changes
 from bench.core.records import ResultRecord, latest_by_cell
-from bench.run.matrix import Cell
+from bench.run.matrix import TRIAL, Cell
 
 POINT = ("method", "task", "backbone", "prefix_length", "seed", "role")
 
 
 def point(x: Cell | ResultRecord) -> tuple[Any, ...]:
-    return tuple(getattr(x, k) for k in POINT)
+    """Where a row stands in the matrix; a search trial's rate is part of it (a grid moved by
+    a step drops a rate: its trial is not re-run, the new rate is a new trial)."""
+    where = tuple(getattr(x, k) for k in POINT)
+    if x.role != TRIAL:
+        return where
+    return (*where, x.train.get("lr") if isinstance(x, Cell) else x.lr)
 
 
 @dataclass
