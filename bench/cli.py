@@ -159,12 +159,13 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
     """Keep the records of cells the suite defines with the current code: a cell whose
     options or code (bench/core/identity.py) changed has a new id, and its old rows must not be
     shown as the current result. With --all-records (or a suite that no longer exists, or
-    none of whose cells has a record) every record is rendered; even then a table cell
-    averages only its newest experiment's rows (render.newest_experiments)."""
+    none of whose cells has a record) every result row is rendered; even then a table cell
+    averages only its newest experiment's rows (render.newest_experiments). A search trial is
+    shown (search_progress.md) only while its rate is in the suite's grid: one dropped from a
+    moved grid chose nothing."""
     from bench.run.matrix import load_suite
 
-    if getattr(args, "all_records", False):
-        return records
+    all_records = getattr(args, "all_records", False)
     try:
         cells = load_suite(args.config, args.suite, _include_path(args))
     except ConfigError:
@@ -177,6 +178,8 @@ def _current_cells_only(records: list, args: argparse.Namespace) -> list:
     ids = {c.pinned(t, d, w, auto_precision=p).id for t, d, w, p in pins
            if isinstance(t, int) and isinstance(d, bool) and isinstance(w, str) for c in cells}
     kept = [r for r in records if r.cell_id in ids]
+    if all_records:
+        return [r for r in records if r.role != "trial" or r.cell_id in ids] if kept else records
     stale = len({r.cell_id for r in records} - ids)
     if not kept:
         print(f"render: no record is of a cell suite {args.suite!r} defines with the current options and code "

@@ -103,3 +103,24 @@ def test_trials_alone_still_give_the_progress_table_and_untrusted_fields_are_esc
     assert "?: failed" in text and "0.0003: 0.8700" in text
     assert "<b>" not in text and "glue/<b>|t" not in text
     assert not (tmp_path / "leaderboard.md").exists()  # no result row: no leaderboard yet
+
+
+def test_all_records_shows_a_trial_only_while_its_rate_is_in_the_grid(tmp_path):
+    """render --all-records keeps every result row, but a trial dropped from a moved grid chose
+    nothing: the progress table shows the current grid's trials only."""
+    from argparse import Namespace
+
+    from bench import cli
+    from bench.run.matrix import load_suite
+
+    toml = tmp_path / "s.toml"
+    toml.write_text('[suites.x]\nmethods=["lora"]\ntasks=["glue/sst2"]\nbackbones=["tiny-llama"]\n'
+                    'prefix_lengths=[2]\nseeds=[0]\nsearch={lr=[1e-3, 3e-3]}\ntrain={train_steps=2, holdout=0.25}\n')
+    pin = {"threads": 0, "deterministic": False, "weights": ""}
+    trials = [c.pinned(0, False, "") for c in load_suite(toml, "x") if c.is_trial]
+    rows = [record("lora", None, 0, cell_id=t.id, role="trial", lr=t.train["lr"], config=pin) for t in trials]
+    rows.append(record("lora", None, 0, cell_id="an-earlier-grid", role="trial", lr=1e-2, config=pin))
+    rows.append(record("lora", None, 1, cell_id="a-cell-gone", config=pin))  # a result row stays
+    args = Namespace(config=str(toml), suite="x", all_records=True)
+    kept = {r.cell_id for r in cli._current_cells_only(rows, args)}
+    assert kept == {t.id for t in trials} | {"a-cell-gone"}
