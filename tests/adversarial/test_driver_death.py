@@ -103,6 +103,13 @@ def test_kill_9_of_a_driver_kills_its_worker_and_a_resume_records_each_cell_once
     assert_each_cell_once(results, seeds=2, suite=suite)
 
 
+def _terminal_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: the default disposition. A shell that starts pytest in
+    the background without job control leaves SIGINT ignored, every child inherits that, and a
+    Python started with SIGINT ignored never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _drop_write_override() -> None:
     """Run as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH/CAP_FOWNER: permission
     bits then bind root too, so a read-only folder is read-only for the driver."""
@@ -145,7 +152,8 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_run_resumes(tmp_path, data_dir
     out, err = tmp_path / "out", tmp_path / "err"
     with open(out, "w") as fo, open(err, "w") as fe:
         driver = subprocess.Popen(run_command(suite, results, "--executor", executor, "--plugin", "counting_plugin"),
-                                  cwd=REPO, env=env, stdout=fo, stderr=fe, start_new_session=True)
+                                  cwd=REPO, env=env, stdout=fo, stderr=fe, start_new_session=True,
+                                  preexec_fn=_terminal_sigint)
     try:
         not_pid = driver.pid if executor == "subprocess" else None
         _, worker = wait_for("the first row and the second cell training",
