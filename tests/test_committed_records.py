@@ -49,3 +49,26 @@ def test_committed_records_render_the_committed_tables(suite, tmp_path):
         elif a.read_bytes() != b.read_bytes():
             differ.append(str(rel))
     assert not differ, f"re-rendered from results/records/{suite} these differ from the committed tables: {differ}"
+
+
+def test_a_resumed_standard_run_finds_its_committed_trials_on_any_machine():
+    """The standard suite resumes across machines from its committed rows. Its precision is
+    pinned in the suite: left at "auto", a machine with fast bf16 plans bf16 cells whose ids match
+    none of the fp32 rows a machine without it made, and re-runs every finished cell."""
+    import json
+
+    from bench.run.driver import pinned_cells
+    from bench.run.executors import make_executor
+    from bench.run.matrix import executor_table, load_suite
+
+    cells = load_suite(None, "standard")
+    assert {c.train["precision"] for c in cells} == {"fp32"}
+    table, _ = executor_table(None, "standard")
+    executor = make_executor(table.pop("name"), table, "the standard suite")
+    planned = {c.id for c in pinned_cells(cells, executor, threads=1)}
+    rows = [json.loads(line) for line in (RECORDS / "standard" / "records.jsonl").read_text().splitlines()]
+    grids = {(c.method, c.task, c.backbone, c.train["lr"]) for c in cells if c.is_trial}
+    current = [r for r in rows if r["config"]["role"] == "trial"
+               and (r["method"], r["task"], r["backbone"], r["config"]["train"]["lr"]) in grids]
+    assert current, "no committed trial of the standard suite's current grids"
+    assert [r["cell_id"] for r in current if r["cell_id"] not in planned] == []
