@@ -247,11 +247,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Check a data folder: each task's splits are found and readable offline, with their
-    sizes; exit 1 naming what is missing."""
+    sizes; exit 1 naming what is missing. ``fetch-e2e``: the E2E challenge's pinned CSVs into it."""
     from tasks import TASKS, DataSettings
-    from tasks.base import DataUnavailableError, find_data_dir
+    from tasks.base import DataUnavailableError, default_data_dir, find_data_dir
 
     folder, origin = (args.data_dir, "--data-dir") if args.data_dir else find_data_dir()
+    if args.action == "fetch-e2e":
+        from tasks import e2e_files
+
+        target = Path(folder) if folder else default_data_dir()
+        print(f"E2E: {e2e_files.CHALLENGE_REPO} at {e2e_files.CHALLENGE_COMMIT} -> {target / 'e2e'}")
+        try:
+            e2e_files.fetch(target)
+        except (e2e_files.FetchError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
     print(f"data folder: {folder or '(none)'} (from {origin})")
     data = DataSettings.from_env(folder or "", allow_hub=False) if folder else DataSettings(None, False)
     from tasks import cell_task
@@ -364,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render)
 
     data = sub.add_parser("data", help="check a data folder: which tasks can run offline from it")
-    data.add_argument("action", choices=["check"])
+    data.add_argument("action", choices=["check", "fetch-e2e"],
+                      help="check: which tasks can run offline from the folder; fetch-e2e: write the E2E "
+                      "challenge's CSVs (pinned commit, sha256-checked) into its e2e/")
     data.add_argument("--data-dir", default=None, help="the folder (default: $PREFIX_BENCH_DATA_DIR, the user "
                       "config's data_dir, or the default folder; see the README)")
     data.add_argument("--suite", default=None, help="check only this suite's tasks (default: every task)")

@@ -42,7 +42,8 @@ from tasks.generation_metrics import e2e_metrics, meteor_scorer
 
 E2E_HUB = "tuetschek/e2e_nlg"
 # No commit sha of the hub repository could be looked up from this machine (no hub
-# access); "main" is recorded in data_source so a result says which state it used.
+# access); "main" is recorded in data_source so a result says which state it used. Pinned
+# instead: the challenge's own files at a fixed commit, sha256-checked (tasks/e2e_files.py).
 E2E_REVISION = "main"
 REVISION_ENV = "PREFIX_BENCH_E2E_REVISION"
 TRAIN_SPLIT_ENV = "PREFIX_BENCH_E2E_TRAIN_SPLIT"

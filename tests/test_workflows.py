@@ -74,8 +74,15 @@ def test_bench_workflow_publishes_what_the_readme_says():
     doc = _load(BENCH)
     assert set(doc["on"]) == {"push", "pull_request", "workflow_dispatch"}
     assert doc["env"]["PREFIX_BENCH_TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
-    assert doc["env"]["PREFIX_BENCH_E2E_TRAIN_SPLIT"] == "validation"  # the committed tables' E2E data
     jobs = doc["jobs"]
+    # the committed tables' E2E data: the challenge's CSVs at a pinned commit, into the folder the
+    # suite reads (never the hub at an unpinned revision)
+    bench_steps = [s.get("run", "") for s in jobs["bench"]["steps"]]
+    fetch = next(i for i, r in enumerate(bench_steps) if "tasks/e2e_files.py" in r)
+    suite = next(i for i, r in enumerate(bench_steps) if "nox -s bench" in r)
+    folder = bench_steps[fetch].split("tasks/e2e_files.py", 1)[1].strip()
+    assert fetch < suite and f"PREFIX_BENCH_DATA_DIR={folder}" in bench_steps[suite]
+    assert "PREFIX_BENCH_E2E_REVISION" not in doc["env"]
     assert jobs["bench"]["needs"] == "checks" and "nox -s lint" in str(jobs["checks"]["steps"])
     runs = {name: " ".join(s.get("run", "") for s in job.get("steps", [])) for name, job in jobs.items()}
     # the PR check: compare against the one committed baseline path, failing with compare's status
