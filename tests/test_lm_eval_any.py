@@ -122,8 +122,13 @@ def test_an_unknown_name_fails_the_dry_run_naming_close_valid_ones(tmp_path, cap
         assert close in err, err
 
 
-def test_the_command_line_include_path_replaces_the_suites(tmp_path, capsys):
+def test_the_command_line_include_path_replaces_the_suites(tmp_path, capsys, data_dir, monkeypatch):
     from bench.cli import main
+
+    # the dry run loads the task's data header (tiny_cloze trains on RTE) and the path given is
+    # relative to the checkout: the same whether pytest runs under nox or not
+    monkeypatch.setenv("PREFIX_BENCH_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(REPO)
 
     suite = tmp_path / "s.toml"
     suite.write_text('[suites.s]\nmethods = ["lora"]\ntasks = ["lm_eval/tiny_cloze"]\nbackbones = ["tiny-llama"]\n'
