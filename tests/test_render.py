@@ -67,7 +67,7 @@ def test_scores_csv_has_n_and_ci_and_ignores_failed_and_superseded(rendered):
 def test_latex_is_booktabs_and_escaped(rendered):
     tex = (rendered / "glue_sst2__minilm-l6.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\begin{table}" in tex
-    assert "prefix\\_tuning\\_plus" in tex and "95\\% bootstrap" in tex
+    assert "prefix\\_tuning\\_plus" in tex and "95\\% t-interval" in tex
     assert "prefix_tuning " not in tex  # an unescaped underscore would break LaTeX
 
 

@@ -1,4 +1,4 @@
-"""bench.report.stats: bootstrap CIs and the paired comparison."""
+"""bench.report.stats: t-intervals of the mean and the paired comparison."""
 
 from __future__ import annotations
 
@@ -9,17 +9,32 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats as sps
 
-from bench.report.stats import bootstrap_ci, compare_methods, matched_pairs, paired_test, summarize
+from bench.report.stats import compare_methods, matched_pairs, mean_ci, paired_test, summarize
 
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=1, allow_nan=False), min_size=1, max_size=8))
-def test_bootstrap_ci_contains_the_mean(values):
+def test_ci_contains_the_mean(values):
     s = summarize(values)
     assert s.n == len(values)
     assert s.ci_low <= s.mean + 1e-12 and s.mean - 1e-12 <= s.ci_high
-    assert min(values) - 1e-12 <= s.ci_low and s.ci_high <= max(values) + 1e-12
+
+
+def test_ci_is_scipys_one_sample_t_interval():
+    """The independent reference: scipy's t-test's own confidence interval of the mean."""
+    for values in ([0.80, 0.82, 0.84], [0.851, 0.8532, 0.86, 0.849], [0.5, 0.9]):
+        want = sps.ttest_1samp(values, 0.0).confidence_interval(0.95)
+        assert mean_ci(values) == pytest.approx((want.low, want.high), rel=1e-12)
+
+
+def test_three_seeds_give_an_interval_wider_than_their_range():
+    """What issue 17 asked of the statistics: over 3 seeds a percentile bootstrap lies inside the
+    seeds' range (here [0.80, 0.84]); the t-interval is 0.82 -/+ 4.30 * 0.02 / sqrt(3)."""
+    lo, hi = mean_ci([0.80, 0.82, 0.84])
+    assert lo == pytest.approx(0.82 - 4.302653 * 0.02 / math.sqrt(3), rel=1e-6)
+    assert lo < 0.80 and hi > 0.84
 
 
 def test_summary_matches_numpy_and_edge_cases():
@@ -30,14 +45,14 @@ def test_summary_matches_numpy_and_edge_cases():
     one = summarize([0.7])
     assert (one.std, one.ci_low, one.ci_high) == (0.0, 0.7, 0.7)
     assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
-    assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
 
 
 def test_ci_narrows_with_more_seeds():
     rng = np.random.default_rng(3)
     few, many = rng.normal(0.8, 0.02, 4), rng.normal(0.8, 0.02, 64)
-    w_few = np.subtract(*bootstrap_ci(few)[::-1])
-    w_many = np.subtract(*bootstrap_ci(many)[::-1])
+    w_few = np.subtract(*mean_ci(few)[::-1])
+    w_many = np.subtract(*mean_ci(many)[::-1])
     assert w_many < w_few
 
 

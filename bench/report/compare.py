@@ -1,7 +1,7 @@
 """``prefix-bench compare A B``: what changed between two results folders, per cell.
 
 A cell key is (method, task, backbone, prefix_length); seeds are aggregated (mean, 95%
-bootstrap CI, n). B is judged against A (the baseline):
+t-interval, n). B is judged against A (the baseline):
 - metric regression: B's mean falls outside A's CI in the worse direction and moves more
   than ``--min-delta``;
 - throughput regression: B's train tokens/s below ``--throughput-ratio`` x A's;

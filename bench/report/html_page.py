@@ -112,7 +112,7 @@ def slice_html(v: SliceView) -> str:
     direction = "higher" if v.higher_is_better else "lower"
     notes = {n.number: n.text for n in v.notes.values()}
     parts = [f'<section id="{html_text(v.stem)}"><h2>{html_text(v.title)}: {html_text(v.metric)}</h2>',
-             f'<p class="note">mean ± std over seeds, n and 95% bootstrap CI; {direction} is better. '
+             f'<p class="note">mean ± std over seeds, n and 95% t-interval; {direction} is better. '
              "Click a header to sort.</p>"]
     if v.banner:
         parts.append(f'<p class="banner">{html_text(v.banner)}</p>')

@@ -28,8 +28,8 @@ def booktabs(frame: pd.DataFrame) -> str:
 
 def slice_latex(v: SliceView) -> str:
     direction = "higher" if v.higher_is_better else "lower"
-    caption = (f"{latex_text(v.title)}: {latex_text(v.metric)}, mean ± std over seeds with n and a 95\\% bootstrap "
-               f"CI ({direction} is better).")
+    caption = (f"{latex_text(v.title)}: {latex_text(v.metric)}, mean ± std over seeds with n and a 95\\% t-interval "
+               f"({direction} is better).")
     if v.collapsed:
         caption += " † a run collapsed to predicting one class."
     if v.subset_note:

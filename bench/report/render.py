@@ -2,7 +2,7 @@
 
 Per (task, backbone) slice, under the tables folder:
 - ``STEM.md`` / ``STEM.csv``: rows are methods, columns prefix lengths, cells the main
-  metric's mean ± std over seeds with n and a 95% bootstrap CI; then trainable parameters,
+  metric's mean ± std over seeds with n and a 95% t-interval; then trainable parameters,
   deployed adapter size (its inference state, e.g. the folded prefix), throughput and peak memory; below it paired comparisons (p-values),
   prefix-length sensitivity and Pareto tables with their plots.
 - ``search.md`` / ``search.csv``: where rows carry a learning-rate search, each method's grid,

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.report.stats import bootstrap_ci, summarize
+from bench.report.stats import mean_ci, summarize
 
 CURVE_COLUMNS = ["method", "prefix_length", "mean", "std", "n", "ci_low", "ci_high"]
 SCORE_COLUMNS = ["method", "lengths", "best_length", "best_mean", "worst_mean", "spread", "std_across_lengths",
@@ -45,7 +45,7 @@ def per_seed_spread(df: pd.DataFrame, method: str) -> pd.Series:
 
 def scores(df: pd.DataFrame, higher_is_better: bool = True) -> pd.DataFrame:
     """One row per prefix method: spread (max - min of per-length means), std of the
-    per-length means, best length, and the per-seed spread with its 95% bootstrap CI.
+    per-length means, best length, and the per-seed spread with its 95% t-interval.
     Lower spread = more stable. Needs at least two lengths; fewer gives NaN scores."""
     c = curves(df)
     rows = []
@@ -56,7 +56,7 @@ def scores(df: pd.DataFrame, higher_is_better: bool = True) -> pd.DataFrame:
         best = means.idxmax() if higher_is_better else means.idxmin()
         multi = len(means) >= 2
         seeds = per_seed_spread(df, method)
-        lo, hi = bootstrap_ci(seeds.to_numpy()) if len(seeds) else (math.nan, math.nan)
+        lo, hi = mean_ci(seeds.to_numpy()) if len(seeds) else (math.nan, math.nan)
         rows.append({
             "method": method, "lengths": len(means), "best_length": int(best), "best_mean": float(means[best]),
             "worst_mean": float(means.min() if higher_is_better else means.max()),

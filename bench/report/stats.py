@@ -1,10 +1,12 @@
-"""Statistics over seeds: summaries with bootstrap confidence intervals, and a paired
+"""Statistics over seeds: summaries with confidence intervals of the mean, and a paired
 comparison of two methods on matched cells. Pure functions of numbers; deterministic
-(every resampling draws from a fixed seed, so rendered tables are reproducible).
+(the permutation test draws from a fixed seed, so rendered tables are reproducible).
 
-Resampling is scipy.stats' (``bootstrap``, ``permutation_test``); only the small-sample
-edge cases (n < 2, zero spread) are handled here, because scipy answers them with NaN
-or a degeneracy warning rather than the interval a table should show.
+Intervals are Student's t (scipy.stats ``t``): a benchmark has 2-5 seeds, and a percentile
+bootstrap over that few points cannot reach beyond them (over 3 seeds it lies inside their
+range, covering the true mean far less than 95% of the time). The paired p-value is a sign-flip
+permutation test (scipy.stats ``permutation_test``), exact for small n. Only the small-sample
+edge cases (n < 2, zero spread) are handled here, because scipy answers them with NaN.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ MIN_PAIRS = 2
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean, sample std (ddof=1; 0 for n=1), n and a 95% bootstrap CI of the mean."""
+    """Mean, sample std (ddof=1; 0 for n=1), n and a 95% t-interval of the mean."""
 
     mean: float
     std: float
@@ -45,7 +47,7 @@ class Summary:
 
 @dataclass(frozen=True)
 class PairedResult:
-    """A - B over matched pairs: mean difference, its bootstrap CI, and a two-sided
+    """A - B over matched pairs: mean difference, its t-interval, and a two-sided
     sign-flip permutation p-value (H0: the differences are symmetric around 0). With fewer
     than ``MIN_PAIRS`` pairs the CI and p-value are NaN: there is no test (``tested``)."""
 
@@ -65,19 +67,16 @@ def _clean(values: Iterable[float | None]) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
-def bootstrap_ci(values: Sequence[float], confidence: float = CONFIDENCE,
-                 n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean. BCa (scipy's default) is undefined for the
-    2-5 seeds a benchmark has (its jackknife acceleration degenerates), so percentile it is.
-    n=1 or zero spread: the interval collapses to the value (no evidence of spread)."""
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Student's t interval of the mean: mean -/+ t(n-1) * s / sqrt(n). n=1 or zero spread:
+    the interval collapses to the value (no evidence of spread; tables print n beside it)."""
     x = _clean(values)
     if x.size == 0:
         return math.nan, math.nan
     if x.size == 1 or np.ptp(x) == 0:
         return float(x.mean()), float(x.mean())
-    res = sps.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                        method="percentile", rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    lo, hi = sps.t.interval(confidence, df=x.size - 1, loc=float(x.mean()), scale=float(sps.sem(x)))
+    return float(lo), float(hi)
 
 
 def summarize(values: Iterable[float | None]) -> Summary:
@@ -85,7 +84,7 @@ def summarize(values: Iterable[float | None]) -> Summary:
     if x.size == 0:
         return Summary(math.nan, math.nan, 0, math.nan, math.nan)
     std = float(x.std(ddof=1)) if x.size > 1 else 0.0
-    lo, hi = bootstrap_ci(x)
+    lo, hi = mean_ci(x)
     return Summary(float(x.mean()), std, int(x.size), lo, hi)
 
 
@@ -108,7 +107,7 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = N_RES
     d = xa - xb
     if n < MIN_PAIRS:
         return PairedResult(n, float(d.mean()), math.nan, math.nan, math.nan)
-    lo, hi = bootstrap_ci(d, n_resamples=n_resamples, seed=seed)
+    lo, hi = mean_ci(d)
     if np.all(d == 0):
         p = 1.0
     else:

@@ -8,7 +8,7 @@ carries a ``*``. Beside it: the deployed adapter size and the training speed rel
 the first reference method of the same table.
 
 The verdicts pair each (method, prefix length) with a reference method's run of the same
-seed (the reference has no prefix length) and test the difference: mean, 95% bootstrap CI
+seed (the reference has no prefix length) and test the difference: mean, 95% t-interval
 and a paired permutation p-value; fewer than two pairs is no test.
 """
 
@@ -128,6 +128,6 @@ def summary_markdown(overview: pd.DataFrame, verdicts: pd.DataFrame) -> str:
         parts.append(PICKED_NOTE)
     if len(verdicts):
         parts += [f"## {VERDICTS_TITLE}", _md(verdicts),
-                  f"Paired by seed; 95% bootstrap CI and paired permutation p-value; a verdict needs the CI to "
+                  f"Paired by seed; 95% t-interval and paired permutation p-value; a verdict needs the CI to "
                   f"exclude 0 and p < {ALPHA} (with 3 seeds the smallest p is 0.25: no verdict is possible)."]
     return "\n\n".join(parts) + "\n"

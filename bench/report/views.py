@@ -187,7 +187,7 @@ def _speed(method: str, speed: pd.DataFrame | None) -> str:
 
 def paired_table(df: pd.DataFrame) -> pd.DataFrame:
     """Every pair of methods with runs on the same (prefix length, seed): A − B, its 95%
-    bootstrap CI and a paired permutation p-value."""
+    t-interval and a paired permutation p-value."""
     rows = []
     for a, b in itertools.combinations(sorted(df["method"].unique()), 2):
         r = compare_methods(df, a, b)
@@ -352,7 +352,7 @@ def pareto_display(p: pd.DataFrame, notes: dict[tuple[str, int | None], Note] | 
 
 def slice_markdown(v: SliceView, images: bool = True) -> str:
     direction = "higher" if v.higher_is_better else "lower"
-    parts = [f"## {markdown(v.title)}: {markdown(v.metric)} (mean ± std over seeds, 95% bootstrap CI; "
+    parts = [f"## {markdown(v.title)}: {markdown(v.metric)} (mean ± std over seeds, 95% t-interval; "
              f"{direction} is better)"] + [f"**{markdown(v.banner)}**"] * bool(v.banner) + \
             [markdown(v.context)] * bool(v.context) + [_md(v.board)]
     if v.notes:
