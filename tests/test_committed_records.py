@@ -65,10 +65,14 @@ def test_a_resumed_standard_run_finds_its_committed_trials_on_any_machine():
     assert {c.train["precision"] for c in cells} == {"fp32"}
     table, _ = executor_table(None, "standard")
     executor = make_executor(table.pop("name"), table, "the standard suite")
-    planned = {c.id for c in pinned_cells(cells, executor, threads=1)}
+    planned = {c.id: c for c in pinned_cells([t for c in cells for t in c.trials()], executor, threads=1)}
+
+    def point(method, task, backbone, train):  # what a trial is, but for the precision it ran at
+        return method, task, backbone, json.dumps({k: v for k, v in train.items() if k != "precision"}, sort_keys=True)
+
+    by_point = {point(c.method, c.task, c.backbone, c.train): cid for cid, c in planned.items()}
     rows = [json.loads(line) for line in (RECORDS / "standard" / "records.jsonl").read_text().splitlines()]
-    grids = {(c.method, c.task, c.backbone, c.train["lr"]) for c in cells if c.is_trial}
-    current = [r for r in rows if r.get("role") == "trial"
-               and (r["method"], r["task"], r["backbone"], r["config"]["train"]["lr"]) in grids]
-    assert current, "no committed trial of the standard suite's current grids"
-    assert [r["cell_id"] for r in current if r["cell_id"] not in planned] == []
+    current = {r["cell_id"]: by_point[p] for r in rows if r.get("role") == "trial"
+               and (p := point(r["method"], r["task"], r["backbone"], r["config"]["train"])) in by_point}
+    assert current, "no committed trial is of the standard suite as it stands"
+    assert {row: cell for row, cell in current.items() if row != cell} == {}
