@@ -35,9 +35,26 @@ def test_prefix_methods_are_paired_with_lora_by_seed() -> None:
 
 def test_three_seeds_never_give_a_verdict_and_one_seed_gives_no_test() -> None:
     rows = [_row("lora", s, 0.80) for s in range(3)] + [_row("prompt_tuning", s, 0.90, plen=5) for s in range(3)]
-    assert versus_references(_frame(rows)).iloc[0]["verdict"] == "no significant difference"  # p >= 0.25
+    # the CI may exclude 0, but 3 pairs cannot reach p < 0.05: no test, and the row says why
+    assert versus_references(_frame(rows)).iloc[0]["verdict"] == "inconclusive: 3 pairs allow no p below 0.25"
     one = versus_references(_frame(rows[:1] + rows[3:4])).iloc[0]
     assert one["verdict"] == "n<2: no verdict" and one["p"] == "n<2, no test"
+
+
+def test_the_length_to_deploy_is_chosen_on_the_held_out_slice_and_paired_with_lora() -> None:
+    """P=5 has the better held-out score, P=20 the better evaluation score: the "best on held-out"
+    row is P=5's, so the headline comparison never picks its length on the evaluation split."""
+    import dataclasses
+
+    rows = [_row("lora", s, 0.80 + 0.01 * s) for s in range(6)]
+    rows += [dataclasses.replace(_row("prefix_tuning", s, 0.78 + 0.01 * s, plen=5), holdout_score=0.90) for s in range(6)]
+    rows += [dataclasses.replace(_row("prefix_tuning", s, 0.85 + 0.01 * s, plen=20), holdout_score=0.85) for s in range(6)]
+    v = versus_references(_frame(rows)).set_index(["method", "P"])
+    best = v.loc[("prefix_tuning", "5 (best on held-out)")]
+    assert best["pairs"] == 6 and best["difference"] == "-0.0200" and best["verdict"] == "prefix_tuning worse than lora"
+    # without held-out scores no length is chosen for the headline (only the per-length rows)
+    plain = versus_references(_frame([dataclasses.replace(r, holdout_score=None) for r in rows]))
+    assert not plain["P"].str.contains("best").any()
 
 
 def test_summary_shows_best_length_marked_and_speed_relative_to_lora() -> None:

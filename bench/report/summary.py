@@ -21,6 +21,7 @@ import pandas as pd
 from bench.core.task_facts import Facts, higher_is_better
 from bench.report.failures import length_key
 from bench.report.stats import MIN_PAIRS, fmt_p, paired_test, summarize
+from bench.report.verdicts import HELD_OUT, at_best_length
 from bench.report.views import _md, human_bytes
 
 REFERENCES = ("lora", "full_finetune")
@@ -87,13 +88,21 @@ def versus_references(df: pd.DataFrame, facts: Facts | None = None,
             base = g[g["method"] == ref].groupby("seed")["main_score"].mean()
             for method in sorted(m for m in g["method"].unique() if m not in REFERENCES):
                 mine = g[g["method"] == method]
-                for length in sorted({length_key(p) for p in mine["prefix_length"]}, key=lambda p: (p is None, p or 0)):
-                    sel = mine[[length_key(x) == length for x in mine["prefix_length"]]]
+                lengths = sorted({length_key(p) for p in mine["prefix_length"]}, key=lambda p: (p is None, p or 0))
+                chosen = []
+                for length in lengths:
+                    chosen.append(("—" if length is None else str(length),
+                                   mine[[length_key(x) == length for x in mine["prefix_length"]]]))
+                if len(lengths) > 1:  # the length a user would deploy, chosen without the evaluation split
+                    best, on = at_best_length(mine, method)
+                    if on == HELD_OUT and not best.empty:
+                        chosen.append((f"{length_key(best['prefix_length'].iloc[0])} (best on held-out)", best))
+                for shown, sel in chosen:
                     by_seed = sel.groupby("seed")["main_score"].mean()
                     seeds = sorted(set(by_seed.index) & set(base.index))
                     r = paired_test(by_seed[seeds].to_numpy(), base[seeds].to_numpy())
                     out.append({"table": _slice_title(task, backbone), "method": method,
-                                "P": "—" if length is None else str(length), "versus": ref, "pairs": r.n,
+                                "P": shown, "versus": ref, "pairs": r.n,
                                 "difference": f"{r.mean_diff:+.4f}" if r.n else "—",
                                 "95% CI": f"{r.ci_low:+.4f} … {r.ci_high:+.4f}" if r.tested else f"n<{MIN_PAIRS}, no test",
                                 "p": fmt_p(r.p_value) if r.tested else f"n<{MIN_PAIRS}, no test",
@@ -107,8 +116,13 @@ def _verdict(r, hib: bool, method: str, ref: str) -> str:
         return "no matched seeds"
     if not r.tested:
         return f"n<{MIN_PAIRS}: no verdict"
+    floor = 2 / 2**r.n  # the smallest two-sided sign-flip p-value n pairs allow
+    if floor >= ALPHA:
+        return f"inconclusive: {r.n} pairs allow no p below {floor:.3g}"
     excludes_zero = r.ci_low > 0 or r.ci_high < 0
-    if not (excludes_zero and r.p_value < ALPHA):
+    if excludes_zero != (r.p_value < ALPHA):
+        return "inconclusive: the CI and the test disagree"
+    if not excludes_zero:
         return "no significant difference"
     better = (r.mean_diff > 0) == hib
     return f"{method} {'better' if better else 'worse'} than {ref}"
@@ -129,5 +143,7 @@ def summary_markdown(overview: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     if len(verdicts):
         parts += [f"## {VERDICTS_TITLE}", _md(verdicts),
                   f"Paired by seed; 95% t-interval and paired permutation p-value; a verdict needs the CI to "
-                  f"exclude 0 and p < {ALPHA} (with 3 seeds the smallest p is 0.25: no verdict is possible)."]
+                  f"exclude 0 and p < {ALPHA} (n pairs allow no p below 2/2^n: 0.25 for 3 seeds, so a verdict "
+                  f"needs 6 pairs). \"best on held-out\": the prefix length with the best held-out score (a slice "
+                  f"of the training split), the length one would deploy without looking at the evaluation split."]
     return "\n\n".join(parts) + "\n"

@@ -140,7 +140,10 @@ def _matched(df: pd.DataFrame, a: str, b: str, keys: list[str]) -> pd.DataFrame:
     return out
 
 
-def _at_best_length(df: pd.DataFrame, method: str) -> tuple[pd.DataFrame, str]:
+HELD_OUT = "held-out slice"
+
+
+def at_best_length(df: pd.DataFrame, method: str) -> tuple[pd.DataFrame, str]:
     """``method``'s rows at its best prefix length (by mean over seeds, per task/backbone), and
     the split that chose it: the held-out slice when every sized run has a held-out score (the
     evaluation split is then never used to choose), else the evaluation split. A method without
@@ -154,7 +157,7 @@ def _at_best_length(df: pd.DataFrame, method: str) -> tuple[pd.DataFrame, str]:
     best = sized.groupby(["task", "backbone", "prefix_length"])[by].mean().reset_index()
     best = best.loc[best.groupby(["task", "backbone"])[by].idxmax(), ["task", "backbone", "prefix_length"]]
     return sized.merge(best, on=["task", "backbone", "prefix_length"]), (
-        "held-out slice" if on_holdout else "evaluation split")
+        HELD_OUT if on_holdout else "evaluation split")
 
 
 def _chosen_on(*splits: str) -> str:
@@ -168,7 +171,7 @@ def plus_beats_prefix(df: pd.DataFrame) -> Verdict:
     missing = _missing(df, ("prefix_tuning_plus", "prefix_tuning"))
     if missing:
         return Verdict(INCONCLUSIVE, f"no records of {', '.join(missing)}")
-    (plus, on_a), (prefix, on_b) = _at_best_length(df, "prefix_tuning_plus"), _at_best_length(df, "prefix_tuning")
+    (plus, on_a), (prefix, on_b) = at_best_length(df, "prefix_tuning_plus"), at_best_length(df, "prefix_tuning")
     rows = _matched(pd.concat([plus, prefix]), "prefix_tuning_plus", "prefix_tuning", ["task", "backbone", "seed"])
     return _diff_verdict(rows, "prefix_tuning_plus", "prefix_tuning",
                          "main metric, prefix_tuning_plus − prefix_tuning (each at its best prefix length"
@@ -181,7 +184,7 @@ def plus_close_to_lora(df: pd.DataFrame) -> Verdict:
     missing = _missing(df, ("prefix_tuning_plus", "lora"))
     if missing:
         return Verdict(INCONCLUSIVE, f"no records of {', '.join(missing)}")
-    plus, on = _at_best_length(df, "prefix_tuning_plus")
+    plus, on = at_best_length(df, "prefix_tuning_plus")
     rows = _matched(pd.concat([plus, df[df["method"] == "lora"]]), "prefix_tuning_plus", "lora",
                     ["task", "backbone", "seed"])
     return _diff_verdict(rows, "prefix_tuning_plus", "lora",
