@@ -24,6 +24,9 @@ every arm sees exactly the same tokens; tokenization is not timed):
   eval      no-grad forward with the same loss head; ours with the prefix folded
             (``adapter.fold()``), PEFT as PEFT runs it (prefix recomputed each forward)
   generate  greedy decoding of exactly ``--new-tokens`` tokens (cache on)
+Evaluation and generation run in fp32 whatever ``--precision``, as every cell's evaluation
+does (bench/run/precision.py ``fp32_evaluation``: bf16 predictions depend on the batch): the
+frozen weights are upcast for those two phases, so their figures are the ones cells pay.
 Repeats are interleaved: each repeat runs every arm for ``--steps`` timed steps, in an order
 rotated by one each repeat, so machine noise falls on all arms alike. Per repeat the
 median step is kept; reported are the median over repeats, the IQR, and paired ratios
@@ -45,6 +48,7 @@ Harness overhead: one real cell (SST-2 verbalizer, our prefix tuning) through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -53,7 +57,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +70,7 @@ from bench.measure.flops import StepFlops, peak_flops
 from bench.measure.perf_report import markdown, quartiles, summarise
 from bench.run.backbones import load_backbone
 from bench.run.label_head import label_rows, label_share
-from bench.run.precision import Precision
+from bench.run.precision import Precision, fp32_evaluation
 
 BACKBONE = "smollm2-135m"
 ARMS = ("base", "ours_proj", "ours_noproj", "peft_proj", "peft_noproj", "lora", "ours_proj_fp32")
@@ -191,28 +195,36 @@ class ArmRunner:
         _sync(self.device)
 
     @torch.no_grad()
-    def eval_step(self) -> None:
+    def eval_step(self) -> None:  # in fp32, inside ``evaluation_precision``
         self.module.eval()
         if hasattr(self.module, "fold") and self.name.startswith("ours"):
             self.module.fold()
         d = self.data
-        with self.precision.autocast():
-            _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
+        _loss(self.module, self.name, d["ids"], d["mask"], d["labels"])
         _sync(self.device)
 
     @torch.no_grad()
-    def generate_step(self) -> None:
+    def generate_step(self) -> None:  # in fp32, inside ``evaluation_precision``
         self.module.eval()
         if self.name.startswith("ours"):
             self.module.fold()
         d, n = self.data, self.s.new_tokens
-        with self.precision.autocast():
-            out = self.module.generate(input_ids=d["gen_ids"], attention_mask=d["gen_mask"], max_new_tokens=n,
-                                       min_new_tokens=n, do_sample=False, pad_token_id=0)
+        out = self.module.generate(input_ids=d["gen_ids"], attention_mask=d["gen_mask"], max_new_tokens=n,
+                                   min_new_tokens=n, do_sample=False, pad_token_id=0)
         if out.shape[1] != d["gen_ids"].shape[1] + n:
             raise RuntimeError(f"{self.name}: generate returned {out.shape[1]} positions, expected "
                                f"{d['gen_ids'].shape[1] + n}")
         _sync(self.device)
+
+
+@contextlib.contextmanager
+def evaluation_precision(runners: Iterable[ArmRunner]) -> Iterator[None]:
+    """Every arm's frozen weights in fp32 while the evaluation phases run, as a cell's
+    evaluation runs (``fp32_evaluation``; a backbone shared by several arms is upcast once)."""
+    with contextlib.ExitStack() as stack:
+        for runner in runners:
+            stack.enter_context(fp32_evaluation(runner.module))
+        yield
 
 
 def _optimizer(params: list) -> torch.optim.Optimizer:
@@ -425,7 +437,9 @@ def run(s: Settings, out_dir: Path, memory: bool = True, cell: bool = True,
     del fp32_model
     log(f"perf: {len(arms)} arms on {provenance.device_name(device)} at {precision.name} "
         f"({FP32_ARM} in fp32), {s}")
-    times = {phase: interleaved(runners, phase, s, log) for phase in ("train", "eval", "generate")}
+    times = {"train": interleaved(runners, "train", s, log)}
+    with evaluation_precision(runners.values()):
+        times.update({phase: interleaved(runners, phase, s, log) for phase in ("eval", "generate")})
     del runners
     scale = scaling_rows(s, model, tokenizer, device, log)
     mem = memory_per_arm(s, log) if memory else {}
@@ -433,7 +447,7 @@ def run(s: Settings, out_dir: Path, memory: bool = True, cell: bool = True,
     summary = summarise(times, mem, fl, s, peaks, label_share(model, len(LABEL_IDS)))
     sha, dirty = provenance.git_state()
     meta = {"backbone": BACKBONE, "device": provenance.device_name(device), "settings": asdict(s),
-            "precision": precision.name,
+            "precision": precision.name, "eval_precision": "fp32",
             "versions": provenance.package_versions(), "git_sha": sha, "git_dirty": dirty, "started_at": started,
             "peak_flops": peak, "memory_kind": next((m.get("kind") for m in mem.values() if "kind" in m), "not measured"),
             "raw_seconds": times, "scaling": scale}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bench import perf
 from bench.measure.perf_report import summarise
@@ -39,6 +40,37 @@ def test_perf_writes_ratio_and_target_tables_for_every_arm(tmp_path):
     (row,) = report["meta"]["scaling"]
     assert (row["batch"], row["prefix"]) == (3, 5) and row["ratio"] > 0
     assert "Training step at larger batch x prefix" in md
+
+
+def test_evaluation_and_generation_run_in_fp32_as_cells_evaluate_whatever_the_training_precision(tmp_path, monkeypatch):
+    """A bf16-mixed run trains under autocast on bf16 frozen weights, but evaluates and
+    generates in fp32 with the weights upcast (a cell's evaluation, ``fp32_evaluation``), and
+    the backbone is bf16 again afterwards, for the next training step."""
+    loaded = backbones.load_backbone("tiny-llama", "causal_lm", 2, "auto", "cpu")
+    s = perf.Settings(batch=2, seq=8, prefix=4, gen_batch=2, gen_prompt=4, new_tokens=2, repeats=1, steps=1,
+                      precision="bf16-mixed")
+    model = loaded.model
+    data = perf.make_data(s, model.config.vocab_size, torch.device("cpu"))
+    module, params = perf.build_arm("ours_proj", model, loaded.tokenizer, s, torch.device("cpu"))
+    runner = perf.ArmRunner("ours_proj", module, params, data, torch.device("cpu"), s,
+                            perf.arm_precision("ours_proj", s, torch.device("cpu")))
+    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    seen = []
+    real_forward = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), q_proj.dtype))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    runner.train_step()
+    with perf.evaluation_precision([runner]):
+        runner.eval_step()
+        runner.generate_step()
+    runner.train_step()
+    train, *evaluation, train_again = seen
+    assert train == (True, True, torch.bfloat16) == train_again
+    assert evaluation and all(e == (False, False, torch.float32) for e in evaluation), evaluation
 
 
 def test_a_run_in_fp32_has_no_fp32_reference_arm_and_its_target_reads_not_measured():
