@@ -140,13 +140,15 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def perf(session: nox.Session) -> None:
     """Our prefix tuning (default precision and fp32) vs PEFT's, LoRA and the base model: tokens/s,
-    memory, MFU -> results/perf/; then 4 packed vs 4 sequential cells -> results/perf/packed-cells/
-    (args go to bench.perf; `--device cuda` for the GPU table)."""
+    memory, MFU -> results/perf/; then 4 packed vs 4 sequential cells -> results/perf/packed-cells/;
+    then the default suite's wall time -> results/perf/suite-wall/ (args go to bench.perf;
+    `--device cuda` for the GPU tables)."""
     install(session)
     session.run("python", "-m", "bench.perf", *session.posargs, env=data_env())
     device = [a for i, a in enumerate(session.posargs) if i and session.posargs[i - 1] == "--device"]
     session.run("python", "-m", "bench.perf_packed", "--steps", "12", "--eval-limit", "32",
                 *(["--device", device[-1]] if device else []), env=data_env())
+    session.run("python", "-m", "bench.perf_suite", *(["--device", device[-1]] if device else []), env=data_env())
 
 
 @nox.session(python=PYTHON)

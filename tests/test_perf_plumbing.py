@@ -92,3 +92,28 @@ def test_a_malformed_scaling_spec_fails_before_the_model_loads(spec, tmp_path, m
     monkeypatch.setattr(perf, "load", lambda *a: pytest.fail("loaded a model for a bad spec"))
     with pytest.raises(ValueError, match="BATCHxPREFIX"):
         perf.run(perf.Settings(scaling=spec), tmp_path, memory=False, cell=False, log=lambda m: None)
+
+
+def test_perf_suite_times_a_whole_suite_from_scratch_and_says_what_its_cells_spent(tmp_path, data_dir, monkeypatch):
+    """`nox -s perf`'s suite wall time: a child `prefix-bench run` into fresh folders (a finished
+    cell elsewhere is not skipped), its rows counted, its tables rendered; a suite that fails
+    is reported with its exit status and makes the command fail."""
+    from bench import perf_suite
+
+    monkeypatch.setenv("PREFIX_BENCH_DATA_DIR", str(data_dir))
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suites.s]\nmethods = ["lora"]\ntasks = ["glue/sst2"]\nbackbones = ["tiny-llama"]\n'
+                     'prefix_lengths = [2]\nseeds = [0, 1]\n'
+                     'train = { train_steps = 2, batch_size = 2, eval_limit = 4, train_limit = 8, max_length = 16 }\n')
+    out = tmp_path / "out"
+    assert perf_suite.main(["--config", str(suite), "--suite", "s", "--out", str(out), "--precision", "fp32"]) == 0
+    report = json.loads((out / "suite_wall.json").read_text())
+    assert (report["exit_status"], report["cells"], report["ok"], report["failed"]) == (0, 2, 2, 0)
+    assert report["rendered"] and report["precisions"] == ["fp32"]
+    assert 0 < report["train_seconds"] + report["eval_seconds"] < report["wall_seconds"]
+    assert "| s " in (out / "suite_wall.md").read_text()
+
+    assert perf_suite.main(["--config", str(suite), "--suite", "no-such-suite", "--out", str(out)]) == 1
+    report = json.loads((out / "suite_wall.json").read_text())
+    assert report["exit_status"] == 2 and report["cells"] == 0
+    assert "no-such-suite" in (out / "run.log").read_text()
