@@ -4,6 +4,7 @@ on a model this small say nothing, and no assertion reads them."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -49,7 +50,7 @@ def test_evaluation_and_generation_run_in_fp32_as_cells_evaluate_whatever_the_tr
     loaded = backbones.load_backbone("tiny-llama", "causal_lm", 2, "auto", "cpu")
     s = perf.Settings(batch=2, seq=8, prefix=4, gen_batch=2, gen_prompt=4, new_tokens=2, repeats=1, steps=1,
                       precision="bf16-mixed")
-    model = loaded.model
+    model = copy.deepcopy(loaded.model)  # build_arm casts it: the process's cached backbone stays fp32
     data = perf.make_data(s, model.config.vocab_size, torch.device("cpu"))
     module, params = perf.build_arm("ours_proj", model, loaded.tokenizer, s, torch.device("cpu"))
     runner = perf.ArmRunner("ours_proj", module, params, data, torch.device("cpu"), s,
