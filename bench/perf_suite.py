@@ -25,6 +25,7 @@ from tabulate import tabulate
 
 from bench.core.records import read_records
 from bench.measure import provenance
+from bench.run.driver import clock
 
 
 def time_suite(suite: str, config: str | None = None, extra: tuple[str, ...] = (),
@@ -53,9 +54,9 @@ def time_suite(suite: str, config: str | None = None, extra: tuple[str, ...] = (
 
 def markdown(report: dict[str, Any]) -> str:
     cells = report["train_seconds"] + report["eval_seconds"]
-    row = {"suite": report["suite"], "wall": _clock(report["wall_seconds"]),
+    row = {"suite": report["suite"], "wall": clock(report["wall_seconds"]),
            "cells (ok / failed)": f"{report['cells']} ({report['ok']} / {report['failed']})",
-           "training + evaluation": f"{_clock(cells)} ({cells / report['wall_seconds']:.0%} of the wall)"
+           "training + evaluation": f"{clock(cells)} ({cells / report['wall_seconds']:.0%} of the wall)"
            if report["wall_seconds"] > 0 else "-",
            "precision": ", ".join(report["precisions"]) or "-", "device": ", ".join(report["devices"]) or "-"}
     return "\n".join([
@@ -64,11 +65,6 @@ def markdown(report: dict[str, Any]) -> str:
         f"git {report['git_sha'][:10]}{' (dirty)' if report['git_dirty'] else ''}, {report['started_at']}; "
         f"exit status {report['exit_status']}. Meaningful only on a machine no other job shares.", "",
         tabulate([row], headers="keys", tablefmt="github"), ""])
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m}:{s:02d}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,7 +223,7 @@ class Progress:
         self.done += 1
         elapsed = time.monotonic() - self.start
         left = elapsed / self.done * (self.total - self.done)
-        return f"[{self.done}/{self.total}, {_clock(elapsed)} elapsed, ~{_clock(left)} left]"
+        return f"[{self.done}/{self.total}, {clock(elapsed)} elapsed, ~{clock(left)} left]"
 
     def failed(self, record: ResultRecord) -> None:
         first = (str(record.error).strip().splitlines() or ["(no error text)"])[0][:300]
@@ -238,7 +238,8 @@ class Progress:
         return "\n".join(lines)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """H:MM:SS, or M:SS under an hour (progress lines, bench/perf_suite.py)."""
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
