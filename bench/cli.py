@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     counts = run_cells(cells, _results_dir(args), data, device, retry_failed=args.retry_failed,
-                       executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()),
+                       trials_only=args.trials_only, executor=executor, threads=args.threads, plugins=tuple(args.plugin or ()),
                        reproducible_mode=args.deterministic, tracker=tracker, tracker_uri=tracker_uri)
     print(f"ran {counts['ran']} cells: {counts['ran'] - counts['failed']} ok, {counts['failed']} failed; "
           f"skipped {counts['skipped']} finished or running elsewhere")
@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the tracker logs: a TensorBoard log folder or an MLflow tracking URI "
                           "(default: RESULTS/tensorboard, or the local file store file://RESULTS/mlruns)")
     run.add_argument("--retry-failed", action="store_true", help="re-run only cells whose last record failed")
+    run.add_argument("--trials-only", action="store_true",
+                     help="run only the search trials and say which rate each search chose (and whether at "
+                          "an edge of its grid), no final cell: look before paying for the finals")
     run.add_argument("--dry-run", action="store_true", help="validate and list the cells, train nothing")
     run.add_argument("--no-render", action="store_true", help="skip rendering tables afterwards")
     run.add_argument("--allow-failures", action="store_true",

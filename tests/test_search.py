@@ -335,6 +335,24 @@ def test_the_search_runs_trials_then_finals_with_the_choice_and_resumes(tmp_path
     assert len(read_records(tmp_path)[0]) == 8
 
 
+def test_trials_only_runs_the_trials_says_each_choice_and_leaves_the_finals_for_the_next_run(tmp_path, data):
+    """`run --trials-only`: a look at each search (its choice, an edge of its grid) before any
+    final runs; the next plain run runs the finals alone, with the same choice."""
+    cells = expand(suite(), "s")
+    logs: list[str] = []
+    counts = run_cells(cells, tmp_path, data, CPU, log=logs.append, trials_only=True)
+    rows = read_records(tmp_path)[0]
+    assert counts["ran"] == 2 and counts["failed"] == 0 and counts["skipped"] == 2
+    assert sorted(r.role for r in rows) == ["trial", "trial"]
+    (said,) = [line for line in logs if line.startswith("search prefix_tuning")]
+    scores = {str(r.config["train"]["lr"]): r.holdout_score for r in rows}
+    best = max(GRID, key=lambda lr: (scores[str(lr)], -GRID.index(lr)))
+    assert f"lr {best} chosen" in said and "held-out accuracy" in said
+    finals = run_cells(cells, tmp_path, data, CPU, log=logs.append)
+    assert finals["ran"] == 2
+    assert {r.lr for r in read_records(tmp_path)[0] if r.role != "trial"} == {best}
+
+
 def test_when_every_trial_fails_the_final_cells_fail_saying_why(tmp_path, data, monkeypatch):
     real = cell_mod.train_stage
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: torch.device | str,
-              retry_failed: bool = False, log: Callable[[str], None] = print,
+              retry_failed: bool = False, log: Callable[[str], None] = print, trials_only: bool = False,
               executor: Executor | None = None, threads: int = 0,
               plugins: tuple[str, ...] = (), reproducible_mode: bool = False,
               tracker: str = "", tracker_uri: str = "") -> dict[str, int]:
@@ -47,7 +47,8 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     same ones; cells it finds running elsewhere are looked at again at the end and otherwise
     left to that run (counted as skipped). Each row is in the store before it is reported.
     Search trials run before every other cell; a final cell whose trials run elsewhere is
-    left for a later run (counted as skipped). With ``tracker`` (bench/run/trackers/) each row
+    left for a later run (counted as skipped). ``trials_only``: the search trials alone, then each
+    search's choice logged and no final cell run (counted as skipped). With ``tracker`` (bench/run/trackers/) each row
     this run stores is also logged there (``tracker_uri``, default under ``results_dir``) by a
     process of its own; a missing backend is a ConfigError before anything runs."""
     cells = with_trials(cells)
@@ -74,7 +75,7 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     # names only the training split: it never reads the evaluation split
     fingerprints = {c.id: data_fingerprint(c.task, data, eval_split=not c.is_trial, task_args=c.task_args) for c in cells}
     plan = staleness.plan(cells, records, fingerprints, retry_failed)
-    todo = plan.todo
+    todo = [c for c in plan.todo if c.is_trial] if trials_only else plan.todo
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0}
     if plan.stale:
         log(plan.describe())
@@ -92,6 +93,8 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     try:
         # share loaded backbones and data; cells that can pack adjacent
         _run_phase(packed.ordered(c for c in todo if c.is_trial), executor, job, held, counts, progress, log)
+        if trials_only:  # every search's choice (and its grid edge) said, for a look before the finals
+            _hand_out_choices([c for c in cells if c.search and not c.is_trial], Path(results_dir), log)
         rest, unrunnable = _hand_out_choices([c for c in todo if not c.is_trial], Path(results_dir), log)
         for cell in held.take(c for c, _ in unrunnable.values()):  # no trial scored: its row says why
             record = lost_cell(cell, job, unrunnable[cell.id][1], provenance.now())
