@@ -338,7 +338,8 @@ def test_the_search_runs_trials_then_finals_with_the_choice_and_resumes(tmp_path
 def test_trials_only_runs_the_trials_says_each_choice_and_leaves_the_finals_for_the_next_run(tmp_path, data):
     """`run --trials-only`: a look at each search (its choice, an edge of its grid) before any
     final runs; the next plain run runs the finals alone, with the same choice."""
-    cells = expand(suite(), "s")
+    # finals at P = 2 and 3, trials at 3: the line names the trials' length, which the choice serves
+    cells = expand(suite(prefix_lengths=[2, 3], seeds=[0], search={"lr": GRID, "prefix_length": 3}), "s")
     logs: list[str] = []
     counts = run_cells(cells, tmp_path, data, CPU, log=logs.append, trials_only=True)
     rows = read_records(tmp_path)[0]
@@ -348,6 +349,7 @@ def test_trials_only_runs_the_trials_says_each_choice_and_leaves_the_finals_for_
     scores = {str(r.config["train"]["lr"]): r.holdout_score for r in rows}
     best = max(GRID, key=lambda lr: (scores[str(lr)], -GRID.index(lr)))
     assert f"lr {best} chosen" in said and "held-out accuracy" in said
+    assert said.startswith("search prefix_tuning glue/sst2 tiny-llama (trials at P=3):") and "P=2" not in said
     finals = run_cells(cells, tmp_path, data, CPU, log=logs.append)
     assert finals["ran"] == 2
     assert {r.lr for r in read_records(tmp_path)[0] if r.role != "trial"} == {best}

@@ -169,7 +169,10 @@ def _hand_out_choices(cells: list[Cell], results_dir: Path,
         task = cell_task(cell)
         choice = search.choose(cell, latest, task.facts().higher_is_better.get(task.main_metric, True))
         group = tuple(t.id for t in cell.trials())
-        where = f"search {cell.method} {cell.task} {cell.backbone} P={cell.prefix_length}"
+        # one choice serves every prefix length: name the length its trials ran at, not this final's
+        trial_length = cell.trials()[0].prefix_length
+        where = f"search {cell.method} {cell.task} {cell.backbone}" + \
+            (f" (trials at P={trial_length})" if trial_length is not None else "")
         if choice.pending:
             log(f"{where} seed={cell.seed}: its trials have no rows yet (running elsewhere); left for a later run")
             continue
