@@ -14,25 +14,44 @@ from bench.run import cell
 from bench.run.driver import run_cells
 from bench.run.matrix import expand
 from bench.run.trainer import EvalResult
+from tasks.base import Example
 
 
-def test_length_order_evaluates_sorted_and_returns_predictions_in_the_given_order(monkeypatch):
-    examples = ["ccc", "a", "bbbb", "dd", "eeeee", "f"]
+def _fake_run(monkeypatch, **cfg) -> tuple[SimpleNamespace, list[list[str]]]:
+    """A run whose ``evaluate`` predicts "pred-<text>" and records the texts of each call."""
     seen: list[list[str]] = []
 
     def fake_evaluate(adapter, formulation, batch, batch_size, device, desc=""):
-        seen.append(list(batch))
-        return EvalResult([f"pred-{e}" for e in batch], 7, 0.5)
+        seen.append([e.text_a for e in batch])
+        return EvalResult([f"pred-{e.text_a}" for e in batch], 7, 0.5)
 
     monkeypatch.setattr(cell, "evaluate", fake_evaluate)
-    run = SimpleNamespace(cfg=TrainConfig(eval_order="length", eval_batch_size=2), adapter=None, device="cpu",
-                          formulation=SimpleNamespace(token_lengths=lambda xs: [len(x) for x in xs]))
+    return SimpleNamespace(cfg=TrainConfig(**cfg), adapter=None, device="cpu",
+                           formulation=SimpleNamespace(token_lengths=lambda xs: [len(x.text_a) for x in xs])), seen
+
+
+def test_length_order_evaluates_sorted_and_returns_predictions_in_the_given_order(monkeypatch):
+    texts = ["ccc", "a", "bbbb", "dd", "eeeee", "f"]
+    examples = [Example(t) for t in texts]
+    run, seen = _fake_run(monkeypatch, eval_order="length", eval_batch_size=2)
     res = cell._evaluate(run, examples, "eval")
     assert seen == [["a", "f", "dd", "ccc", "bbbb", "eeeee"]]  # shortest first: batches of like length
-    assert res.predictions == [f"pred-{e}" for e in examples] and (res.tokens, res.seconds) == (7, 0.5)
+    assert res.predictions == [f"pred-{t}" for t in texts] and (res.tokens, res.seconds) == (7, 0.5)
     run.cfg = TrainConfig(eval_batch_size=2)  # "given": untouched
-    assert cell._evaluate(run, examples, "eval").predictions == [f"pred-{e}" for e in examples]
-    assert seen[-1] == examples
+    assert cell._evaluate(run, examples, "eval").predictions == [f"pred-{t}" for t in texts]
+    assert seen[-1] == texts
+
+
+@pytest.mark.parametrize("order", ["given", "length"])
+def test_an_input_that_occurs_again_is_predicted_once_and_its_prediction_repeated(monkeypatch, order):
+    """E2E's held-out slice: a row per reference of each MR, every row the same input."""
+    rows = [Example("mr b", label="b1"), Example("mr a", label="a1"), Example("mr b", label="b2"),
+            Example("mr a", "other half", label="a3"), Example("mr a", label="a2"), Example("mr c", label="c1")]
+    run, seen = _fake_run(monkeypatch, eval_order=order, eval_batch_size=2)
+    res = cell._evaluate(run, rows, "holdout")
+    (decoded,) = seen
+    assert sorted(decoded) == ["mr a", "mr a", "mr b", "mr c"]  # text_b is part of the input
+    assert res.predictions == ["pred-mr b", "pred-mr a", "pred-mr b", "pred-mr a", "pred-mr a", "pred-mr c"]
 
 
 def test_an_unknown_eval_order_is_refused_naming_the_valid_ones():
