@@ -22,6 +22,7 @@ records of any other suite, so a run of the default suite can never write REPROD
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,10 @@ def _diff_verdict(rows: pd.DataFrame, a: str, b: str, what: str, lower_bound: fl
     r = paired_test(rows[a].to_numpy(), rows[b].to_numpy())
     shifted = r if lower_bound == 0 else paired_test((rows[a] - lower_bound).to_numpy(), rows[b].to_numpy())
     tested = "difference" if lower_bound == 0 else f"difference + {-lower_bound:g}"
-    measured = (f"{what}: mean {r.mean_diff:+.4f}, 95% CI {r.ci_low:+.4f} … {r.ci_high:+.4f}, "
+    # one pair has no interval: say so, not "+nan … +nan"
+    interval = (f"95% CI {r.ci_low:+.4f} … {r.ci_high:+.4f}" if math.isfinite(r.ci_low) and math.isfinite(r.ci_high)
+                else "no 95% CI (one pair)" if r.n == 1 else "no 95% CI")
+    measured = (f"{what}: mean {r.mean_diff:+.4f}, {interval}, "
                 f"permutation p = {fmt_p(shifted.p_value)} (two-sided, on the {tested}); "
                 f"{r.n} matched pairs pooled over {_pooled_over(rows)}")
     if seeds < MIN_SEEDS:
