@@ -96,6 +96,7 @@ def test_inconclusive_with_two_seeds_or_a_missing_method():
     assert stability(two).status == INCONCLUSIVE and "fewer than 3 seeds" in stability(two).measured
     one = plus_beats_prefix(records_frame(make_records(seeds=(0,))))  # one pair: no interval to print
     assert one.status == INCONCLUSIVE and "no 95% CI (one pair)" in one.measured and "nan" not in one.measured
+    assert "1 matched pair pooled" in one.measured
     no_residual = records_frame(make_records(methods=("prefix_tuning", "lora")))
     v = stability(no_residual)
     assert v.status == INCONCLUSIVE and "no records of residual_prefix" in v.measured

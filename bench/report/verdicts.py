@@ -95,7 +95,7 @@ def _diff_verdict(rows: pd.DataFrame, a: str, b: str, what: str, lower_bound: fl
                 else "no 95% CI (one pair)" if r.n == 1 else "no 95% CI")
     measured = (f"{what}: mean {r.mean_diff:+.4f}, {interval}, "
                 f"permutation p = {fmt_p(shifted.p_value)} (two-sided, on the {tested}); "
-                f"{r.n} matched pairs pooled over {_pooled_over(rows)}")
+                f"{r.n} matched pair{'s' if r.n != 1 else ''} pooled over {_pooled_over(rows)}")
     if seeds < MIN_SEEDS:
         return Verdict(INCONCLUSIVE, f"{measured}; fewer than {MIN_SEEDS} seeds", rows)
     if smallest_p(r.n) >= ALPHA:
