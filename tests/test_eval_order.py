@@ -11,7 +11,7 @@ import torch
 from bench.core.config import ConfigError, TrainConfig
 from bench.core.records import read_records
 from bench.run import cell
-from bench.run.driver import run_cells
+from bench.run.driver import pinned_cells, run_cells
 from bench.run.matrix import expand
 from bench.run.trainer import EvalResult
 from tasks.base import Example
@@ -74,3 +74,25 @@ def test_the_same_scores_in_either_order_on_a_real_forward(tmp_path, data):
         assert run_cells(cells, folder, data, torch.device("cpu"))["failed"] == 0
     scores = [{r.method: r.metrics for r in read_records(tmp_path / f)[0]} for f in ("given", "length")]
     assert scores[0] == scores[1]
+
+
+def test_decoding_each_distinct_input_once_gives_what_decoding_every_row_gives(data):
+    """A real E2E held-out slice (whole MRs of the devset, a row per reference), beam 5 on tiny
+    LLaMA with a random prefix: the repeated predictions equal those of every row decoded."""
+    doc = {"suites": {"t": {"methods": ["prefix_tuning"], "tasks": ["e2e_nlg"], "backbones": ["tiny-llama"],
+                            "prefix_lengths": [2], "seeds": [0],
+                            "train": {"train_steps": 1, "batch_size": 4, "holdout": 0.01, "eval_batch_size": 8,
+                                      "max_length": 48, "eval_order": "length"}}}}
+    run = cell.prepare(pinned_cells(expand(doc, "t"))[0], data, torch.device("cpu"))
+    cell.attach(run)  # a copy of the backbone: perturbing it leaves the process's cached one alone
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the random tiny model says the same for every MR until its weights spread
+        for p in run.adapter.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5 * (p.float().std().nan_to_num() + 0.1))
+    rows = run.holdout_examples[:20]  # in file order: a few MRs, each several rows
+    distinct = len({e.text_a for e in rows})
+    assert 1 < distinct < len(rows)  # whole MRs, several rows each
+    once = cell._evaluate(run, rows, "holdout")
+    every = cell._evaluate_in_order(run, rows, "holdout")
+    assert once.predictions == every.predictions
+    assert len(set(once.predictions)) > 1  # the inputs make a difference: the check can fail
