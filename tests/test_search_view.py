@@ -34,7 +34,8 @@ def test_the_search_view_shows_grid_scores_choice_edge_and_convergence(tmp_path)
     pt = rows["prefix_tuning"]
     assert pt["rates"] == "0.0003 · 0.001 · 0.003"
     assert pt["held-out score per rate"] == "0.8725 · 0.8650 · failed"  # a failed trial says so
-    assert (pt["chosen lr"], pt["edge"], pt["searched at"]) == ("0.0003", "bottom", "P=20, seed 0")
+    # the edge with its margin over the next rate (0.8725 against 0.8650), to weigh against noise
+    assert (pt["chosen lr"], pt["edge"], pt["searched at"]) == ("0.0003", "bottom (by 0.0075)", "P=20, seed 0")
     assert pt["plateaued"] == "4/6" and pt["best step (median) / cap"] == "1100 / 1500"
     assert pt["search cost"] == "1.5 h"
     assert rows["lora"]["edge"] == "" and rows["lora"]["plateaued"] == "3/3"
@@ -124,3 +125,11 @@ def test_all_records_shows_a_trial_only_while_its_rate_is_in_the_grid(tmp_path):
     args = Namespace(config=str(toml), suite="x", all_records=True)
     kept = {r.cell_id for r in cli._current_cells_only(rows, args)}
     assert kept == {t.id for t in trials} | {"a-cell-gone"}
+
+
+def test_an_edge_choice_whose_next_rate_failed_says_so():
+    from bench.report.search_view import _edge
+    grid = [3e-4, 1e-3, 3e-3]
+    assert _edge("top", grid, {"0.003": 0.9, "0.001": None}) == "top (next rate failed)"
+    assert _edge("top", grid, {"0.003": 0.80, "0.001": 0.85}) == "top (by 0.0500)"  # lower is better: still a margin
+    assert _edge("inside", grid, {}) == "" and _edge("top", [1e-3], {"0.001": 0.9}) == ""

@@ -15,8 +15,8 @@ from bench.core.records import ResultRecord, latest_by_cell
 
 SEARCH_TITLE = "How each learning rate was chosen (held-out slice of the training split), and convergence"
 SEARCH_NOTE = ("Trials ran at the search's prefix length and seed; every final run of the method used the "
-               "chosen rate. edge: the choice is the grid's top or bottom, so the best rate may lie beyond it "
-               "(compare its margin over the next rate with the held-out score's noise). plateaued: final runs "
+               "chosen rate. edge: the choice is the grid's top or bottom, so the best rate may lie beyond it; "
+               "\"by\" gives its margin over the next rate, to weigh against the held-out score's noise. plateaued: final runs "
                "stopped by early stopping, the others reached the step cap still improving.")
 COLUMNS = ["task", "backbone", "method", "searched at", "rates", "held-out score per rate", "chosen lr", "edge",
            "search cost", "plateaued", "best step (median) / cap"]
@@ -54,6 +54,18 @@ def _where(prefix_length: Any, seed: Any) -> str:
     return ", ".join(where)
 
 
+def _edge(edge: Any, grid: list, scores: dict) -> str:
+    """"bottom (by 0.0075)": an edge choice and its margin over the next rate of its grid, the
+    number to weigh against the held-out score's noise (README: the grid-edge rule)."""
+    if edge not in ("top", "bottom") or len(grid) < 2:
+        return ""
+    chosen, neighbour = (grid[0], grid[1]) if edge == "bottom" else (grid[-1], grid[-2])
+    a, b = _number(scores.get(str(chosen))), _number(scores.get(str(neighbour)))
+    if a is None:
+        return edge
+    return f"{edge} (next rate failed)" if b is None else f"{edge} (by {abs(a - b):.4f})"
+
+
 def _row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dict[str, str] | None:
     sel = rows[-1].search if isinstance(rows[-1].search, dict) else {}
     grid = sel.get("grid", {}).get("lr") if isinstance(sel.get("grid"), dict) else None
@@ -70,7 +82,7 @@ def _row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dic
             "rates": " · ".join(_rate(x) for x in grid),
             "held-out score per rate": " · ".join(_score(scores.get(str(x))) for x in grid),
             "chosen lr": _rate(chosen.get("lr")) if chosen else "none",
-            "edge": sel.get("edge") if sel.get("edge") in ("top", "bottom") else "",
+            "edge": _edge(sel.get("edge"), grid, scores),
             "search cost": _duration(sel.get("cost_s")),
             "plateaued": f"{sum(bool(p) for p in stopped)}/{len(stopped)}" if stopped else "no early stopping",
             "best step (median) / cap": (f"{statistics.median(best):g} / {_rate(cap)}" if best else "")}
