@@ -16,7 +16,8 @@ from bench.core.records import ResultRecord, latest_by_cell
 SEARCH_TITLE = "How each learning rate was chosen (held-out slice of the training split), and convergence"
 SEARCH_NOTE = ("Trials ran at the search's prefix length and seed; every final run of the method used the "
                "chosen rate. edge: the choice is the grid's top or bottom, so the best rate may lie beyond it; "
-               "\"by\" gives its margin over the next rate, to weigh against the held-out score's noise. plateaued: final runs "
+               "\"by\" gives its margin over the next rate, to weigh against the held-out score's noise; "
+               "a rate marked \"(widened)\" is a trial the suite's widen rule added beyond an edge choice. plateaued: final runs "
                "stopped by early stopping, the others reached the step cap still improving.")
 COLUMNS = ["task", "backbone", "method", "searched at", "rates", "held-out score per rate", "chosen lr", "edge",
            "search cost", "plateaued", "best step (median) / cap"]
@@ -73,13 +74,15 @@ def _row(task: str, backbone: str, method: str, rows: list[ResultRecord]) -> dic
         return None
     scores = sel.get("scores") if isinstance(sel.get("scores"), dict) else {}
     chosen = sel.get("chosen") if isinstance(sel.get("chosen"), dict) else {}
+    widened = sel.get("widened") if isinstance(sel.get("widened"), dict) else {}
+    added = widened.get("added") if isinstance(widened.get("added"), list) else []
     stopped = [r.plateaued for r in rows if r.plateaued is not None]
     best = [r.best_step for r in rows if _number(r.best_step) is not None]
     caps = {r.config.get("train", {}).get("train_steps") for r in rows
             if isinstance(r.config, dict) and isinstance(r.config.get("train"), dict)}
     cap = next(iter(caps)) if len(caps) == 1 else None
     return {"task": task, "backbone": backbone, "method": method, "searched at": _where(sel.get("prefix_length"), sel.get("seed")),
-            "rates": " · ".join(_rate(x) for x in grid),
+            "rates": " · ".join(_rate(x) + (" (widened)" if x in added else "") for x in grid),
             "held-out score per rate": " · ".join(_score(scores.get(str(x))) for x in grid),
             "chosen lr": _rate(chosen.get("lr")) if chosen else "none",
             "edge": _edge(sel.get("edge"), grid, scores),

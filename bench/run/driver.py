@@ -27,6 +27,7 @@ from bench.run.backbones import weights_of
 from bench.run.data import data_fingerprint
 from bench.run.executors import CellJob, Executor, LocalExecutor, lost_cell
 from bench.run.matrix import Cell
+from bench.run.search_spec import MAX_WIDEN_STEPS
 from bench.run.validate import validate_cells
 from tasks import DataSettings, cell_task
 
@@ -93,6 +94,15 @@ def run_cells(cells: list[Cell], results_dir: Path, data: DataSettings, device: 
     try:
         # share loaded backbones and data; cells that can pack adjacent
         _run_phase(packed.ordered(c for c in todo if c.is_trial), executor, job, held, counts, progress, log)
+        finals = [c for c in plan.todo if c.search and not c.is_trial]
+        for _ in range(MAX_WIDEN_STEPS):  # each pass a step further, for the edge choices its rule widens
+            extra = _widening_trials(finals, Path(results_dir), log)
+            if not extra:
+                break
+            fingerprints.update({c.id: data_fingerprint(c.task, data, eval_split=False, task_args=c.task_args)
+                                 for c in extra})
+            progress.total += len(extra)
+            _run_phase(extra, executor, job, held, counts, progress, log)
         if trials_only:  # every search's choice (and its grid edge) said, for a look before the finals
             _hand_out_choices([c for c in cells if c.search and not c.is_trial], Path(results_dir), log)
         rest, unrunnable = _hand_out_choices([c for c in todo if not c.is_trial], Path(results_dir), log)
@@ -149,6 +159,25 @@ def _run_phase(todo: list[Cell], executor: Executor, job: CellJob, held: locks.D
         for record in executor.run(held.take(pending, last_look), job, log):
             held.release(record.cell_id)
             _report(record, counts, progress, job.run_id, log)
+
+
+def _widening_trials(finals: list[Cell], results_dir: Path, log: Callable[[str], None]) -> list[Cell]:
+    """The trials a step beyond an edge choice that the finals' ``widen`` rules ask for now,
+    each once (a group's finals share them), said in the log."""
+    if not any(c.search.get("widen") for c in finals):
+        return []
+    latest = latest_by_cell(read_records(results_dir)[0])
+    out: dict[str, Cell] = {}
+    for cell in finals:
+        if not cell.search.get("widen"):
+            continue
+        task = cell_task(cell)
+        w = search.widened(cell, latest, task.facts().higher_is_better.get(task.main_metric, True))
+        if w.next is not None and w.next.id not in out:
+            out[w.next.id] = w.next
+            log(f"search {cell.method} {cell.task} {cell.backbone}: the best of {', '.join(map(str, w.grid))} is at "
+                f"an edge (widen = {cell.search['widen']}): one more trial at lr {w.next.train['lr']}")
+    return list(out.values())
 
 
 def _hand_out_choices(cells: list[Cell], results_dir: Path,

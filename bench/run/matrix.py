@@ -22,6 +22,7 @@ File layout (every key is checked; unknown keys are errors)::
     exclude = [{ method = "lora", backbone = "smollm2-135m" }]
     search = { lr = [1e-4, 3e-4, 1e-3] }                     # learning-rate search (seed: the first seed)
     search = { lr = [...], prefix_length = 20 }              # trials at one length; its choice serves all
+    search = { lr = [...], widen = "one_se" }                # a step beyond an edge choice (widen_steps = 1)
     search_overrides.lora = { lr = [1e-4, 1e-3, 1e-2] }      # a method's own grid, of the same length
     executor = { name = "slurm", partition = "gpu", gpus_per_cell = 1 }   # where cells run (not in the id)
     tracker = { name = "mlflow", uri = "file:///abs/mlruns" }              # run --tracker's default (not in the id)
@@ -43,7 +44,10 @@ rate (with ``search.prefix_length``, each (method, task, backbone) group's, trie
 training split (``holdout`` > 0 is required), then one *final* cell per seed whose id covers the
 grid instead of an lr; the driver runs the trials first and hands each final cell the value its
 trials chose (bench/run/search.py). Every method gets as many trials as the suite's grid has
-values, so no method wins by a larger budget.
+values, so no method wins by a larger budget. With ``search.widen`` a choice at an edge of its
+grid earns one more trial a step beyond it (the grid's own pattern continued: 1e-4 below
+[3e-4, 1e-3, 3e-3], 1e-2 above), by a rule fixed before any trial runs (bench/run/search.py);
+that trial is derived from the final cell (``Cell.trial_at``), so a resumed run finds it.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from bench.core.safe_names import check_name
 from bench.core.suite_file import DEFAULT_SUITES, load_toml, suite_names  # noqa: F401  (callers' names)
 from bench.run import precision
 from bench.run.backbones import BACKBONES
-from bench.run.search_spec import check_searchable, search_grids, search_length
+from bench.run.search_spec import check_searchable, search_grids, search_length, widen_rule
 from bench.run.searched_lrs import searched_lr
 from methods import METHODS
 from tasks import task_for
@@ -167,12 +171,14 @@ class Cell:
     def trials(self) -> list[Cell]:
         """A final cell's trial cells, one per grid value at the search seed (none without a
         search). Derived from the cell, so pinning the final cell pins its trials alike."""
-        if not self.search:
-            return []
+        return [self.trial_at(lr) for lr in self.search["lr"]] if self.search else []
+
+    def trial_at(self, lr: float) -> Cell:
+        """This final cell's trial at learning rate ``lr``: one of its grid's, or one a step
+        beyond its edge when the search widens (bench/run/search.py ``widened``)."""
         length = self.search.get("prefix_length", self.prefix_length)
-        return [dataclasses.replace(self, role=TRIAL, seed=self.search["seed"], prefix_length=length,
-                                    train={**self.train, "lr": lr}, search={}, selection={})
-                for lr in self.search["lr"]]
+        return dataclasses.replace(self, role=TRIAL, seed=self.search["seed"], prefix_length=length,
+                                   train={**self.train, "lr": lr}, search={}, selection={})
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any], suite: str = "reproduce") -> Cell:
@@ -273,6 +279,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
         check_point(where, None, s)
     grids, search_seed = search_grids(where, spec, methods, seeds)
     trial_length = search_length(where, spec, lengths)
+    widening = widen_rule(where, spec["search"]) if grids else {}
     executor = spec.get("executor", {})
     if not isinstance(executor, dict) or (executor and not isinstance(executor.get("name"), str)):
         raise ConfigError(f"{where}: 'executor' must be a table with a 'name' (local, subprocess, ray, slurm) "
@@ -320,7 +327,7 @@ def expand(doc: dict[str, Any], suite: str, source: str = "<suites>", _seen: tup
                                             f"{where}.method_args.{method}").to_dict()
         if (method, task) not in identities:
             identities[method, task] = cell_identity(method_cls, task_objs[task])
-        search = {"lr": grids[method], "seed": search_seed} if grids else {}
+        search = {"lr": grids[method], "seed": search_seed, **widening} if grids else {}
         if search and trial_length is not None and plen is not None:
             search["prefix_length"] = trial_length  # every length takes the choice made at this one
         cell = Cell(suite, method, task, backbone, plen, seed, _stored_train(cfg), margs, source_choice,

@@ -9,7 +9,13 @@ from typing import Any
 
 from bench.core.config import LIMITS, ConfigError, TrainConfig, unknown_keys
 
-SEARCH_KEYS = ("lr", "seed", "prefix_length")  # only the learning rate is searched
+SEARCH_KEYS = ("lr", "seed", "prefix_length", "widen", "widen_steps")  # only the learning rate is searched
+# what a choice at an edge of its grid does (bench/run/search.py): "one_se" widens the grid a step
+# beyond the edge when the choice beats its neighbour by more than one standard error of a
+# held-out accuracy (any margin on a metric without one: MCC, F1, Pearson, BLEU); "any" on every
+# edge choice. Left out, an edge choice is only flagged.
+WIDEN_RULES = ("one_se", "any")
+MAX_WIDEN_STEPS = 3
 
 
 def check_searchable(where: str, cfg: TrainConfig, train: dict[str, Any]) -> None:
@@ -59,6 +65,9 @@ def search_grids(where: str, spec: dict[str, Any], methods: list[str],
         raise ConfigError(f"{where}.search.seed: expected an integer seed, got {seed!r}")
     if not 0 <= seed <= LIMITS["seed"][0]:
         raise ConfigError(f"{where}.search: seed {seed} is not a seed: seeds must be in [0, {LIMITS['seed'][0]}]")
+    if widen_rule(where, search) and len(grid) < 3:
+        raise ConfigError(f"{where}.search: widen needs a grid of 3 rates or more (it has {len(grid)}): an edge "
+                          "choice is only told from an inside one, and a step continued, with 3")
     overrides = spec.get("search_overrides", {})
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where}: 'search_overrides' must be a table keyed by method")
@@ -93,3 +102,23 @@ def search_length(where: str, spec: dict[str, Any], lengths: list[int]) -> int |
         raise ConfigError(f"{where}.search.prefix_length: {value!r} is not one of the suite's prefix_lengths "
                           f"({', '.join(map(str, lengths))}); the trials run at one of them")
     return value
+
+
+def widen_rule(where: str, search: dict[str, Any]) -> dict[str, Any]:
+    """The final cells' part of ``search.widen`` and ``search.widen_steps`` (a step beyond an edge
+    choice, at most that many times; default 1): {} when the grid is fixed, so the ids of cells
+    whose suite does not widen stay as they were."""
+    rule = search.get("widen")
+    if rule is None:
+        if "widen_steps" in search:
+            raise ConfigError(f"{where}.search: widen_steps needs widen (one of {', '.join(WIDEN_RULES)})")
+        return {}
+    if rule not in WIDEN_RULES:
+        raise ConfigError(f"{where}.search.widen: {rule!r:.100} is not a rule; valid: {', '.join(WIDEN_RULES)} "
+                          "(one_se: when the edge choice beats its neighbour by more than one standard error of a "
+                          "held-out accuracy, or by anything on other metrics; any: every edge choice)")
+    steps = search.get("widen_steps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_WIDEN_STEPS:
+        raise ConfigError(f"{where}.search.widen_steps: expected an integer in [1, {MAX_WIDEN_STEPS}] (extra "
+                          f"trials beyond an edge of the grid), got {steps!r:.100}")
+    return {"widen": rule, "widen_steps": steps}
