@@ -73,6 +73,8 @@ def test_one_se_weighs_an_accuracy_margin_against_its_standard_error():
     beyond_se = rows_at(cell, {1e-3: 0.9, 3e-3: 0.9 - 2 * se, 1e-2: 0.5})
     w = search.widened(cell, beyond_se, True)
     assert w.next is not None and w.next.is_trial and w.next.train["lr"] == pytest.approx(1e-3 / (1e-2 / 3e-3))
+    assert w.why == ("0.001 at the bottom of 0.001, 0.003, 0.01, ahead of its neighbour by 0.0212 > one standard "
+                     "error 0.0106 (widen = one_se)")
     assert search.choose(cell, beyond_se, True).pending  # the extra trial is run before any choice
     # fewer held-out examples, a larger error: the same margin no longer widens
     assert search.widened(cell, rows_at(cell, {1e-3: 0.9, 3e-3: 0.9 - 2 * se, 1e-2: 0.5}, n=100), True).next is None
@@ -84,10 +86,11 @@ def test_one_se_weighs_an_accuracy_margin_against_its_standard_error():
 def test_one_se_widens_on_any_margin_of_a_metric_without_one_and_past_a_failed_neighbour():
     cell = final(widen="one_se")
     tie = rows_at(cell, {1e-3: 30.0, 3e-3: 30.0, 1e-2: 20.0}, metric="bleu")  # a tie goes to the first: an edge
-    assert search.widened(cell, tie, True).next is not None
+    assert "by 0.0000 on a metric without a standard error" in search.widened(cell, tie, True).why
     failed = rows_at(cell, {1e-3: 0.9, 1e-2: 0.5})
     failed.update({cell.trial_at(3e-3).id: row(cell.trial_at(3e-3), None, status="failed")})
     assert search.widened(cell, failed, True).next is not None
+    assert search.widened(cell, failed, True).why.endswith("its neighbour failed")
     inside = rows_at(cell, {1e-3: 0.5, 3e-3: 0.9, 1e-2: 0.5})
     assert search.widened(cell, inside, True).next is None
 
@@ -142,7 +145,8 @@ def test_the_driver_runs_the_widening_trials_before_the_finals_and_resumes(tmp_p
     assert counts["failed"] == 0, [r.error for r in rows]
     assert sorted(r.config["train"]["lr"] for r in rows) == pytest.approx([1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
     assert all(r.role == "trial" for r in rows)
-    assert any("one more trial at lr 0.0003" in line for line in logs)
+    assert any("0.001 at the bottom of 0.001, 0.003, 0.01, ahead of its neighbour by" in line
+               and "one more trial at lr 0.0003" in line for line in logs)
     assert any("one more trial at lr 0.0001" in line for line in logs)
     counts = run_cells(cells, tmp_path, data, CPU, log=logs.append)
     finals = [r for r in read_records(tmp_path)[0] if r.role != "trial"]

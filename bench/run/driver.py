@@ -175,8 +175,7 @@ def _widening_trials(finals: list[Cell], results_dir: Path, log: Callable[[str],
         w = search.widened(cell, latest, task.facts().higher_is_better.get(task.main_metric, True))
         if w.next is not None and w.next.id not in out:
             out[w.next.id] = w.next
-            log(f"search {cell.method} {cell.task} {cell.backbone}: the best of {', '.join(map(str, w.grid))} is at "
-                f"an edge (widen = {cell.search['widen']}): one more trial at lr {w.next.train['lr']}")
+            log(f"search {cell.method} {cell.task} {cell.backbone}: {w.why}: one more trial at lr {w.next.train['lr']}")
     return list(out.values())
 
 

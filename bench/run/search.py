@@ -55,6 +55,7 @@ class Widening:
     next: Cell | None = None
     pending: bool = False
     added: tuple[float, ...] = ()
+    why: str = ""  # with ``next``: the edge, the margin and what the rule weighed it against
 
 
 def widened(final: Cell, latest: Mapping[str, ResultRecord], higher_is_better: bool) -> Widening:
@@ -79,12 +80,14 @@ def widened(final: Cell, latest: Mapping[str, ResultRecord], higher_is_better: b
             break
         order = sorted(range(len(grid)), key=grid.__getitem__)
         neighbour = order[1] if edge == "bottom" else order[-2]
-        if not _rule_fires(rule, rows[best], rows[neighbour], higher_is_better):
+        fires, why = _rule_fires(rule, rows[best], rows[neighbour], higher_is_better)
+        if not fires:
             break
         lr = beyond(sorted(grid), edge)
         row = latest.get(final.trial_at(lr).id)
         if row is None:
-            return Widening(grid, rows, next=final.trial_at(lr), added=tuple(added))
+            return Widening(grid, rows, next=final.trial_at(lr), added=tuple(added),
+                            why=f"{grid[best]:g} at the {edge} of {', '.join(f'{x:g}' for x in grid)}, {why}")
         added.append(lr)
         grid, rows = ([lr, *grid], [row, *rows]) if edge == "bottom" else ([*grid, lr], [*rows, row])
     return Widening(grid, rows, added=tuple(added))
@@ -102,15 +105,18 @@ def beyond(ordered: list[float], edge: str) -> float:
 
 
 def _rule_fires(rule: str, best: ResultRecord | None, neighbour: ResultRecord | None,
-                higher_is_better: bool) -> bool:
-    if rule == "any":
-        return True
+                higher_is_better: bool) -> tuple[bool, str]:
+    """Whether ``rule`` widens past the edge choice ``best``, and the words for the log."""
     won, other = trial_score(best), trial_score(neighbour)
     if won is None or other is None:
-        return other is None
+        return other is None, "its neighbour failed"
     margin = won - other if higher_is_better else other - won
+    if rule == "any":
+        return True, f"ahead of its neighbour by {margin:.4f} (widen = any)"
     error = held_out_error(best)
-    return error is None or margin > error
+    if error is None:
+        return True, f"ahead of its neighbour by {margin:.4f} on a metric without a standard error (widen = one_se)"
+    return margin > error, f"ahead of its neighbour by {margin:.4f} > one standard error {error:.4f} (widen = one_se)"
 
 
 def held_out_error(row: ResultRecord | None) -> float | None:
